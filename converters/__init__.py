@@ -1,0 +1,1 @@
+"""Checkpoint converters between Hugging Face layouts and pgen_jax."""

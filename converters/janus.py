@@ -1,0 +1,105 @@
+"""Janus-Pro checkpoints: Hugging Face <-> pgen_jax.
+
+  python -m converters.janus to-flax SRC DST [--dtype bfloat16]   # transformers or deepseek layout
+  python -m converters.janus to-hf SRC DST                        # our checkpoint -> transformers
+
+Output goes to a temporary sibling directory that is renamed to DST only when complete; on any
+error nothing is left at DST and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from converters import safetensors_io
+from converters.janus_hf import HFCheckpoint, hf_key, to_hf
+from converters.safetensors_io import CheckpointError
+
+
+def to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None, mesh=None) -> None:
+  from pgen_jax.models.checkpoint import from_hf_checkpoint, save_janus
+  from pgen_jax.models.sharding import make_mesh
+  ckpt = HFCheckpoint(src)
+  logging.info("%s: %s layout, %d tensors", src, ckpt.layout, len(ckpt.tensors))
+  model = from_hf_checkpoint(ckpt, mesh=mesh if mesh is not None else make_mesh(), param_dtype=dtype)
+  save_janus(model, dst, hf_files=src if ckpt.layout == "transformers" else None)
+
+
+def hf_tensors(model) -> dict[str, np.ndarray]:
+  """transformers state dict (numpy) of a Janus model."""
+  state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    p = tuple(k.key for k in path)
+    out[hf_key(p)] = to_hf(p, np.asarray(jax.device_get(x)))
+  return out
+
+
+def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | None = None) -> None:
+  """Writes config.json + model.safetensors that JanusForConditionalGeneration loads."""
+  dst = Path(dst).resolve()
+  if dst.exists():
+    raise FileExistsError(f"{dst} already exists; choose a new output directory")
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+  try:
+    base = None
+    if side_files is not None and Path(side_files).is_dir():
+      for f in Path(side_files).iterdir():
+        shutil.copy2(f, tmp / f.name)
+      if (tmp / "config.json").exists():
+        base = json.loads((tmp / "config.json").read_text())
+    (tmp / "config.json").write_text(json.dumps(model.config.to_hf(base), indent=2))
+    safetensors_io.write(tmp / "model.safetensors", hf_tensors(model))
+    os.rename(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def to_hf_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  from pgen_jax.models.checkpoint import is_pgen_checkpoint, load_janus
+  if not is_pgen_checkpoint(src):
+    raise CheckpointError(f"{src}: not a pgen_jax checkpoint (no pgen_config.json)")
+  export_hf(load_janus(src), dst, side_files=Path(src) / "hf")
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m converters.janus", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("to-flax", help="HF (transformers or deepseek layout) -> pgen_jax checkpoint")
+  p.add_argument("src")
+  p.add_argument("dst")
+  p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                 help="parameter dtype (default: the checkpoint's own)")
+  p = sub.add_parser("to-hf", help="pgen_jax checkpoint -> transformers JanusForConditionalGeneration")
+  p.add_argument("src")
+  p.add_argument("dst")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  try:
+    if args.command == "to-flax":
+      to_flax(args.src, args.dst, dtype=args.dtype)
+    else:
+      to_hf_dir(args.src, args.dst)
+  except (CheckpointError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {args.dst}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,208 @@
+"""Janus parameters between Hugging Face layouts and our Flax NNX model.
+
+Our parameter paths mirror transformers' JanusForConditionalGeneration names, so one rule maps
+them: drop the `model.` prefix (all but lm_head), `weight` becomes `kernel` (Linear, transposed;
+Conv, OIHW -> HWIO), `embedding` (Embed) or `scale` (norms). The original deepseek layout is first
+renamed to transformers' names (fused SigLIP qkv split, pos_embed squeezed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from converters.safetensors_io import CheckpointError, Reader
+from pgen_jax.models.config import ConfigError, JanusConfig
+
+LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+
+
+# ---- our path <-> transformers key --------------------------------------------------------------
+
+def hf_key(path: tuple) -> str:
+  *mods, leaf = (str(p) for p in path)
+  key = ".".join([*mods, LEAF_TO_HF[leaf]])
+  return key if mods[0] == "lm_head" else "model." + key
+
+
+def hf_shape(path: tuple, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if str(path[-1]) == "kernel":
+    if len(shape) == 2:
+      return shape[::-1]
+    if len(shape) == 4:
+      return (shape[3], shape[2], shape[0], shape[1])
+  return tuple(shape)
+
+
+def from_hf(path: tuple, a: np.ndarray) -> np.ndarray:
+  if str(path[-1]) == "kernel":
+    return a.T if a.ndim == 2 else a.transpose(2, 3, 1, 0)  # (out,in) -> (in,out); OIHW -> HWIO
+  return a
+
+
+def to_hf(path: tuple, a: np.ndarray) -> np.ndarray:
+  if str(path[-1]) == "kernel":
+    return a.T if a.ndim == 2 else a.transpose(3, 2, 0, 1)
+  return a
+
+
+# ---- deepseek -> transformers names --------------------------------------------------------------
+
+_TOWER = "vision_model.vision_tower."
+_DEEPSEEK_RENAMES = [  # applied in order to each key
+    (r"^language_model\.model\.", "model.language_model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (rf"^{re.escape(_TOWER)}patch_embed\.proj\.", "model.vision_model.embeddings.patch_embedding."),
+    (rf"^{re.escape(_TOWER)}pos_embed$", "model.vision_model.embeddings.position_embedding.weight"),
+    (rf"^{re.escape(_TOWER)}norm\.", "model.vision_model.post_layernorm."),
+    (rf"^{re.escape(_TOWER)}blocks\.(\d+)\.norm(\d)\.", r"model.vision_model.encoder.layers.\1.layer_norm\2."),
+    (rf"^{re.escape(_TOWER)}blocks\.(\d+)\.attn\.proj\.", r"model.vision_model.encoder.layers.\1.self_attn.projection_layer."),
+    (rf"^{re.escape(_TOWER)}blocks\.(\d+)\.attn\.qkv\.", r"model.vision_model.encoder.layers.\1.self_attn.qkv."),
+    (rf"^{re.escape(_TOWER)}blocks\.(\d+)\.mlp\.", r"model.vision_model.encoder.layers.\1.mlp."),
+    (r"^aligner\.", "model.aligner."),
+    (r"^gen_aligner\.", "model.generation_aligner."),
+    (r"^(model\.(?:aligner|generation_aligner))\.layers\.0\.", r"\1.fc1."),
+    (r"^gen_head\.output_mlp_projector\.", "model.generation_head.proj_out."),
+    (r"^gen_head\.vision_head\.", "model.generation_head.vision_head."),
+    (r"^gen_embed\.", "model.generation_embeddings."),
+    (r"^gen_vision_model\.", "model.vqmodel."),
+    (r"^(model\.vqmodel\.encoder)\.conv_blocks\.", r"\1.down."),
+    (r"^(model\.vqmodel\.decoder)\.conv_blocks\.", r"\1.up."),
+    (r"^(model\.vqmodel\..*)\.res\.", r"\1.block."),
+    (r"^(model\.vqmodel\..*\.mid)\.0\.", r"\1.block_1."),
+    (r"^(model\.vqmodel\..*\.mid)\.1\.", r"\1.attn_1."),
+    (r"^(model\.vqmodel\..*\.mid)\.2\.", r"\1.block_2."),
+]
+# Tensors of the original checkpoint that Janus never uses.
+_DEEPSEEK_DROPPED = [rf"^{re.escape(_TOWER)}attn_pool\.", r"\.codebook_used$", r"\.rotary_emb\.inv_freq$"]
+
+
+def _aligner_hidden(key: str) -> str:
+  # deepseek's Sequential(Linear, GELU, Linear, ...): layers.2k -> hidden_layers.(k-1)
+  m = re.match(r"^(model\.(?:aligner|generation_aligner))\.layers\.(\d+)\.(.*)$", key)
+  if m and int(m.group(2)) % 2 == 0:
+    return f"{m.group(1)}.hidden_layers.{int(m.group(2)) // 2 - 1}.{m.group(3)}"
+  return key
+
+
+Tensor = tuple[tuple[int, ...], np.dtype, Callable[[], np.ndarray]]  # shape, dtype, loader
+
+
+def deepseek_to_transformers(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+  out: dict[str, Tensor] = {}
+  for name, (shape, dtype, load) in tensors.items():
+    if any(re.search(p, name) for p in _DEEPSEEK_DROPPED):
+      continue
+    key = name
+    for pattern, repl in _DEEPSEEK_RENAMES:
+      key = re.sub(pattern, repl, key)
+    key = _aligner_hidden(key)
+    if ".self_attn.qkv." in key:
+      if shape[0] % 3:
+        raise CheckpointError(f"{name}: fused qkv of shape {shape} does not split in three")
+      n = shape[0] // 3
+      for i, part in enumerate(("q_proj", "k_proj", "v_proj")):
+        out[key.replace(".qkv.", f".{part}.")] = ((n, *shape[1:]), dtype,
+                                                  lambda load=load, i=i: load()[i * n:(i + 1) * n])
+    elif key == "model.vision_model.embeddings.position_embedding.weight" and len(shape) == 3:
+      out[key] = (shape[1:], dtype, lambda load=load: load()[0])
+    else:
+      out[key] = (shape, dtype, load)
+  return out
+
+
+# ---- reading a checkpoint directory ---------------------------------------------------------------
+
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+
+
+class HFCheckpoint:
+  """A Janus checkpoint directory in transformers' or deepseek's layout, read lazily.
+
+  `tensors` maps transformers key -> (shape, dtype, loader); `config` is our JanusConfig.
+  """
+
+  def __init__(self, directory: str | Path):
+    self.dir = Path(directory)
+    cfg_path = self.dir / "config.json"
+    try:
+      self.raw_config = json.loads(cfg_path.read_text())
+    except OSError as e:
+      raise CheckpointError(f"{cfg_path}: cannot read ({e.strerror})") from e
+    except ValueError as e:
+      raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+    try:
+      self.config = JanusConfig.from_hf(self.raw_config)
+    except ConfigError as e:
+      raise CheckpointError(f"{cfg_path}: {e}") from e
+    self.layout = "transformers" if "text_config" in self.raw_config else "deepseek"
+    weights = next((self.dir / f for f in WEIGHT_FILES if (self.dir / f).exists()), None)
+    if weights is None:
+      raise CheckpointError(f"{self.dir}: no weights (looked for {', '.join(WEIGHT_FILES)})")
+    raw = _read_torch(weights) if ".bin" in weights.name else _read_safetensors(weights)
+    self.tensors = deepseek_to_transformers(raw) if self.layout == "deepseek" else raw
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+  r = Reader(path)
+  return {k: (r.shape(k), r.dtype(k), lambda k=k: r.get(k)) for k in r.keys()}
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+  """pytorch_model.bin (the original Janus release): needs torch, loaded with weights_only."""
+  try:
+    import torch
+  except ImportError as e:
+    raise CheckpointError(f"{path}: reading .bin checkpoints needs torch (pip install 'pgen_jax[dev]'), "
+                          "or convert them to safetensors first") from e
+  files = ([path.parent / f for f in sorted(set(json.loads(path.read_text())["weight_map"].values()))]
+           if path.name.endswith(".index.json") else [path])
+  out: dict[str, Tensor] = {}
+  for f in files:
+    try:
+      sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for corrupt files
+      raise CheckpointError(f"{f}: cannot load ({type(e).__name__}: {e})") from e
+    for k, t in sd.items():
+      out[k] = (tuple(t.shape), _torch_np_dtype(t.dtype), lambda t=t: _torch_to_numpy(t))
+  return out
+
+
+def _torch_np_dtype(dtype) -> np.dtype:
+  import ml_dtypes
+  import torch
+  return np.dtype(ml_dtypes.bfloat16) if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+  import ml_dtypes
+  import torch
+  if t.dtype == torch.bfloat16:
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
+def check_against(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], where: str) -> None:
+  """Raises one CheckpointError listing every missing/unexpected key, wrong shape and wrong dtype."""
+  problems = []
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  if missing:
+    problems.append(f"missing keys ({len(missing)}): " + ", ".join(
+        f"{k} {list(expected[k])}" for k in missing[:20]))
+  if unexpected:
+    problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(
+        f"{k} {list(tensors[k][0])}" for k in unexpected[:20]))
+  for k in sorted(set(tensors) & set(expected)):
+    shape, dtype, _ = tensors[k]
+    if tuple(shape) != tuple(expected[k]):
+      problems.append(f"wrong shape for {k}: checkpoint {list(shape)}, model expects {list(expected[k])}")
+    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+      problems.append(f"wrong dtype for {k}: {dtype.name}, expected a floating-point tensor")
+  if problems:
+    raise CheckpointError(f"{where} does not match the Janus config:\n  " + "\n  ".join(problems))

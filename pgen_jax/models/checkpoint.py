@@ -1,0 +1,144 @@
+"""Loading and saving Janus: our orbax checkpoints and Hugging Face directories.
+
+Our checkpoint directory holds `pgen_config.json` (architecture + dtype), `params/` (orbax) and
+`hf/` (the source config.json and tokenizer/processor files, restored on export to HF).
+Every tensor goes straight into its sharding on the mesh; nothing is materialised on one device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pgen_jax.models.config import JanusConfig
+from pgen_jax.models.janus import Janus
+from pgen_jax.models.sharding import make_mesh, param_shardings
+
+FORMAT = "pgen_jax.janus/1"
+CONFIG_FILE = "pgen_config.json"
+
+
+def abstract_janus(config: JanusConfig, *, dtype=None, param_dtype=jnp.float32):
+  """(graphdef, state of ShapeDtypeStructs) without allocating any parameter."""
+  model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+  return nnx.split(model)
+
+
+def count_params(config: JanusConfig) -> int:
+  _, state = abstract_janus(config)
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+
+
+def is_pgen_checkpoint(path: str | os.PathLike) -> bool:
+  return (Path(path) / CONFIG_FILE).exists()
+
+
+def load_janus(path: str | os.PathLike, *, mesh=None, dtype=None, param_dtype=None) -> Janus:
+  """Janus from our checkpoint or from a transformers/deepseek Janus directory.
+
+  mesh: where parameters live (default: all local devices on the fsdp axis). dtype: compute dtype.
+  param_dtype: storage dtype (default: the checkpoint's).
+  """
+  mesh = mesh if mesh is not None else make_mesh()
+  if is_pgen_checkpoint(path):
+    return _load_ours(Path(path), mesh, dtype, param_dtype)
+  from converters.janus_hf import HFCheckpoint
+  return from_hf_checkpoint(HFCheckpoint(path), mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+
+
+def from_hf_checkpoint(ckpt, *, mesh, dtype=None, param_dtype=None) -> Janus:
+  from converters.janus_hf import check_against, from_hf, hf_key, hf_shape
+  if param_dtype is None:
+    floats = [d for _, d, _ in ckpt.tensors.values() if d.kind == "f" or d.name == "bfloat16"]
+    param_dtype = max(set(floats), key=floats.count) if floats else jnp.float32
+  graphdef, abstract = abstract_janus(ckpt.config, dtype=dtype, param_dtype=param_dtype)
+  pure = nnx.to_pure_dict(abstract)
+  flat = jax.tree_util.tree_flatten_with_path(pure)[0]
+  paths = {tuple(k.key for k in p): x for p, x in flat}
+  expected = {hf_key(p): hf_shape(p, x.shape) for p, x in paths.items()}
+  check_against(ckpt.tensors, expected, str(ckpt.dir))
+  shardings = param_shardings(pure, mesh)
+
+  done = [0]
+
+  def place(path, x, sharding):
+    p = tuple(k.key for k in path)
+    arr = np.asarray(from_hf(p, ckpt.tensors[hf_key(p)][2]())).astype(x.dtype)
+    done[0] += 1
+    if done[0] % 50 == 0 or done[0] == len(paths):
+      logging.info("loaded %d/%d tensors from %s", done[0], len(paths), ckpt.dir)
+    # Each device reads only its own slice of the host array.
+    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+  values = jax.tree_util.tree_map_with_path(place, pure, shardings)
+  nnx.replace_by_pure_dict(abstract, values)
+  return nnx.merge(graphdef, abstract)
+
+
+def _load_ours(path: Path, mesh, dtype, param_dtype) -> Janus:
+  import orbax.checkpoint as ocp
+  meta = json.loads((path / CONFIG_FILE).read_text())
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
+  config = JanusConfig.from_dict(meta["model"])
+  stored = jnp.dtype(meta["param_dtype"])
+  graphdef, abstract = abstract_janus(config, dtype=dtype, param_dtype=stored)
+  pure = nnx.to_pure_dict(abstract)
+  shardings = param_shardings(pure, mesh)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), pure, shardings)
+  with ocp.StandardCheckpointer() as ckptr:
+    values = ckptr.restore(path.resolve() / "params", target)
+  if param_dtype is not None and jnp.dtype(param_dtype) != stored:
+    values = jax.tree.map(lambda v: v.astype(param_dtype), values)
+    graphdef, abstract = abstract_janus(config, dtype=dtype, param_dtype=param_dtype)
+  nnx.replace_by_pure_dict(abstract, values)
+  return nnx.merge(graphdef, abstract)
+
+
+def save_janus(model: Janus, path: str | os.PathLike, *, hf_files: str | os.PathLike | None = None) -> None:
+  """Writes our checkpoint to `path` atomically (a temporary sibling directory, then a rename).
+
+  hf_files: a HF checkpoint directory whose config.json and tokenizer/processor files are kept.
+  """
+  import orbax.checkpoint as ocp
+  path = Path(path).resolve()
+  if path.exists():
+    raise FileExistsError(f"{path} already exists; choose a new output directory")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  try:
+    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    dtypes = {x.dtype for x in jax.tree.leaves(state)}
+    meta = {"format": FORMAT, "model": model.config.to_dict(), "param_dtype": jnp.dtype(dtypes.pop()).name
+            if len(dtypes) == 1 else "float32"}
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(tmp / "params", state)
+      ckptr.wait_until_finished()
+    if hf_files is not None:
+      copy_hf_side_files(Path(hf_files), tmp / "hf")
+    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "preprocessor_config.json", "processor_config.json",
+              "chat_template.jinja", "chat_template.json")
+
+
+def copy_hf_side_files(src: Path, dst: Path) -> None:
+  dst.mkdir(parents=True, exist_ok=True)
+  for name in SIDE_FILES:
+    if (src / name).exists():
+      shutil.copy2(src / name, dst / name)

@@ -1,0 +1,70 @@
+"""Device mesh and partition rules for Janus parameters.
+
+Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sharded) and `tensor`
+(Megatron-style model parallel). A rule names, per tensor dimension, the mesh axis it may be split
+over; a dimension not divisible by that axis' size stays whole, so every rule works on any mesh.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+
+# (regex over the '/'-joined param path, spec for the param's dims). First match wins.
+# Linear kernels are (in, out); embeddings (vocab, dim).
+RULES: list[tuple[str, tuple]] = [
+    (r"language_model/embed_tokens/embedding", ("tensor", "fsdp")),
+    (r"lm_head/kernel", ("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|fc1)/kernel", ("fsdp", "tensor")),
+    (r"(o_proj|down_proj|projection_layer|fc2)/kernel", ("tensor", "fsdp")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|fc1)/bias", ("tensor",)),
+    (r"generation_head/vision_head/kernel", ("fsdp", "tensor")),
+    (r"generation_head/proj_out/kernel", ("fsdp", "tensor")),
+    (r"hidden_layers/\d+/kernel", ("fsdp", "tensor")),
+    (r"vqmodel/.*kernel", (None, None, None, "fsdp")),  # conv HWIO: split output channels
+    (r".*", ()),  # norms, biases, small tensors: replicated
+]
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 to take the rest."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = [data, fsdp, tensor]
+  if shape.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices do not split into mesh {shape}")
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} needs "
+                     f"{int(np.prod(shape))} devices, have {len(devices)}")
+  return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+  for pattern, axes in RULES:
+    if re.search(pattern, path):
+      break
+  dims = []
+  for i, dim in enumerate(shape):
+    axis = axes[i] if i < len(axes) else None
+    dims.append(axis if axis and dim % mesh.shape[axis] == 0 else None)
+  return P(*dims)
+
+
+def path_str(path: tuple) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def param_shardings(abstract_state, mesh: Mesh):
+  """A pytree like `abstract_state` (of ShapeDtypeStructs or arrays) holding NamedShardings."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: NamedSharding(mesh, spec_for(path_str(p), x.shape, mesh)), abstract_state)
