@@ -30,6 +30,8 @@ from converters.safetensors_io import CheckpointError
 def to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None, mesh=None) -> None:
   from pgen_jax.models.checkpoint import from_hf_checkpoint, save_janus
   from pgen_jax.models.sharding import make_mesh
+  if Path(dst).exists():
+    raise FileExistsError(f"{dst} already exists; choose a new output directory")
   ckpt = HFCheckpoint(src)
   logging.info("%s: %s layout, %d tensors", src, ckpt.layout, len(ckpt.tensors))
   model = from_hf_checkpoint(ckpt, mesh=mesh if mesh is not None else make_mesh(), param_dtype=dtype)
@@ -72,6 +74,8 @@ def to_hf_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   from pgen_jax.models.checkpoint import is_pgen_checkpoint, load_janus
   if not is_pgen_checkpoint(src):
     raise CheckpointError(f"{src}: not a pgen_jax checkpoint (no pgen_config.json)")
+  if Path(dst).exists():
+    raise FileExistsError(f"{dst} already exists; choose a new output directory")
   export_hf(load_janus(src), dst, side_files=Path(src) / "hf")
 
 

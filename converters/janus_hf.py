@@ -8,6 +8,7 @@ renamed to transformers' names (fused SigLIP qkv split, pos_embed squeezed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -145,7 +146,43 @@ class HFCheckpoint:
     if weights is None:
       raise CheckpointError(f"{self.dir}: no weights (looked for {', '.join(WEIGHT_FILES)})")
     raw = _read_torch(weights) if ".bin" in weights.name else _read_safetensors(weights)
-    self.tensors = deepseek_to_transformers(raw) if self.layout == "deepseek" else raw
+    if self.layout == "deepseek":
+      self.tensors = deepseek_to_transformers(raw)
+      self.config = _deepseek_shapes(self.config, self.tensors, cfg_path)
+    else:
+      self.tensors = raw
+
+
+def _deepseek_shapes(config: JanusConfig, tensors: dict[str, Tensor], where: Path) -> JanusConfig:
+  """The deepseek config.json only names the towers (siglip_large_patch16_384, VQ-16); their sizes
+  are read off the weights, so a variant with other widths or depths converts too."""
+  def shape(key):
+    if key not in tensors:
+      raise CheckpointError(f"{where}: deepseek checkpoint lacks {key}")
+    return tensors[key][0]
+
+  def count(prefix):
+    return len({k[len(prefix):].split(".")[0] for k in tensors if k.startswith(prefix)})
+
+  vis = "model.vision_model."
+  width = shape(vis + "embeddings.position_embedding.weight")[-1]
+  vision = dataclasses.replace(
+      config.vision, hidden_size=width, patch_size=shape(vis + "embeddings.patch_embedding.weight")[-1],
+      num_hidden_layers=count(vis + "encoder.layers."),
+      mlp_ratio=shape(vis + "encoder.layers.0.mlp.fc1.weight")[0] / width,
+      num_attention_heads=16 if width % 16 == 0 else config.vision.num_attention_heads)
+  vq = "model.vqmodel."
+  base = shape(vq + "encoder.conv_in.weight")[0]
+  levels = count(vq + "encoder.down.")
+  mult = tuple(shape(vq + f"encoder.down.{i}.block.0.conv1.weight")[0] // base for i in range(levels))
+  vq_cfg = dataclasses.replace(
+      config.vq, base_channels=base, channel_multiplier=mult, num_res_blocks=count(vq + "encoder.down.0.block."),
+      latent_channels=shape(vq + "encoder.conv_out.weight")[0],
+      num_embeddings=shape(vq + "quantize.embedding.weight")[0], embed_dim=shape(vq + "quantize.embedding.weight")[1])
+  try:
+    return dataclasses.replace(config, vision=vision, vq=vq_cfg).validate()
+  except ConfigError as e:
+    raise CheckpointError(f"{where}: {e}") from e
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
