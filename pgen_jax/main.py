@@ -1,0 +1,82 @@
+"""The pgen_jax job: `python -m pgen_jax.main --config=configs/<name>.py [--config.key=value ...]`.
+
+The config names the stages to run in order (prepare, sft, grpo, eval, export); each stage can
+also be run alone with --config.stages=<name>,.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pgen_jax import run_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                          lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def _model(cfg):
+  """The configured Janus: loaded from model.checkpoint, or freshly initialised from the preset."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from pgen_jax.models import Janus, load_janus, make_mesh, preset
+  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
+  if cfg.model.checkpoint:
+    return load_janus(cfg.model.checkpoint, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+  logging.warning("model.checkpoint is empty: using a randomly initialised %s", cfg.model.preset)
+  return Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype, param_dtype=param_dtype)
+
+
+def export(cfg) -> None:
+  """Writes the model as a transformers Janus directory (config.json + model.safetensors)."""
+  from converters.janus import export_hf
+  from pgen_jax.models.checkpoint import is_pgen_checkpoint
+  from pathlib import Path
+  ckpt = cfg.model.checkpoint
+  side = Path(ckpt) / "hf" if ckpt and is_pgen_checkpoint(ckpt) else (ckpt or None)
+  export_hf(_model(cfg), cfg.export.dir, side_files=side)
+  logging.info("exported to %s", cfg.export.dir)
+
+
+def _not_yet(name: str, issue: str):
+  def run(cfg):
+    raise NotImplementedError(f"stage {name!r} is not implemented yet ({issue}); "
+                              f"run the stages that exist: {', '.join(STAGES_READY)}")
+  return run
+
+
+STAGES = {
+    "prepare": _not_yet("prepare", "data pipeline issue"),
+    "sft": _not_yet("sft", "SFT issue"),
+    "grpo": _not_yet("grpo", "GRPO issue"),
+    "eval": _not_yet("eval", "evaluation"),
+    "export": export,
+}
+STAGES_READY = ("export",)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cfg = _CONFIG.value
+  try:
+    run_config.validate(cfg)
+  except ValueError as e:
+    print(f"{flags.FLAGS['config'].config_filename}: config error: {e}", file=sys.stderr)
+    sys.exit(2)
+  for stage in cfg.stages:
+    logging.info("stage %s", stage)
+    try:
+      STAGES[stage](cfg)
+    except NotImplementedError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,66 @@
+"""Checks an experiment config (configs/*.py) before any work starts; errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from pgen_jax.models.config import PRESETS, ConfigError
+
+STAGES = ("prepare", "sft", "grpo", "eval", "export")
+DTYPES = ("float32", "bfloat16", "float16")
+DATASETS = ("synthetic", "movielens", "pixelrec")
+
+
+def _get(cfg, dotted: str):
+  node = cfg
+  for part in dotted.split("."):
+    if part not in node:
+      raise ConfigError(f"{dotted}: missing from the config")
+    node = node[part]
+  return node
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  stages = tuple(_get(cfg, "stages"))
+  if not stages:
+    raise ConfigError("stages: empty; name at least one of " + ", ".join(STAGES))
+  for s in stages:
+    if s not in STAGES:
+      raise ConfigError(f"stages: unknown stage {s!r}; known: {', '.join(STAGES)}")
+  if not str(_get(cfg, "workdir")):
+    raise ConfigError("workdir: empty; set where runs write checkpoints and logs")
+  if not isinstance(_get(cfg, "seed"), int):
+    raise ConfigError("seed: must be an integer")
+
+  preset = _get(cfg, "model.preset")
+  if preset not in PRESETS:
+    raise ConfigError(f"model.preset: {preset!r} unknown; choose one of {sorted(PRESETS)}")
+  ckpt = _get(cfg, "model.checkpoint")
+  if ckpt and not Path(ckpt).is_dir():
+    raise ConfigError(f"model.checkpoint: {ckpt} is not a directory. Download Janus-Pro "
+                      "(HF layout) there, or point it at a pgen_jax checkpoint")
+  for key in ("model.dtype", "model.param_dtype"):
+    if _get(cfg, key) not in DTYPES:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} unsupported; choose one of {DTYPES}")
+
+  axes = {a: _get(cfg, f"mesh.{a}") for a in ("data", "fsdp", "tensor")}
+  for a, n in axes.items():
+    if not isinstance(n, int) or (n < 1 and n != -1):
+      raise ConfigError(f"mesh.{a}: {n!r}; use a positive device count or -1 for 'the rest'")
+  if list(axes.values()).count(-1) > 1:
+    raise ConfigError("mesh: at most one axis may be -1")
+
+  data = _get(cfg, "data.name")
+  if data not in DATASETS:
+    raise ConfigError(f"data.name: {data!r} unknown; choose one of {DATASETS}")
+  if data != "synthetic" and any(s in stages for s in ("prepare", "sft", "grpo", "eval")):
+    root = _get(cfg, "data.root")
+    if not root or not Path(root).is_dir():
+      raise ConfigError(f"data.root: {root!r} is not a directory; put the raw {data} files there")
+  for key in ("data.history_len", "data.future_len"):
+    if not isinstance(_get(cfg, key), int) or _get(cfg, key) < (1 if key == "data.history_len" else 0):
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a {'positive' if key == 'data.history_len' else 'non-negative'} integer")
+  if "export" in stages and not _get(cfg, "export.dir"):
+    raise ConfigError("export.dir: empty; set where the HF checkpoint is written")
