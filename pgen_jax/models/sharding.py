@@ -49,15 +49,24 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence 
   return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-  for pattern, axes in RULES:
-    if re.search(pattern, path):
-      break
+BATCH = ("data", "fsdp")  # activations and KV caches split their batch over both data axes
+
+
+def fit_spec(shape: tuple[int, ...], axes: tuple, mesh: Mesh) -> P:
+  """PartitionSpec putting dim i on axes[i] (a name, a tuple of names or None) where it divides."""
   dims = []
   for i, dim in enumerate(shape):
     axis = axes[i] if i < len(axes) else None
-    dims.append(axis if axis and dim % mesh.shape[axis] == 0 else None)
+    size = int(np.prod([mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,))])) if axis else 1
+    dims.append(axis if axis and dim % size == 0 else None)
   return P(*dims)
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+  for pattern, axes in RULES:
+    if re.search(pattern, path):
+      return fit_spec(shape, axes, mesh)
+  return P()
 
 
 def path_str(path: tuple) -> str:

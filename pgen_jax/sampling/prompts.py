@@ -1,0 +1,141 @@
+"""User histories -> Janus generation prompts (token ids with image placeholders) and CFG rows.
+
+A history of k-1 items, each an image and a text (MovieLens: "Title (Year) | Genres"; PixelRec:
+title and tags), is rendered with a configurable template into Janus's chat format; each history
+image becomes <begin_of_image> + num_image_tokens x <image_placeholder> + <end_of_image>, to be filled
+by the understanding encoder. The prompt ends with the assistant turn and <begin_of_image>.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+import numpy as np
+
+IMAGE = "{image}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryItem:
+  image: np.ndarray | None  # (H, W, 3) uint8 at the understanding encoder's size, or None
+  text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+  """`prompt` holds {history}; `item` holds {image} and {text}. Defaults follow Janus's chat format."""
+  prompt: str = ("<|User|>: Here are the items this user liked, oldest first:\n{history}"
+                 "Generate the image of the next item this user will like.\n\n<|Assistant|>:")
+  item: str = "{image}{text}\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+  bos: int
+  pad: int
+  boi: int  # <begin_of_image>
+  eoi: int  # <end_of_image>
+  image: int  # <image_placeholder>
+
+  @classmethod
+  def from_tokenizer(cls, tok) -> "SpecialTokens":
+    """From a transformers tokenizer of Janus (the pad id differs between 1B and 7B: read it)."""
+    def tid(name):
+      i = tok.convert_tokens_to_ids(name)
+      if i is None or i == tok.unk_token_id:
+        raise ValueError(f"tokenizer has no {name!r} token; is it a Janus tokenizer?")
+      return i
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tid("<｜▁pad▁｜>")
+    return cls(bos=tok.bos_token_id, pad=pad, boi=tid("<begin_of_image>"), eoi=tid("<end_of_image>"),
+               image=tid("<image_placeholder>"))
+
+
+class Tokenizer(Protocol):
+  def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+def prompt_ids(history: Sequence[HistoryItem], tok: Tokenizer, special: SpecialTokens,
+               num_image_tokens: int, template: PromptTemplate = PromptTemplate()) -> tuple[list[int], list[np.ndarray]]:
+  """Token ids of one prompt (BOS first, <begin_of_image> last) and its images in order."""
+  if "{history}" not in template.prompt:
+    raise ValueError("PromptTemplate.prompt must contain {history}")
+  before, after = template.prompt.split("{history}", 1)
+  pieces: list[str | np.ndarray] = [before]
+  for item in history:
+    head, _, tail = template.item.partition(IMAGE)
+    pieces.append(head.format(text=item.text))
+    if IMAGE in template.item and item.image is not None:
+      pieces.append(item.image)
+    pieces.append(tail.format(text=item.text))
+  pieces.append(after)
+
+  ids, images = [special.bos], []
+  for piece in pieces:
+    if isinstance(piece, np.ndarray):
+      ids += [special.boi] + [special.image] * num_image_tokens + [special.eoi]
+      images.append(piece)
+    elif piece:
+      ids += list(tok.encode(piece, add_special_tokens=False))
+  return ids + [special.boi], images
+
+
+def uncond_ids(ids: np.ndarray, mask: np.ndarray, special: SpecialTokens, mode: str = "official") -> np.ndarray:
+  """The unconditional CFG rows of left-padded prompts.
+
+  official: every token between the first real token and the final <begin_of_image> becomes pad
+    (this also drops the history images). keep_images: only text tokens become pad; image blocks
+    stay, so the unconditional branch still sees the history images.
+  """
+  out = ids.copy()
+  first = mask.argmax(axis=1)
+  pos = np.arange(ids.shape[1])[None]
+  inside = (pos > first[:, None]) & (pos < ids.shape[1] - 1)
+  if mode == "official":
+    blank = inside
+  elif mode == "keep_images":
+    blank = inside & ~np.isin(ids, [special.boi, special.eoi, special.image])
+  else:
+    raise ValueError(f"uncond mode {mode!r} unknown; use 'official' or 'keep_images'")
+  out[blank] = special.pad
+  return out
+
+
+@dataclasses.dataclass
+class PromptBatch:
+  ids: np.ndarray       # (B, T) left-padded, conditional rows
+  mask: np.ndarray      # (B, T) 1 for real tokens
+  uncond: np.ndarray    # (B, T) unconditional rows
+  images: np.ndarray    # (N, H, W, 3) float32 in [-1, 1], all history images in prompt order
+  uncond_has_images: bool
+
+
+def build_batch(histories: Sequence[Sequence[HistoryItem]], tok: Tokenizer, special: SpecialTokens,
+                num_image_tokens: int, *, template: PromptTemplate = PromptTemplate(),
+                uncond: str = "official", pad_to: int | None = None) -> PromptBatch:
+  rows, images = [], []
+  for h in histories:
+    ids, imgs = prompt_ids(h, tok, special, num_image_tokens, template)
+    rows.append(ids)
+    images += imgs
+  length = max(len(r) for r in rows)
+  if pad_to is not None:
+    if pad_to < length:
+      raise ValueError(f"longest prompt has {length} tokens, more than pad_to={pad_to}")
+    length = pad_to
+  ids = np.full((len(rows), length), special.pad, np.int32)
+  mask = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, length - len(r):] = r
+    mask[i, length - len(r):] = 1
+  pixels = (np.stack([normalize_image(x) for x in images]) if images
+            else np.zeros((0, 1, 1, 3), np.float32))
+  return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, special, uncond), images=pixels,
+                     uncond_has_images=uncond == "keep_images")
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3) -> float32 in [-1, 1] (mean/std 0.5, as Janus's image processor)."""
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"history images must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+  return image.astype(np.float32) / 127.5 - 1.0

@@ -1,0 +1,177 @@
+"""The KV-cache CFG sampler against transformers and against a reference loop of its modules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers as T
+
+from hf_janus import SIZES, hf_model
+from pgen_jax.models import load_janus, make_mesh
+from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialTokens, uncond_ids
+
+BOI, EOI = 317, 316  # tiny vocab of 320: 319 is <image_placeholder>
+SPECIAL = SpecialTokens(bos=1, pad=0, boi=BOI, eoi=EOI, image=319)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  hf = hf_model(seed=21, **SIZES["gqa"])
+  path = tmp_path_factory.mktemp("hf")
+  hf.save_pretrained(path)
+  return hf, load_janus(path, mesh=make_mesh(devices=jax.devices()[:1]))
+
+
+def one_device():
+  return make_mesh(devices=jax.devices()[:1])
+
+
+def text_batch(rng, b=2, t=9):
+  ids = np.concatenate([np.ones((b, 1), np.int32), rng.integers(3, 300, (b, t - 2)).astype(np.int32),
+                        np.full((b, 1), BOI, np.int32)], axis=1)
+  mask = np.ones_like(ids)
+  return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, SPECIAL), images=np.zeros((0, 16, 16, 3),
+                     np.float32), uncond_has_images=False)
+
+
+def history_batch(rng, images_per_prompt=(2, 1), size=16, n_tok=16):
+  rows, imgs = [], []
+  for k in images_per_prompt:
+    row = [1] + list(rng.integers(3, 300, 3))
+    for _ in range(k):
+      row += [BOI] + [319] * n_tok + [EOI] + list(rng.integers(3, 300, 2))
+      imgs.append(rng.uniform(-1, 1, (size, size, 3)).astype(np.float32))
+    rows.append(row + [BOI])
+  t = max(map(len, rows))
+  ids = np.zeros((len(rows), t), np.int32)
+  mask = np.zeros_like(ids)
+  for i, r in enumerate(rows):
+    ids[i, t - len(r):], mask[i, t - len(r):] = r, 1
+  return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, SPECIAL), images=np.stack(imgs),
+                     uncond_has_images=False)
+
+
+def test_greedy_cfg_equals_transformers_generate(models):
+  hf, ours = models
+  batch = text_batch(np.random.default_rng(0))
+  gen = T.GenerationConfig(do_sample=False, guidance_scale=5.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                           generation_kwargs={"boi_token_id": BOI})
+  with torch.no_grad():
+    ref = hf.generate(torch.tensor(batch.ids, dtype=torch.long), attention_mask=torch.tensor(batch.mask),
+                      generation_mode="image", generation_config=gen).numpy()
+  out = Sampler(ours, one_device(), SamplingConfig(temperature=0.0, cfg_weight=5.0))(batch, jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+  assert out.images.shape == (2, 16, 16, 3) and out.images.dtype == jnp.uint8
+
+
+def reference_loop(hf, batch: PromptBatch, w: float, steps: int):
+  """Greedy CFG with history images, written with transformers' modules and its DynamicCache."""
+  m = hf.model
+  with torch.no_grad():
+    def embed(ids, with_images):
+      e = m.get_input_embeddings()(torch.tensor(ids, dtype=torch.long))
+      if with_images:
+        feats = m.get_image_features(torch.tensor(batch.images).permute(0, 3, 1, 2)).pooler_output
+        mask = torch.tensor(ids == hf.config.image_token_id)[..., None].expand_as(e)
+        e = e.masked_scatter(mask, feats.reshape(-1, e.shape[-1]))
+      return e
+    emb = torch.cat([embed(batch.ids, True), embed(batch.uncond, batch.uncond_has_images)])
+    mask = torch.tensor(np.concatenate([batch.mask, batch.mask]), dtype=torch.long)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = T.DynamicCache(config=hf.config.text_config)
+    out = m.language_model(inputs_embeds=emb, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    b = batch.ids.shape[0]
+    tokens = []
+    for i in range(steps):
+      logits = m.generation_head(out.last_hidden_state[:, -1])
+      c, u = logits[:b], logits[b:]
+      tok = (u + w * (c - u)).argmax(-1)
+      tokens.append(tok)
+      e = hf.prepare_embeddings_for_image_generation(torch.cat([tok, tok])[:, None])
+      mask = torch.cat([mask, torch.ones((2 * b, 1), dtype=torch.long)], dim=1)
+      out = m.language_model(inputs_embeds=e, attention_mask=mask, position_ids=pos[:, -1:] + i + 1,
+                             cache=out.cache, use_cache=True)
+    return torch.stack(tokens, 1).numpy()
+
+
+def test_history_images_greedy_equals_reference_loop(models):
+  hf, ours = models
+  batch = history_batch(np.random.default_rng(1))
+  ref = reference_loop(hf, batch, 5.0, 16)
+  out = Sampler(ours, one_device(), SamplingConfig(temperature=0.0))(batch, jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+
+
+def test_changing_a_history_image_changes_the_output(models):
+  _, ours = models
+  batch = history_batch(np.random.default_rng(2), images_per_prompt=(1,))
+  sampler = Sampler(ours, one_device(), SamplingConfig(temperature=0.0, num_tokens=4, decode_images=False))
+  a = sampler(batch, jax.random.key(0))
+  batch.images = batch.images[:, ::-1].copy()  # same pixels, flipped: another history image
+  b = sampler(batch, jax.random.key(0))
+  # The greedy token's log-prob is a function of the whole first-step distribution.
+  assert np.abs(np.asarray(a.logprobs) - np.asarray(b.logprobs)).max() > 1e-3
+
+
+def cfg_probs(hf, batch, w, temperature):
+  """Reference first-step distribution from transformers' modules."""
+  with torch.no_grad():
+    ids = torch.tensor(np.concatenate([batch.ids, batch.uncond]), dtype=torch.long)
+    h = hf.model.language_model(input_ids=ids).last_hidden_state[:, -1]
+    logits = hf.model.generation_head(h)
+    c, u = logits[:1], logits[1:]
+    return torch.softmax((u + w * (c - u)) / temperature, -1)[0].numpy()
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_sampling_frequencies_match_the_cfg_softmax(models, top_k):
+  hf, ours = models
+  batch = text_batch(np.random.default_rng(3), b=1)
+  n = 4000
+  cfg = SamplingConfig(cfg_weight=1.5, temperature=1.3, top_k=top_k, num_samples=n, num_tokens=1,
+                       decode_images=False)
+  out = Sampler(ours, one_device(), cfg)(batch, jax.random.key(7))
+  freq = np.bincount(np.asarray(out.tokens)[:, 0], minlength=64) / n
+  p = cfg_probs(hf, batch, 1.5, 1.3)
+  if top_k:
+    keep = np.argsort(-p)[:top_k]
+    q = np.zeros_like(p)
+    q[keep] = p[keep] / p[keep].sum()
+    p = q
+  assert p.max() < 0.5  # a spread distribution, so the check has power
+  bound = 5 * np.sqrt(p * (1 - p) / n) + 1e-3
+  assert (np.abs(freq - p) <= bound).all(), np.abs(freq - p).max()
+  # The returned log-probs are those of the sampling distribution.
+  toks = np.asarray(out.tokens)[:, 0]
+  np.testing.assert_allclose(np.exp(np.asarray(out.logprobs)[:, 0]), p[toks], rtol=1e-4)
+
+
+def test_sharded_sampling_equals_single_device(models):
+  _, ours = models
+  batch = history_batch(np.random.default_rng(4))
+  cfg = SamplingConfig(temperature=1.0, num_samples=2, top_p=0.9)
+  a = Sampler(ours, one_device(), cfg)(batch, jax.random.key(3))
+  b = Sampler(ours, make_mesh(data=2, fsdp=2, tensor=2), cfg)(batch, jax.random.key(3))
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+
+
+def test_decode_steps_feed_one_token_each(models, monkeypatch):
+  """Cost is linear in steps: after the prefill each step runs the LM on one new token per row."""
+  _, ours = models
+  seen = []
+  lm_cls = type(ours.language_model)
+  original = lm_cls.__call__
+
+  def spy(self, inputs_embeds, *args, **kw):
+    seen.append(inputs_embeds.shape[1])
+    return original(self, inputs_embeds, *args, **kw)
+
+  monkeypatch.setattr(lm_cls, "__call__", spy)
+  batch = text_batch(np.random.default_rng(5), t=9)
+  with jax.disable_jit():
+    Sampler(ours, one_device(), SamplingConfig(temperature=0.0, num_tokens=6, decode_images=False))(
+        batch, jax.random.key(0))
+  assert seen == [9, 1, 1, 1, 1, 1]
