@@ -35,7 +35,7 @@ def text_batch(rng, b=2, t=9):
                      np.float32), uncond_has_images=False)
 
 
-def history_batch(rng, images_per_prompt=(2, 1), size=16, n_tok=16):
+def history_batch(rng, images_per_prompt=(2, 1), size=16, n_tok=16, uncond="official"):
   rows, imgs = [], []
   for k in images_per_prompt:
     row = [1] + list(rng.integers(3, 300, 3))
@@ -48,8 +48,8 @@ def history_batch(rng, images_per_prompt=(2, 1), size=16, n_tok=16):
   mask = np.zeros_like(ids)
   for i, r in enumerate(rows):
     ids[i, t - len(r):], mask[i, t - len(r):] = r, 1
-  return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, SPECIAL), images=np.stack(imgs),
-                     uncond_has_images=False)
+  return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, SPECIAL, uncond), images=np.stack(imgs),
+                     uncond_has_images=uncond == "keep_images")
 
 
 def test_greedy_cfg_equals_transformers_generate(models):
@@ -95,9 +95,10 @@ def reference_loop(hf, batch: PromptBatch, w: float, steps: int):
     return torch.stack(tokens, 1).numpy()
 
 
-def test_history_images_greedy_equals_reference_loop(models):
+@pytest.mark.parametrize("uncond", ["official", "keep_images"])
+def test_history_images_greedy_equals_reference_loop(models, uncond):
   hf, ours = models
-  batch = history_batch(np.random.default_rng(1))
+  batch = history_batch(np.random.default_rng(1), uncond=uncond)
   ref = reference_loop(hf, batch, 5.0, 16)
   out = Sampler(ours, one_device(), SamplingConfig(temperature=0.0))(batch, jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(out.tokens), ref)

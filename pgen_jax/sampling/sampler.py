@@ -9,7 +9,6 @@ the result does not depend on the batch composition or on the mesh.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -143,18 +142,24 @@ class Sampler:
     b, t = batch.ids.shape
     num_tokens = self.cfg.num_tokens or self.config.num_image_tokens
     cache, cache_sharding = self._cache_for(2 * b * self.cfg.num_samples, t + num_tokens, self.compute_dtype)
-    keys = jax.random.split(key, b * self.cfg.num_samples)
+    keys = np.asarray(jax.random.key_data(jax.random.split(key, b * self.cfg.num_samples)))
     fn = self._compiled(batch.uncond_has_images, cache_sharding)
-    tokens, logps, images, self._cache = fn(self.state, jnp.asarray(batch.ids), jnp.asarray(batch.uncond),
-                                            jnp.asarray(batch.mask), jnp.asarray(batch.images), keys, cache)
+    host = [batch.ids, batch.uncond, batch.mask, batch.images.astype(np.float32), keys]
+    tokens, logps, images, self._cache = fn(self.state, *map(self._replicate, host), cache)
     return SampleOutput(tokens=tokens, logprobs=logps, images=images)
+
+  def _replicate(self, x: np.ndarray) -> jax.Array:
+    # A global array from identical host data: works on one host and on many.
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P()), lambda idx: x[idx])
 
   def _compiled(self, uncond_images: bool, cache_sharding):
     if (uncond_images, cache_sharding) in self._fns:
       return self._fns[uncond_images, cache_sharding]
     graphdef, cfg, mesh = self.graphdef, self.cfg, self.mesh
 
-    def run(state, ids, uncond, mask, images, keys, cache):
+    def run(state, ids, uncond, mask, images, key_data, cache):
+      keys = jax.random.wrap_key_data(key_data)
       return generate(nnx.merge(graphdef, state), ids, uncond, mask, images, keys, cache, cfg=cfg,
                       uncond_images=uncond_images, mesh=mesh)
 
