@@ -1,8 +1,9 @@
 """Multi-host start-up: jax.distributed from the environment, before any other JAX call.
 
 Explicit: JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES, JAX_PROCESS_ID (what
-launch/slurm_gpu.sh and the tests set). Otherwise JAX's own cluster detection (TPU VM pods, SLURM)
-runs when it recognises the environment; a single process needs nothing.
+launch/slurm_gpu.sh and the tests set). PGEN_DISTRIBUTED=auto (set by launch/tpu_vm.sh) hands over to
+JAX's own cluster detection (TPU VM pods, SLURM), as does a SLURM job of several tasks. A single
+process needs nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from absl import logging
 
 
 def _is_cluster() -> bool:
-  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+  if os.environ.get("PGEN_DISTRIBUTED") == "auto":
     return True
   return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 

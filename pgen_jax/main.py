@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pgen_jax import run_config
+from pgen_jax import distributed, run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -63,6 +63,7 @@ STAGES_READY = ("export",)
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize()
   cfg = _CONFIG.value
   try:
     run_config.validate(cfg)

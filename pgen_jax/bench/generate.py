@@ -1,0 +1,159 @@
+"""Image-generation throughput: our sampler against transformers' generate, same config and machine.
+
+  python -m pgen_jax.bench.generate --preset=tiny --prompts=1,4 --samples=4            # CPU
+  python -m pgen_jax.bench.generate --preset=janus-pro-1b --dtype=bfloat16 --prompts=1,16,64
+
+Random weights, text-only prompts (transformers ignores history images). Prints images/s, image
+tokens/s, the ratio to transformers and, on an accelerator, the fraction of the HBM roofline of
+the decode loop: (weights + KV cache bytes read per step) * steps / time / bandwidth.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from pgen_jax import distributed
+from pgen_jax.models import Janus, make_mesh, preset
+from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialTokens, uncond_ids
+
+_PRESET = flags.DEFINE_string("preset", "tiny", "model preset")
+_PROMPTS = flags.DEFINE_list("prompts", ["1", "4"], "prompt batch sizes")
+_SAMPLES = flags.DEFINE_integer("samples", 4, "images per prompt")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "prompt tokens")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "params and compute dtype")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per setting (after one warm-up)")
+_HF = flags.DEFINE_bool("hf", True, "also time transformers' generate (needs torch)")
+_HBM = flags.DEFINE_float("hbm_gbps", 0.0, "HBM bandwidth in GB/s (default: from the device kind)")
+_JSON = flags.DEFINE_string("json", "", "append results as JSON lines to this file")
+
+# Peak HBM bandwidth (GB/s) by jax device_kind substring.
+HBM_GBPS = {"H200": 4800, "H100": 3350, "A100": 2039, "L4": 300, "TPU v4": 1200, "TPU v5 lite": 819,
+            "TPU v5p": 2765, "TPU v6 lite": 1640}
+
+
+def bandwidth() -> float | None:
+  if _HBM.value:
+    return _HBM.value * 1e9
+  kind = jax.devices()[0].device_kind
+  for k, v in HBM_GBPS.items():
+    if k.lower() in kind.lower():
+      return v * 1e9 * jax.device_count()
+  return None
+
+
+def decode_bytes_per_step(cfg, rows: int, cache_len: int, itemsize: int) -> float:
+  """Bytes one decode step must read: LM + generation heads, and the KV cache (on average half full)."""
+  t, q = cfg.text, cfg.vq
+  d, f, layers = t.hidden_size, t.intermediate_size, t.num_hidden_layers
+  kv = t.num_key_value_heads * t.dim_per_head
+  per_layer = d * (t.num_attention_heads * t.dim_per_head) * 2 + d * kv * 2 + 3 * d * f + 2 * d
+  heads = (q.embed_dim * q.projection_dim + q.projection_dim ** 2 + d * q.projection_dim
+           + q.projection_dim * q.num_embeddings + 3 * q.projection_dim + q.num_embeddings)  # kernels, biases
+  weights = (layers * per_layer + d + heads) * itemsize
+  cache = 2 * layers * rows * cache_len * kv * itemsize
+  return weights + cache
+
+
+def prompts(cfg, b: int, length: int, rng):
+  boi = cfg.text.vocab_size - 2
+  special = SpecialTokens(bos=cfg.text.bos_token_id or 1, pad=cfg.text.pad_token_id or 0, boi=boi, eoi=boi - 1,
+                          image=cfg.image_token_id)
+  ids = np.concatenate([np.full((b, 1), special.bos), rng.integers(3, min(cfg.text.vocab_size - 3, 30000),
+                                                                   (b, length - 2)), np.full((b, 1), boi)], 1)
+  ids = ids.astype(np.int32)
+  mask = np.ones_like(ids)
+  return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, special),
+                     images=np.zeros((0, 1, 1, 3), np.float32), uncond_has_images=False), special
+
+
+def time_ours(model, mesh, batch, n) -> float:
+  sampler = Sampler(model, mesh, SamplingConfig(num_samples=n))
+  jax.block_until_ready(sampler(batch, jax.random.key(0)).tokens)  # compile
+  times = []
+  for i in range(_REPEATS.value):
+    t0 = time.perf_counter()
+    out = sampler(batch, jax.random.key(i + 1))
+    jax.block_until_ready((out.tokens, out.images))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def time_hf(hf_model, batch, special, n) -> float:
+  import torch
+  import transformers as T
+  dev = next(hf_model.parameters()).device
+  gen = T.GenerationConfig(do_sample=True, guidance_scale=5.0, num_return_sequences=n, pad_token_id=special.pad,
+                           bos_token_id=special.bos, generation_kwargs={"boi_token_id": special.boi})
+  ids = torch.tensor(batch.ids, dtype=torch.long, device=dev)
+  mask = torch.tensor(batch.mask, device=dev)
+  times = []
+  with torch.no_grad():
+    for i in range(_REPEATS.value + 1):
+      t0 = time.perf_counter()
+      toks = hf_model.generate(ids, attention_mask=mask, generation_mode="image", generation_config=gen)
+      hf_model.decode_image_tokens(toks)
+      if dev.type == "cuda":
+        torch.cuda.synchronize()
+      if i:
+        times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def build_hf(cfg, dtype):
+  import torch
+  import transformers as T
+  hf_cfg = T.JanusConfig(**{k: v for k, v in cfg.to_hf().items() if k in ("text_config", "vision_config",
+                                                                          "vq_config", "image_token_id")},
+                         tie_word_embeddings=False)
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  with torch.device(dev):
+    model = T.JanusForConditionalGeneration(hf_cfg).to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+  return model.eval()
+
+
+def main(argv):
+  del argv
+  distributed.initialize()
+  cfg = preset(_PRESET.value)
+  dtype = jnp.dtype(_DTYPE.value)
+  mesh = make_mesh()
+  model = Janus(cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype)
+  hf = build_hf(cfg, _DTYPE.value) if _HF.value else None
+  bw = bandwidth()
+  n_tok = cfg.num_image_tokens
+  print(f"device: {jax.device_count()} x {jax.devices()[0].device_kind}; preset {_PRESET.value}; "
+        f"{_DTYPE.value}; prompt {_PROMPT_LEN.value} tokens; {n_tok} image tokens")
+  print(f"{'prompts':>7} {'samples':>7} {'ours img/s':>11} {'ours tok/s':>11} {'hf img/s':>9} {'ratio':>6} {'roofline':>8}")
+  rng = np.random.default_rng(0)
+  for b in map(int, _PROMPTS.value):
+    batch, special = prompts(cfg, b, _PROMPT_LEN.value, rng)
+    n = _SAMPLES.value
+    t = time_ours(model, mesh, batch, n)
+    imgs = b * n / t
+    row = {"preset": _PRESET.value, "dtype": _DTYPE.value, "prompts": b, "samples": n,
+           "device": jax.devices()[0].device_kind, "ours_images_per_s": imgs, "ours_tokens_per_s": imgs * n_tok}
+    hf_txt = ratio_txt = roof_txt = "-"
+    if hf is not None:
+      th = time_hf(hf, batch, special, n)
+      row["hf_images_per_s"] = b * n / th
+      row["ratio"] = th / t
+      hf_txt, ratio_txt = f"{b * n / th:9.3f}", f"{th / t:6.2f}"
+    if bw:
+      per_step = decode_bytes_per_step(cfg, 2 * b * n, _PROMPT_LEN.value + n_tok // 2, dtype.itemsize)
+      row["roofline"] = per_step * n_tok / t / bw
+      roof_txt = f"{row['roofline']:8.1%}"
+    print(f"{b:7d} {n:7d} {imgs:11.3f} {imgs * n_tok:11.1f} {hf_txt:>9} {ratio_txt:>6} {roof_txt:>8}")
+    if _JSON.value:
+      with open(_JSON.value, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
