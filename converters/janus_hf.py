@@ -151,6 +151,11 @@ class HFCheckpoint:
       self.config = _deepseek_shapes(self.config, self.tensors, cfg_path)
     else:
       self.tensors = raw
+    tied = self.raw_config.get("tie_word_embeddings") or (self.raw_config.get("text_config") or {}).get(
+        "tie_word_embeddings")
+    if tied and "lm_head.weight" not in self.tensors and "model.language_model.embed_tokens.weight" in self.tensors:
+      # A tied checkpoint stores the embedding once; our lm_head is its own (untied) copy.
+      self.tensors["lm_head.weight"] = self.tensors["model.language_model.embed_tokens.weight"]
 
 
 def _deepseek_shapes(config: JanusConfig, tensors: dict[str, Tensor], where: Path) -> JanusConfig:

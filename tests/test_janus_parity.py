@@ -110,3 +110,32 @@ def test_placeholder_count_must_match(pair):
   ids = multimodal_prompts(hf.config, np.random.default_rng(0))
   with pytest.raises(ValueError, match="placeholder"):
     ours(jnp.asarray(ids), nhwc(images(2, hf.config.vision_config.image_size, 1)))
+
+
+def test_tied_checkpoint_and_other_activations_load(tmp_path):
+  """transformers' JanusConfig defaults to tied embeddings (lm_head then not stored) and configs may
+  name another GELU; both still compute what transformers computes."""
+  from hf_janus import hf_config
+  import transformers as T
+  cfg = hf_config()
+  cfg.tie_word_embeddings = True
+  cfg.text_config.tie_word_embeddings = True
+  cfg.vision_config.hidden_act = "gelu_pytorch_tanh"
+  cfg.vq_config.hidden_act = "quick_gelu"
+  torch.manual_seed(0)
+  hf = T.JanusForConditionalGeneration(cfg).eval()
+  with torch.no_grad():
+    for p in hf.parameters():
+      p.add_(0.1 * torch.randn(p.shape))
+  assert hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr()
+  hf.save_pretrained(tmp_path)
+  ours = load_janus(tmp_path)
+  ids = multimodal_prompts(hf.config, np.random.default_rng(4))
+  px = images(3, 16, seed=5)
+  tokens = np.random.default_rng(6).integers(0, 64, size=(2, 16))
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(ids), pixel_values=px).logits.numpy()
+    ref_head = hf.model.generation_head(hf.prepare_embeddings_for_image_generation(torch.tensor(tokens))).numpy()
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids), nhwc(px)).logits), ref, atol=TOL, rtol=0)
+  got_head = ours.image_logits(ours.prepare_embeddings_for_image_generation(jnp.asarray(tokens)))
+  np.testing.assert_allclose(np.asarray(got_head), ref_head, atol=TOL, rtol=0)

@@ -54,6 +54,7 @@ class VisionConfig:
   attention_bias: bool = True
   projection_dim: int = 2048
   depth: int = 2
+  hidden_act: str = "gelu"  # encoder MLP and aligner
 
   @property
   def num_image_tokens(self) -> int:
@@ -78,6 +79,7 @@ class VQConfig:
   projection_dim: int = 2048
   num_hidden_layers: int = 2  # depth of the generation aligner
   image_token_embed_dim: int = 2048
+  hidden_act: str = "gelu"  # generation aligner and head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +113,9 @@ class JanusConfig:
              f"{v.projection_dim} must equal text hidden_size={t.hidden_size}")
     _require(q.image_token_embed_dim == t.hidden_size and q.projection_dim == t.hidden_size,
              "vq_config.projection_dim", "generation aligner/head width must equal text hidden_size")
+    from pgen_jax.models.layers import ACTIVATIONS
+    for key, act in (("vision_config.hidden_act", v.hidden_act), ("vq_config.hidden_act", q.hidden_act)):
+      _require(act in ACTIVATIONS, key, f"{act!r} unsupported; choose one of {sorted(ACTIVATIONS)}")
     factor = 2 ** (len(q.channel_multiplier) - 1)
     _require(factor == v.patch_size, "vq_config.channel_multiplier",
              f"VQ downsampling factor {factor} must equal vision patch_size={v.patch_size} so that "
@@ -165,7 +170,7 @@ class JanusConfig:
     vision.update(model_type="janus_vision_model", hidden_size=v.hidden_size,
                   num_hidden_layers=v.num_hidden_layers, num_attention_heads=v.num_attention_heads,
                   num_channels=v.num_channels, image_size=v.image_size, patch_size=v.patch_size,
-                  mlp_ratio=v.mlp_ratio, layer_norm_eps=v.layer_norm_eps, hidden_act="gelu",
+                  mlp_ratio=v.mlp_ratio, layer_norm_eps=v.layer_norm_eps, hidden_act=v.hidden_act,
                   attention_bias=v.attention_bias, projection_dim=v.projection_dim, depth=v.depth,
                   num_image_tokens=v.num_image_tokens, use_qk_norm=False)
     vq = out.setdefault("vq_config", {})
@@ -174,7 +179,7 @@ class JanusConfig:
               out_channels=q.out_channels, base_channels=q.base_channels,
               channel_multiplier=list(q.channel_multiplier), num_res_blocks=q.num_res_blocks,
               projection_dim=q.projection_dim, num_hidden_layers=q.num_hidden_layers,
-              image_token_embed_dim=q.image_token_embed_dim, hidden_act="gelu",
+              image_token_embed_dim=q.image_token_embed_dim, hidden_act=q.hidden_act,
               double_latent=False, num_patches=self.image_grid)
     out.update(model_type="janus", architectures=["JanusForConditionalGeneration"],
                image_token_id=self.image_token_id, tie_word_embeddings=False)
@@ -206,8 +211,6 @@ def _text_from_llama(d: dict[str, Any], where: str) -> TextConfig:
   rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
   if rope.get("rope_type", rope.get("type", "default")) != "default":
     raise ConfigError(f"{where}.rope_parameters: only default RoPE is supported, got {rope!r}")
-  if d.get("tie_word_embeddings"):
-    raise ConfigError(f"{where}.tie_word_embeddings: Janus-Pro has an untied lm_head")
   fields = _pick(TextConfig, d, where)
   theta = rope.get("rope_theta", d.get("rope_theta"))
   if theta is not None:
@@ -220,8 +223,6 @@ def _text_from_llama(d: dict[str, Any], where: str) -> TextConfig:
 
 
 def _from_transformers(d: dict[str, Any]) -> JanusConfig:
-  if d.get("tie_word_embeddings"):
-    raise ConfigError("tie_word_embeddings: Janus-Pro has an untied lm_head; set it to false")
   vision = dict(d.get("vision_config") or {})
   if vision.get("use_qk_norm"):
     raise ConfigError("vision_config.use_qk_norm: not used by Janus and not supported")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgen_jax.models.config import JanusConfig
-from pgen_jax.models.layers import MlpAligner, gelu, linear
+from pgen_jax.models.layers import ACTIVATIONS, MlpAligner, linear
 from pgen_jax.models.llama import LlamaModel
 from pgen_jax.models.siglip import VisionModel
 from pgen_jax.models.vq import VQModel
@@ -24,11 +24,12 @@ class GenerationHead(nnx.Module):
 
   def __init__(self, cfg: JanusConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
     q = cfg.vq
+    self.act = q.hidden_act
     self.proj_out = linear(q.image_token_embed_dim, q.projection_dim, rngs, dtype=dtype, param_dtype=param_dtype)
     self.vision_head = linear(q.projection_dim, q.num_embeddings, rngs, dtype=dtype, param_dtype=param_dtype)
 
   def __call__(self, hidden):
-    return self.vision_head(gelu(self.proj_out(hidden)))
+    return self.vision_head(ACTIVATIONS[self.act](self.proj_out(hidden)))
 
 
 @dataclasses.dataclass
@@ -49,10 +50,11 @@ class Janus(nnx.Module):
     v, q, t = config.vision, config.vq, config.text
     self.config = config
     self.vision_model = VisionModel(v, rngs, **kw)
-    self.aligner = MlpAligner(v.hidden_size, v.projection_dim, v.depth, rngs, **kw)
+    self.aligner = MlpAligner(v.hidden_size, v.projection_dim, v.depth, rngs, act=v.hidden_act, **kw)
     self.vqmodel = VQModel(q, config.image_grid, rngs, **kw)
     self.generation_embeddings = nnx.Embed(q.num_embeddings, q.embed_dim, rngs=rngs, **kw)
-    self.generation_aligner = MlpAligner(q.embed_dim, q.projection_dim, q.num_hidden_layers, rngs, **kw)
+    self.generation_aligner = MlpAligner(q.embed_dim, q.projection_dim, q.num_hidden_layers, rngs,
+                                         act=q.hidden_act, **kw)
     self.generation_head = GenerationHead(config, rngs, **kw)
     self.language_model = LlamaModel(t, rngs, **kw)
     self.lm_head = linear(t.hidden_size, t.vocab_size, rngs, bias=False, **kw)

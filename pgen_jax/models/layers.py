@@ -12,6 +12,17 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
+# transformers' ACT2FN names that a Janus config may carry.
+ACTIVATIONS = {
+    "gelu": gelu,
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
 class RMSNorm(nnx.Module):
   def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
     self.eps = eps
@@ -69,8 +80,9 @@ def linear(din: int, dout: int, rngs: nnx.Rngs, *, bias: bool = True, dtype=None
 class MlpAligner(nnx.Module):
   """Linear, then (GELU, Linear) x (depth-1): Janus's aligner and generation aligner."""
 
-  def __init__(self, din: int, dout: int, depth: int, rngs: nnx.Rngs, *, dtype=None,
+  def __init__(self, din: int, dout: int, depth: int, rngs: nnx.Rngs, *, act: str = "gelu", dtype=None,
                param_dtype=jnp.float32):
+    self.act = act
     self.fc1 = linear(din, dout, rngs, dtype=dtype, param_dtype=param_dtype)
     self.hidden_layers = nnx.List([linear(dout, dout, rngs, dtype=dtype, param_dtype=param_dtype)
                                    for _ in range(depth - 1)])
@@ -78,7 +90,7 @@ class MlpAligner(nnx.Module):
   def __call__(self, x):
     x = self.fc1(x)
     for layer in self.hidden_layers:
-      x = layer(gelu(x))
+      x = layer(ACTIVATIONS[self.act](x))
     return x
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgen_jax.models.config import VisionConfig
-from pgen_jax.models.layers import LayerNorm, attention, gelu, linear
+from pgen_jax.models.layers import ACTIVATIONS, LayerNorm, attention, linear
 
 
 class Embeddings(nnx.Module):
@@ -46,11 +46,12 @@ class SelfAttention(nnx.Module):
 class MLP(nnx.Module):
   def __init__(self, cfg: VisionConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.act = cfg.hidden_act
     self.fc1 = linear(cfg.hidden_size, cfg.intermediate_size, rngs, **kw)
     self.fc2 = linear(cfg.intermediate_size, cfg.hidden_size, rngs, **kw)
 
   def __call__(self, x):
-    return self.fc2(gelu(self.fc1(x)))
+    return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
 
 
 class EncoderLayer(nnx.Module):
