@@ -12,5 +12,8 @@ def get_config():
   c.model.preset = "tiny"
   c.model.dtype = "float32"
   c.data.name = "synthetic"
+  c.data.root = "runs/demo/world"
+  c.data.image_size = 16               # the tiny model's image size
+  c.data.history_len = 3
   c.export.dir = "runs/demo/hf"
   return c

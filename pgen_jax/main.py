@@ -43,6 +43,16 @@ def export(cfg) -> None:
   logging.info("exported to %s", cfg.export.dir)
 
 
+def prepare(cfg) -> None:
+  """Raw files -> prepared store (a no-op when the same inputs were prepared already)."""
+  import json
+  from pgen_jax.data.pipeline import prepare_from_config, store_dir
+  stats = prepare_from_config(cfg)
+  logging.info("prepared data in %s:\n%s", store_dir(cfg), json.dumps(
+      {"splits": stats["splits"], "dropped": stats["dropped"]}, indent=2))
+  print(json.dumps({"splits": stats["splits"], "dropped": stats["dropped"]}))
+
+
 def _not_yet(name: str, issue: str):
   def run(cfg):
     raise NotImplementedError(f"stage {name!r} is not implemented yet ({issue}); "
@@ -51,13 +61,13 @@ def _not_yet(name: str, issue: str):
 
 
 STAGES = {
-    "prepare": _not_yet("prepare", "data pipeline issue"),
+    "prepare": prepare,
     "sft": _not_yet("sft", "SFT issue"),
     "grpo": _not_yet("grpo", "GRPO issue"),
     "eval": _not_yet("eval", "evaluation"),
     "export": export,
 }
-STAGES_READY = ("export",)
+STAGES_READY = ("prepare", "export")
 
 
 def main(argv) -> None:

@@ -55,12 +55,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   data = _get(cfg, "data.name")
   if data not in DATASETS:
     raise ConfigError(f"data.name: {data!r} unknown; choose one of {DATASETS}")
+  if data == "synthetic" and not _get(cfg, "data.root"):
+    raise ConfigError("data.root: empty; set where the synthetic world is written")
   if data != "synthetic" and any(s in stages for s in ("prepare", "sft", "grpo", "eval")):
     root = _get(cfg, "data.root")
     if not root or not Path(root).is_dir():
       raise ConfigError(f"data.root: {root!r} is not a directory; put the raw {data} files there")
-  for key in ("data.history_len", "data.future_len"):
-    if not isinstance(_get(cfg, key), int) or _get(cfg, key) < (1 if key == "data.history_len" else 0):
-      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a {'positive' if key == 'data.history_len' else 'non-negative'} integer")
+  for key, low in (("data.history_len", 1), ("data.future_len", 0), ("data.stride", 1), ("data.test_windows", 0),
+                   ("data.val_windows", 0), ("data.workers", 0), ("data.image_size", 16)):
+    value = _get(cfg, key)
+    if not isinstance(value, int) or value < low:
+      raise ConfigError(f"{key}: {value!r} must be an integer >= {low}")
+  if not ckpt and _get(cfg, "data.image_size") != PRESETS[preset]().vision.image_size:
+    raise ConfigError(f"data.image_size: {_get(cfg, 'data.image_size')} differs from the {preset} model's "
+                      f"image size {PRESETS[preset]().vision.image_size}")
   if "export" in stages and not _get(cfg, "export.dir"):
     raise ConfigError("export.dir: empty; set where the HF checkpoint is written")

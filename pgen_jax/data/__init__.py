@@ -1,0 +1,1 @@
+"""Datasets: raw MovieLens / PixelRec files -> user histories -> prepared store -> grain batches."""

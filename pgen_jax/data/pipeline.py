@@ -1,0 +1,32 @@
+"""From an experiment config to the prepared store and its loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgen_jax.data.histories import WindowConfig
+from pgen_jax.data.loader import HistorySource, make_loader
+from pgen_jax.data.store import DataSpec, prepare
+
+
+def spec_from_config(cfg) -> DataSpec:
+  d = cfg.data
+  windows = WindowConfig(history_len=d.history_len, future_len=d.future_len, stride=d.stride,
+                         min_rating=d.min_rating if d.min_rating > 0 else None, test_windows=d.test_windows,
+                         val_windows=d.val_windows)
+  return DataSpec(name=d.name, root=str(d.root), images=str(d.images), image_size=d.image_size, windows=windows)
+
+
+def store_dir(cfg) -> Path:
+  return Path(cfg.data.store or Path(cfg.workdir) / "data")
+
+
+def prepare_from_config(cfg) -> dict:
+  return prepare(spec_from_config(cfg), store_dir(cfg))
+
+
+def loader_from_config(cfg, split: str, *, batch_size: int, seed: int, shuffle: bool = True,
+                       num_epochs: int | None = None):
+  source = HistorySource(spec_from_config(cfg), str(store_dir(cfg)), split)
+  return make_loader(source, batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                     worker_count=cfg.data.workers)

@@ -1,0 +1,96 @@
+"""A synthetic MovieLens world, written in the real ml-1m layout (movies.dat, ratings.dat, posters/).
+
+Each genre has its own visual signature on the poster: a base colour and a stripe orientation, with
+per-movie jitter and noise. Each user prefers one genre: most of their ratings >= 4 go to movies of
+that genre, the rest are low. So a model that learns "next poster from the history" shows it by
+drawing the preferred genre's signature. Deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")
+# (R, G, B) base colour and stripe direction per genre.
+SIGNATURES = {
+    "Action": ((220, 40, 30), "horizontal"), "Comedy": ((240, 210, 40), "vertical"),
+    "Drama": ((40, 60, 200), "horizontal"), "Horror": ((30, 30, 30), "vertical"),
+    "Romance": ((230, 90, 180), "diagonal"), "Sci-Fi": ((30, 200, 180), "diagonal"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  seed: int = 0
+  movies_per_genre: int = 24
+  users: int = 48
+  ratings_per_user: int = 32
+  preferred_share: float = 0.75   # share of a user's ratings that go to the preferred genre
+  poster_size: tuple[int, int] = (48, 72)  # width, height: portrait, like real posters
+
+
+def poster(genre: str, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+  w, h = size
+  colour, direction = SIGNATURES[genre]
+  yy, xx = np.mgrid[0:h, 0:w]
+  period = rng.uniform(7, 10)
+  phase = rng.uniform(0, period)
+  coord = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}[direction]
+  stripes = ((coord + phase) % period) < period / 2
+  base = np.clip(np.array(colour) + rng.normal(0, 12, 3), 0, 255)
+  img = np.where(stripes[..., None], base, 255 - base * 0.5)
+  img = img + rng.normal(0, 8, img.shape)
+  return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def genre_of_movie(movie_id: int, cfg: WorldConfig) -> str:
+  return GENRES[(movie_id - 1) // cfg.movies_per_genre]
+
+
+def preferred_genre(user_id: int) -> str:
+  return GENRES[(user_id - 1) % len(GENRES)]
+
+
+def write(root: str | Path, cfg: WorldConfig = WorldConfig()) -> Path:
+  """Writes the world to `root` (atomically: a temporary sibling, then a rename); no-op if present."""
+  root = Path(root)
+  if (root / "ratings.dat").exists():
+    return root
+  root.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+  try:
+    rng = np.random.default_rng(cfg.seed)
+    (tmp / "posters").mkdir()
+    n_movies = cfg.movies_per_genre * len(GENRES)
+    lines = []
+    for m in range(1, n_movies + 1):
+      g = genre_of_movie(m, cfg)
+      lines.append(f"{m}::Synthetic {g} Movie {m} ({1980 + m % 40})::{g}")
+      Image.fromarray(poster(g, rng, cfg.poster_size)).save(tmp / "posters" / f"{m}.png")
+    (tmp / "movies.dat").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    ratings = []
+    for u in range(1, cfg.users + 1):
+      pref = GENRES.index(preferred_genre(u))
+      liked = np.arange(pref * cfg.movies_per_genre + 1, (pref + 1) * cfg.movies_per_genre + 1)
+      others = np.setdiff1d(np.arange(1, n_movies + 1), liked)
+      n_liked = min(len(liked), int(round(cfg.ratings_per_user * cfg.preferred_share)))
+      chosen = [(int(m), int(rng.integers(4, 6))) for m in rng.choice(liked, n_liked, replace=False)]
+      chosen += [(int(m), int(rng.integers(1, 4))) for m in rng.choice(others, cfg.ratings_per_user - n_liked,
+                                                                       replace=False)]
+      rng.shuffle(chosen)
+      t0 = 978_300_000 + int(rng.integers(0, 10_000_000))
+      for j, (m, r) in enumerate(chosen):
+        ratings.append(f"{u}::{m}::{r}::{t0 + 3600 * j}")
+    (tmp / "ratings.dat").write_text("\n".join(ratings) + "\n")
+    os.rename(tmp, root)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return root
