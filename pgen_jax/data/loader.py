@@ -3,13 +3,17 @@
 Each example gathers its items from the item records by index:
   history (k-1, S, S, 3) uint8  understanding inputs (pad-to-square), for the prompt
   target  (S, S, 3) uint8       generation target (centre crop)
-  future  (p, S, S, 3) uint8    generation-target crops of the next items (rewards, metrics)
-  history_text (k-1,), target_text: item texts; user, item_ids (L,)
+  future  (p, S, S, 3) uint8    generation-target crops of the next items (rewards, metrics); absent
+                                when p = 0 or with_future=False
+  history_text (k-1,), target_text: item texts; user, item_ids (L,), or (k+1,) without future
 The iterator's state (get_state/set_state) is small JSON: a resumed run continues with exactly the
-next batch.
+next batch. With worker processes, batch arrays live in shared memory that later batches reuse: put a
+batch on the devices (or copy it) before taking the next.
 """
 
 from __future__ import annotations
+
+import collections
 
 import grain.python as grain
 import numpy as np
@@ -18,21 +22,41 @@ from pgen_jax.data.store import DataSpec, builders
 
 
 class HistorySource(grain.RandomAccessDataSource):
-  """Random access to the windows of one split, with their items gathered. Picklable for workers."""
+  """Random access to the windows of one split, with their items gathered. Picklable for workers.
 
-  def __init__(self, spec: DataSpec, data_dir: str, split: str):
+  Items recur across windows (a user's neighbouring windows share all but one), so each process keeps
+  decoded items in an LRU cache of `cache_mb`. `with_future=False` skips the future images (SFT).
+  """
+
+  def __init__(self, spec: DataSpec, data_dir: str, split: str, *, with_future: bool = True,
+               cache_mb: int = 1024):
     items_b, windows_b = builders(spec, data_dir)
     if split not in windows_b.info.splits:
       raise ValueError(f"split {split!r} is empty or unknown; have {list(windows_b.info.splits)}")
-    self._args = (spec, str(data_dir), split)
+    self._args = (spec, str(data_dir), split, with_future, cache_mb)
     self._len = windows_b.info.splits[split].num_examples
-    self.history_len = spec.windows.history_len
     self._items = self._windows = None
 
   def _open(self):
     items_b, windows_b = builders(self._args[0], self._args[1])
     self._items = items_b.as_data_source(split="items")
     self._windows = windows_b.as_data_source(split=self._args[2])
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._cached_bytes = 0
+
+  def _item(self, i: int) -> dict:
+    row = self._cache.get(i)
+    if row is not None:
+      self._cache.move_to_end(i)
+      return row
+    row = self._items[i]
+    size = row["target"].nbytes + row["understanding"].nbytes
+    self._cache[i] = row
+    self._cached_bytes += size
+    while self._cached_bytes > self._args[4] * 2**20 and self._cache:
+      _, old = self._cache.popitem(last=False)
+      self._cached_bytes -= old["target"].nbytes + old["understanding"].nbytes
+    return row
 
   def __len__(self) -> int:
     return self._len
@@ -41,24 +65,26 @@ class HistorySource(grain.RandomAccessDataSource):
     if self._windows is None:
       self._open()
     w = self._windows[int(index)]
-    rows = [self._items[int(i)] for i in w["items"]]
-    k = self.history_len
-    return {
+    k = self._args[0].windows.history_len
+    with_future = self._args[3]
+    rows = [self._item(int(i)) for i in (w["items"] if with_future else w["items"][:k + 1])]
+    out = {
         "user": np.int64(w["user"]),
         "item_ids": np.array([r["item_id"] for r in rows], np.int64),
         "history": np.stack([r["understanding"] for r in rows[:k]]),
         "target": rows[k]["target"],
-        "future": np.stack([r["target"] for r in rows[k + 1:]]) if len(rows) > k + 1
-                  else np.zeros((0, *rows[k]["target"].shape), np.uint8),
         "history_text": np.array([_text(r["text"]) for r in rows[:k]], dtype=object),
         "target_text": _text(rows[k]["text"]),
     }
+    if with_future and len(rows) > k + 1:
+      out["future"] = np.stack([r["target"] for r in rows[k + 1:]])
+    return out
 
-  def __getstate__(self):
-    return {"args": self._args, "len": self._len, "history_len": self.history_len}
+  def __getstate__(self):  # workers reopen the sources themselves
+    return {"args": self._args, "len": self._len}
 
   def __setstate__(self, state):
-    self._args, self._len, self.history_len = state["args"], state["len"], state["history_len"]
+    self._args, self._len = state["args"], state["len"]
     self._items = self._windows = None
 
 
@@ -70,6 +96,10 @@ def make_loader(source: HistorySource, *, batch_size: int, seed: int = 0, shuffl
                 num_epochs: int | None = None, worker_count: int = 0, drop_remainder: bool = True,
                 shard_index: int | None = None, shard_count: int | None = None) -> grain.DataLoader:
   """A grain DataLoader over `source`; `batch_size` is per host. Hosts read disjoint shards."""
+  if worker_count > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags (e.g. under pytest)
+      flags.FLAGS.mark_as_parsed()
   if shard_index is None:
     import jax
     shard_index, shard_count = jax.process_index(), jax.process_count()

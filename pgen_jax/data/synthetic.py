@@ -45,7 +45,7 @@ def poster(genre: str, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
   coord = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}[direction]
   stripes = ((coord + phase) % period) < period / 2
   base = np.clip(np.array(colour) + rng.normal(0, 12, 3), 0, 255)
-  img = np.where(stripes[..., None], base, 255 - base * 0.5)
+  img = np.where(stripes[..., None], base, base * 0.4)
   img = img + rng.normal(0, 8, img.shape)
   return np.clip(img, 0, 255).astype(np.uint8)
 
