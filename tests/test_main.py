@@ -49,3 +49,15 @@ def test_export_stage_writes_a_directory_transformers_loads(tmp_path):
     logits = model(input_ids=ids).logits
   assert logits.shape == (1, 4, model.config.text_config.vocab_size)
   assert np.isfinite(logits.numpy()).all()
+
+
+def test_prepare_stage_builds_the_store_once(tmp_path):
+  args = ["--config=configs/demo.py", "--config.stages=('prepare',)", f"--config.workdir={tmp_path}",
+          f"--config.data.root={tmp_path}/world"]
+  first = run_main(*args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  stats = __import__("json").loads(first.stdout.strip().splitlines()[-1])
+  assert stats["splits"]["train"]["windows"] > 0 and stats["splits"]["test"]["users"] == 48
+  assert (tmp_path / "world" / "ratings.dat").exists()
+  second = run_main(*args)
+  assert second.returncode == 0 and "already in" in second.stderr

@@ -1,0 +1,178 @@
+"""Fetches MovieLens posters from TMDB with your API key: links.csv tmdbId -> poster_path -> image.
+
+  python -m pgen_jax.data.tmdb --links=data/movielens/links.csv --out=data/movielens/posters \
+      --api_key=$TMDB_API_KEY
+
+Rate-limited, retries with exponential back-off (429 honours Retry-After; 5xx, timeouts and dropped
+connections are retried), resumable: `manifest.json` in the output folder records every movie as
+ok / missing (TMDB has no poster, or no such movie) / error, and a rerun only fetches what is not ok
+or missing. Images are checked to decode and written atomically as <movieId>.jpg.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from absl import app, flags
+from PIL import Image
+
+from pgen_jax.data.movielens import _links_csv
+from pgen_jax.data.tables import DataError, Report
+
+API = "https://api.themoviedb.org/3"
+IMAGES = "https://image.tmdb.org/t/p"
+
+
+class AuthError(RuntimeError):
+  pass
+
+
+class RateLimiter:
+  def __init__(self, per_second: float):
+    self.interval = 1.0 / per_second if per_second > 0 else 0.0
+    self.next = 0.0
+    self.lock = threading.Lock()
+
+  def wait(self) -> None:
+    with self.lock:
+      now = time.monotonic()
+      if self.next > now:
+        time.sleep(self.next - now)
+      self.next = max(now, self.next) + self.interval
+
+
+class Client:
+  def __init__(self, api_key: str, *, api: str = API, images: str = IMAGES, size: str = "w500",
+               rate: float = 20.0, retries: int = 5, timeout: float = 20.0, backoff: float = 1.0):
+    if not api_key:
+      raise AuthError("no TMDB API key: pass --api_key or set TMDB_API_KEY")
+    self.key, self.api, self.images, self.size = api_key, api.rstrip("/"), images.rstrip("/"), size
+    self.limiter, self.retries, self.timeout, self.backoff = RateLimiter(rate), retries, timeout, backoff
+
+  def _get(self, url: str, headers: dict) -> bytes | None:
+    """The body, None for 404; raises after the last retry."""
+    last = None
+    for attempt in range(self.retries + 1):
+      self.limiter.wait()
+      try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout) as r:
+          return r.read()
+      except urllib.error.HTTPError as e:
+        if e.code == 404:
+          return None
+        if e.code in (401, 403):
+          raise AuthError(f"TMDB refused the API key ({e.code})") from e
+        if e.code != 429 and e.code < 500:
+          raise
+        last = e
+        wait = float(e.headers.get("Retry-After") or 0) if e.code == 429 else 0.0
+      except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        last, wait = e, 0.0
+      if attempt < self.retries:
+        time.sleep(max(wait, self.backoff * 2 ** attempt))
+    raise RuntimeError(f"{url.split('?')[0]}: gave up after {self.retries + 1} tries ({last})")
+
+  def poster(self, tmdb_id: int) -> bytes | None:
+    """Poster image bytes, or None when TMDB has no such movie or no poster."""
+    headers = {"Accept": "application/json"}
+    url = f"{self.api}/movie/{tmdb_id}"
+    if self.key.startswith("eyJ"):  # a v4 read access token
+      headers["Authorization"] = f"Bearer {self.key}"
+    else:
+      url += "?" + urllib.parse.urlencode({"api_key": self.key})
+    body = self._get(url, headers)
+    if body is None:
+      return None
+    path = json.loads(body).get("poster_path")
+    if not path:
+      return None
+    return self._get(f"{self.images}/{self.size}{path}", {})
+
+
+def _save_json(path: Path, data) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  with os.fdopen(fd, "w") as f:
+    json.dump(data, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def fetch(links: str | Path, out: str | Path, client: Client, *, limit: int | None = None) -> dict:
+  """Fetches every poster not yet ok/missing in the manifest; returns the manifest's counts."""
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  report = Report()
+  tmdb = _links_csv(Path(links), report)
+  if not tmdb:
+    raise DataError(f"{links}: no movieId with a tmdbId")
+  manifest_path = out / "manifest.json"
+  manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+  todo = [m for m in sorted(tmdb) if manifest.get(str(m), {}).get("status") not in ("ok", "missing")
+          or (manifest[str(m)]["status"] == "ok" and not (out / f"{m}.jpg").exists())]
+  if limit is not None:
+    todo = todo[:limit]
+  logging.info("%d movies with a tmdbId, %d to fetch", len(tmdb), len(todo))
+  try:
+    for n, movie in enumerate(todo, 1):
+      entry = {"tmdb_id": tmdb[movie]}
+      try:
+        data = client.poster(tmdb[movie])
+        if data is None:
+          entry["status"] = "missing"
+        else:
+          img = Image.open(io.BytesIO(data))
+          img.load()
+          fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{movie}.")
+          with os.fdopen(fd, "wb") as f:
+            img.convert("RGB").save(f, format="JPEG", quality=95)
+          os.replace(tmp, out / f"{movie}.jpg")
+          entry["status"] = "ok"
+      except AuthError:
+        raise
+      except Exception as e:  # one movie's failure is recorded, the run goes on
+        entry.update(status="error", error=f"{type(e).__name__}: {e}")
+      manifest[str(movie)] = entry
+      if n % 50 == 0 or n == len(todo):
+        _save_json(manifest_path, manifest)
+        logging.info("%d/%d fetched", n, len(todo))
+  finally:
+    _save_json(manifest_path, manifest)
+  counts: dict[str, int] = {}
+  for e in manifest.values():
+    counts[e["status"]] = counts.get(e["status"], 0) + 1
+  return counts
+
+
+_LINKS = flags.DEFINE_string("links", None, "MovieLens links.csv")
+_OUT = flags.DEFINE_string("out", None, "poster folder (gets <movieId>.jpg and manifest.json)")
+_KEY = flags.DEFINE_string("api_key", os.environ.get("TMDB_API_KEY", ""), "TMDB API key or v4 token")
+_RATE = flags.DEFINE_float("rate", 20.0, "requests per second")
+_SIZE = flags.DEFINE_string("size", "w500", "TMDB image size")
+_API = flags.DEFINE_string("api_base", API, "TMDB API base URL")
+_IMG = flags.DEFINE_string("image_base", IMAGES, "TMDB image base URL")
+_LIMIT = flags.DEFINE_integer("limit", None, "fetch at most this many (then rerun to continue)")
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    client = Client(_KEY.value, api=_API.value, images=_IMG.value, size=_SIZE.value, rate=_RATE.value)
+    counts = fetch(_LINKS.value, _OUT.value, client, limit=_LIMIT.value)
+  except (AuthError, DataError) as e:
+    raise SystemExit(f"error: {e}")
+  print(json.dumps(counts))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["links", "out"])
+  app.run(main)
