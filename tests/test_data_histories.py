@@ -74,3 +74,15 @@ def test_invariants_on_real_ml_latest_small():
     assert not evals[int(user)] & set(items[k:].tolist())
     assert when[(int(user), int(items[-1]))] <= first_eval.get(int(user), np.inf)
   assert w.stats["test"]["users"] == w.stats["test"]["windows"] > 500
+
+
+def test_holdout_users_are_test_only():
+  rows = [(u, 100 * u + t, 5.0, t) for u in range(1, 9) for t in range(6)]
+  cfg = histories.WindowConfig(history_len=2, future_len=1, holdout_users=3)
+  w = histories.make_windows(histories.sequences(inter(rows), cfg, set(range(100, 900)), collections.Counter()),
+                             cfg, collections.Counter())
+  held = set(w.users["test"].tolist()) - set(w.users["train"].tolist()) - set(w.users["validation"].tolist())
+  assert len(held) == 3
+  for u in held:  # every window of a held-out user: 6 items -> 3 windows
+    assert (w.users["test"] == u).sum() == 3
+  assert w.stats["test"]["windows"] == 3 * 3 + 5

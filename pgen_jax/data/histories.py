@@ -2,7 +2,8 @@
 
 A window is history_len items, then the target, then future_len future items, consecutive in the
 user's positive history. Windows slide by `stride`. Per user, the last `test_windows` windows
-(by target time) are test, the `val_windows` before them validation, the rest training. Training
+(by target time) are test, the `val_windows` before them validation, the rest training; the
+`holdout_users` users (chosen by a stable hash of the id) are test only. Training
 windows whose future items reach a validation/test target are dropped (when `strict_future`), so
 no evaluation target is ever seen in training, as target or as future.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -28,6 +30,7 @@ class WindowConfig:
   test_windows: int = 1
   val_windows: int = 1
   strict_future: bool = True
+  holdout_users: int = 0     # users whose every window is test (never seen in training)
 
   @property
   def length(self) -> int:
@@ -70,10 +73,15 @@ def make_windows(seqs: dict[int, np.ndarray], cfg: WindowConfig, counts: collect
   users = {s: [] for s in SPLITS}
   items = {s: [] for s in SPLITS}
   too_short = 0
+  held = set(sorted(seqs, key=lambda u: hashlib.sha256(str(u).encode()).hexdigest())[:cfg.holdout_users])
   for user, seq in sorted(seqs.items()):
     starts = list(range(0, len(seq) - cfg.length + 1, cfg.stride))
     if not starts:
       too_short += 1
+      continue
+    if user in held:
+      users["test"] += [user] * len(starts)
+      items["test"] += [seq[s:s + cfg.length] for s in starts]
       continue
     n_test = min(cfg.test_windows, len(starts))
     n_val = min(cfg.val_windows, len(starts) - n_test)
