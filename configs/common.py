@@ -14,6 +14,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.checkpoint = ""              # HF (transformers or deepseek) or pgen_jax directory
   c.model.dtype = "bfloat16"           # compute
   c.model.param_dtype = "float32"      # master weights
+  c.model.tokenizer = ""               # "": the checkpoint's own; "bytes": byte-level, for tiny models
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: all remaining devices
 
@@ -29,7 +30,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.min_rating = 4.0              # positives: rating >= min_rating; 0 keeps every rating
   c.data.test_windows = 1              # per user, the last windows
   c.data.val_windows = 1               # per user, the windows before the test ones
+  c.data.holdout_users = 0             # users kept out of training entirely (all their windows test)
   c.data.workers = 2                   # grain worker processes
+  c.data.cache_mb = 1024               # per-process cache of decoded items
+
+  c.prompt = ml_collections.ConfigDict()
+  c.prompt.template = ("<|User|>: Here are the items this user liked, oldest first:\n{history}"
+                       "Generate the image of the next item this user will like.\n\n<|Assistant|>:")
+  c.prompt.item = "{image}{text}\n"    # one history item
+  c.prompt.max_text_tokens = 32        # item texts are cut to this many tokens
+  c.prompt.uncond = "official"         # CFG's unconditional row: official | keep_images
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.batch_size = 64                # global, per optimizer step
+  c.sft.grad_accum = 1                 # micro-batches per step
+  c.sft.lr = 4e-5
+  c.sft.warmup_steps = 100
+  c.sft.epochs = 1.0
+  c.sft.num_steps = 0                  # 0: epochs x windows / batch_size
+  c.sft.b1 = 0.9
+  c.sft.b2 = 0.95
+  c.sft.weight_decay = 0.0
+  c.sft.clip = 1.0
+  c.sft.trainable = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
+  c.sft.remat = False
+  c.sft.uncond_prob = 0.1              # prompts blanked to the CFG row, so guidance has a model
+  c.sft.log_every = 50
+  c.sft.eval_every = 500
+  c.sft.eval_batches = 8
+  c.sft.eval_batch_size = 16
+  c.sft.ckpt_every = 500
+  c.sft.keep = 3
+  c.sft.max_bad_steps = 20             # consecutive non-finite steps before the run stops
+  c.sft.grid_samples = 4
+  c.sft.cfg_weight = 5.0
+  c.sft.genre_probe = True             # synthetic data only: genre hit rate of generated images
 
   c.export = ml_collections.ConfigDict(dict(dir=""))
   return c

@@ -9,11 +9,26 @@ from configs.common import base_config
 def get_config():
   c = base_config()
   c.workdir = "runs/demo"
-  c.model.preset = "tiny"
+  c.stages = ("prepare", "sft", "export")
+  c.model.preset = "demo"              # tiny Janus, 32px images, random init
   c.model.dtype = "float32"
+  c.model.tokenizer = "bytes"
   c.data.name = "synthetic"
   c.data.root = "runs/demo/world"
-  c.data.image_size = 16               # the tiny model's image size
+  c.data.image_size = 32               # the demo model's image size
   c.data.history_len = 3
+  c.data.future_len = 1
+  c.data.holdout_users = 12            # never trained on: the genre probe runs on them
+  c.data.workers = 0
+  c.prompt.template = "{history}"      # short prompts: the byte tokenizer spends a token per byte
+  c.prompt.max_text_tokens = 40
+  c.sft.batch_size = 16
+  c.sft.lr = 3e-3
+  c.sft.warmup_steps = 20
+  c.sft.num_steps = 300
+  c.sft.log_every = 25
+  c.sft.eval_every = 100
+  c.sft.eval_batches = 2
+  c.sft.ckpt_every = 100
   c.export.dir = "runs/demo/hf"
   return c

@@ -18,29 +18,29 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 flags.mark_flags_as_required(["config"])
 
 
-def _model(cfg):
-  """The configured Janus: loaded from model.checkpoint, or freshly initialised from the preset."""
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from pgen_jax.models import Janus, load_janus, make_mesh, preset
-  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
-  if cfg.model.checkpoint:
-    return load_janus(cfg.model.checkpoint, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
-  logging.warning("model.checkpoint is empty: using a randomly initialised %s", cfg.model.preset)
-  return Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype, param_dtype=param_dtype)
-
-
 def export(cfg) -> None:
-  """Writes the model as a transformers Janus directory (config.json + model.safetensors)."""
+  """Writes the model as a transformers Janus directory (config.json + model.safetensors): the SFT
+  result when <workdir>/sft/final exists, else the configured model."""
+  from pathlib import Path
+
   from converters.janus import export_hf
   from pgen_jax.models.checkpoint import is_pgen_checkpoint
-  from pathlib import Path
-  ckpt = cfg.model.checkpoint
+  from pgen_jax.train.setup import mesh_from_config, model_from_config
+  if Path(cfg.export.dir).exists():
+    logging.info("%s exists: already exported", cfg.export.dir)
+    return
+  trained = Path(cfg.workdir) / "sft" / "final"
+  ckpt = str(trained) if trained.exists() else cfg.model.checkpoint
   side = Path(ckpt) / "hf" if ckpt and is_pgen_checkpoint(ckpt) else (ckpt or None)
-  export_hf(_model(cfg), cfg.export.dir, side_files=side)
-  logging.info("exported to %s", cfg.export.dir)
+  export_hf(model_from_config(cfg, mesh_from_config(cfg), ckpt or None), cfg.export.dir, side_files=side)
+  logging.info("exported %s to %s", ckpt or "the initial model", cfg.export.dir)
+
+
+def sft(cfg) -> None:
+  """Supervised fine-tuning; resumes from <workdir>/sft/latest."""
+  import json
+  from pgen_jax.train.loop import run_sft
+  print(json.dumps(run_sft(cfg)))
 
 
 def prepare(cfg) -> None:
@@ -62,12 +62,12 @@ def _not_yet(name: str, issue: str):
 
 STAGES = {
     "prepare": prepare,
-    "sft": _not_yet("sft", "SFT issue"),
+    "sft": sft,
     "grpo": _not_yet("grpo", "GRPO issue"),
     "eval": _not_yet("eval", "evaluation"),
     "export": export,
 }
-STAGES_READY = ("prepare", "export")
+STAGES_READY = ("prepare", "sft", "export")
 
 
 def main(argv) -> None:

@@ -80,6 +80,10 @@ class HistorySource(grain.RandomAccessDataSource):
       out["future"] = np.stack([r["target"] for r in rows[k + 1:]])
     return out
 
+  def __repr__(self) -> str:  # grain checks it when restoring an iterator's state
+    spec, _, split, with_future, _ = self._args
+    return f"HistorySource({spec.name}-{spec.fingerprint()}, split={split}, with_future={with_future})"
+
   def __getstate__(self):  # workers reopen the sources themselves
     return {"args": self._args, "len": self._len}
 

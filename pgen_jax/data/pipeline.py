@@ -13,7 +13,7 @@ def spec_from_config(cfg) -> DataSpec:
   d = cfg.data
   windows = WindowConfig(history_len=d.history_len, future_len=d.future_len, stride=d.stride,
                          min_rating=d.min_rating if d.min_rating > 0 else None, test_windows=d.test_windows,
-                         val_windows=d.val_windows)
+                         val_windows=d.val_windows, holdout_users=d.holdout_users)
   return DataSpec(name=d.name, root=str(d.root), images=str(d.images), image_size=d.image_size, windows=windows)
 
 
@@ -25,8 +25,14 @@ def prepare_from_config(cfg) -> dict:
   return prepare(spec_from_config(cfg), store_dir(cfg))
 
 
+def source_from_config(cfg, split: str, *, with_future: bool = True) -> HistorySource:
+  return HistorySource(spec_from_config(cfg), str(store_dir(cfg)), split, with_future=with_future,
+                       cache_mb=cfg.data.cache_mb)
+
+
 def loader_from_config(cfg, split: str, *, batch_size: int, seed: int, shuffle: bool = True,
-                       num_epochs: int | None = None):
-  source = HistorySource(spec_from_config(cfg), str(store_dir(cfg)), split)
-  return make_loader(source, batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                     worker_count=cfg.data.workers)
+                       num_epochs: int | None = None, with_future: bool = True, workers: int | None = None,
+                       drop_remainder: bool = True):
+  return make_loader(source_from_config(cfg, split, with_future=with_future), batch_size=batch_size, seed=seed,
+                     shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
+                     worker_count=cfg.data.workers if workers is None else workers)

@@ -289,7 +289,12 @@ def tiny(hidden: int = 64, heads: int = 4, kv_heads: int = 2, layers: int = 2, v
   return JanusConfig(text=text, vision=vision, vq=vq, image_token_id=vocab - 1).validate()
 
 
-PRESETS = {"janus-pro-1b": janus_pro_1b, "janus-pro-7b": janus_pro_7b, "tiny": tiny}
+def demo() -> JanusConfig:
+  """The CPU demo's model: tiny, with 32px images (8x8 = 64 image tokens) and room for 3 history items."""
+  return tiny(image_size=32, patch=4)
+
+
+PRESETS = {"janus-pro-1b": janus_pro_1b, "janus-pro-7b": janus_pro_7b, "tiny": tiny, "demo": demo}
 
 
 def preset(name: str) -> JanusConfig:

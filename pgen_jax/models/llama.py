@@ -86,6 +86,7 @@ class LlamaModel(nnx.Module):
   def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
     self.cfg = cfg
     self.dtype = dtype
+    self.remat = False  # recompute each layer's activations in the backward pass (saves memory)
     self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                   embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     self.layers = nnx.List([DecoderLayer(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
@@ -115,7 +116,8 @@ class LlamaModel(nnx.Module):
     cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
     x = inputs_embeds if self.dtype is None else inputs_embeds.astype(self.dtype)
     new_cache = []
+    call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
     for i, layer in enumerate(self.layers):
-      x, c = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+      x, c = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index)
       new_cache.append(c)
     return self.norm(x), (new_cache if cache is not None else None)

@@ -9,6 +9,7 @@ by the understanding encoder. The prompt ends with the assistant turn and <begin
 from __future__ import annotations
 
 import dataclasses
+import string
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -55,29 +56,49 @@ class Tokenizer(Protocol):
   def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
+def _segments(template: str) -> list[tuple[str, str | None]]:
+  """(literal, field) pairs of a format string: field is 'image', 'text', 'history' or None."""
+  return [(lit, field) for lit, field, _, _ in string.Formatter().parse(template)]
+
+
 def prompt_ids(history: Sequence[HistoryItem], tok: Tokenizer, special: SpecialTokens,
-               num_image_tokens: int, template: PromptTemplate = PromptTemplate()) -> tuple[list[int], list[np.ndarray]]:
-  """Token ids of one prompt (BOS first, <begin_of_image> last) and its images in order."""
+               num_image_tokens: int, template: PromptTemplate = PromptTemplate(),
+               max_text_tokens: int | None = None) -> tuple[list[int], list[np.ndarray]]:
+  """Token ids of one prompt (BOS first, <begin_of_image> last) and its images in order.
+
+  Literal template text and each item text are tokenized separately (item texts cut to
+  max_text_tokens), so the prompt length has a fixed upper bound, see `max_prompt_len`.
+  """
   if "{history}" not in template.prompt:
     raise ValueError("PromptTemplate.prompt must contain {history}")
-  before, after = template.prompt.split("{history}", 1)
-  pieces: list[str | np.ndarray] = [before]
-  for item in history:
-    head, _, tail = template.item.partition(IMAGE)
-    pieces.append(head.format(text=item.text))
-    if IMAGE in template.item and item.image is not None:
-      pieces.append(item.image)
-    pieces.append(tail.format(text=item.text))
-  pieces.append(after)
-
   ids, images = [special.bos], []
-  for piece in pieces:
-    if isinstance(piece, np.ndarray):
-      ids += [special.boi] + [special.image] * num_image_tokens + [special.eoi]
-      images.append(piece)
-    elif piece:
-      ids += list(tok.encode(piece, add_special_tokens=False))
+
+  def literal(text):
+    if text:
+      ids.extend(tok.encode(text, add_special_tokens=False))
+
+  for lit, field in _segments(template.prompt):
+    literal(lit)
+    if field != "history":
+      continue
+    for item in history:
+      for ilit, ifield in _segments(template.item):
+        literal(ilit)
+        if ifield == "text":
+          ids.extend(list(tok.encode(item.text, add_special_tokens=False))[:max_text_tokens])
+        elif ifield == "image" and item.image is not None:
+          ids.extend([special.boi] + [special.image] * num_image_tokens + [special.eoi])
+          images.append(item.image)
   return ids + [special.boi], images
+
+
+def max_prompt_len(tok: Tokenizer, history_len: int, num_image_tokens: int, template: PromptTemplate,
+                   max_text_tokens: int) -> int:
+  """The longest prompt `prompt_ids` can make for histories of `history_len` items with images."""
+  enc = lambda t: len(tok.encode(t, add_special_tokens=False)) if t else 0
+  per_item = sum(enc(lit) for lit, _ in _segments(template.item))
+  per_item += max_text_tokens * ("{text}" in template.item) + (num_image_tokens + 2) * ("{image}" in template.item)
+  return 2 + sum(enc(lit) for lit, _ in _segments(template.prompt)) + history_len * per_item
 
 
 def uncond_ids(ids: np.ndarray, mask: np.ndarray, special: SpecialTokens, mode: str = "official") -> np.ndarray:
@@ -112,10 +133,11 @@ class PromptBatch:
 
 def build_batch(histories: Sequence[Sequence[HistoryItem]], tok: Tokenizer, special: SpecialTokens,
                 num_image_tokens: int, *, template: PromptTemplate = PromptTemplate(),
-                uncond: str = "official", pad_to: int | None = None) -> PromptBatch:
+                uncond: str = "official", pad_to: int | None = None,
+                max_text_tokens: int | None = None) -> PromptBatch:
   rows, images = [], []
   for h in histories:
-    ids, imgs = prompt_ids(h, tok, special, num_image_tokens, template)
+    ids, imgs = prompt_ids(h, tok, special, num_image_tokens, template, max_text_tokens)
     rows.append(ids)
     images += imgs
   length = max(len(r) for r in rows)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics of generated images against users' histories and next items."""

@@ -1,0 +1,77 @@
+"""The synthetic world's probe: do images generated for a user carry that user's preferred genre?
+
+A naive-Bayes classifier over VQ tokens (bag of tokens, Laplace smoothing) is fitted on the tokens
+of every item's poster, labelled by the item's genre; each generated sample is classified and counts
+as a hit when the class is the user's preferred genre. Chance is 1 / number of genres. Evaluated on
+the test windows of users never seen in training (data.holdout_users), or all test windows if none.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgen_jax.data import synthetic
+from pgen_jax.data.pipeline import loader_from_config, spec_from_config, store_dir
+from pgen_jax.data.store import builders
+from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig
+
+
+class TokenGenreClassifier:
+  def __init__(self, tokens: np.ndarray, labels: np.ndarray, vocab: int, classes: int):
+    counts = np.ones((classes, vocab))
+    for t, k in zip(tokens, labels):
+      np.add.at(counts[k], t, 1)
+    self.log_p = np.log(counts / counts.sum(1, keepdims=True))
+
+  def __call__(self, tokens: np.ndarray) -> np.ndarray:
+    return np.array([self.log_p[:, t].sum(1).argmax() for t in tokens])
+
+
+def fit_classifier(cfg, model) -> tuple[TokenGenreClassifier, float]:
+  """The classifier and its leave-nothing-out accuracy on the real posters (its ceiling)."""
+  items, _ = builders(spec_from_config(cfg), store_dir(cfg))
+  source = items.as_data_source(split="items")
+  world = synthetic.WorldConfig()
+  rows = [source[i] for i in range(len(source))]
+  labels = np.array([synthetic.GENRES.index(synthetic.genre_of_movie(int(r["item_id"]), world)) for r in rows])
+  imgs = np.stack([r["target"] for r in rows]).astype(np.float32) / 127.5 - 1.0
+  tokens = np.concatenate([np.asarray(model.get_image_tokens(jnp.asarray(imgs[i:i + 64])))
+                           for i in range(0, len(imgs), 64)])
+  clf = TokenGenreClassifier(tokens, labels, model.config.vq.num_embeddings, len(synthetic.GENRES))
+  return clf, float((clf(tokens) == labels).mean())
+
+
+def genre_hit_rate(cfg, model, mesh, prompter, *, samples: int = 4, per_user: int = 4) -> dict:
+  """Hit rate over `samples` images for each of the first `per_user` test windows of every user."""
+  clf, ceiling = fit_classifier(cfg, model)
+  train_users = set()
+  for b in loader_from_config(cfg, "train", batch_size=1, seed=0, shuffle=False, num_epochs=1, with_future=False,
+                              workers=0):
+    train_users.add(int(b["user"][0]))
+  sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=cfg.sft.cfg_weight, num_samples=samples))
+  hits, total, seen = 0, 0, {}
+  for b in loader_from_config(cfg, "test", batch_size=8, seed=0, shuffle=False, num_epochs=1, with_future=False,
+                              workers=0, drop_remainder=False):
+    b = {k: np.array(v) for k, v in b.items()}
+    keep = []
+    for u in b["user"]:  # users never trained on (when there are any), a few windows each
+      u = int(u)
+      ok = (u not in train_users or not cfg.data.holdout_users) and seen.get(u, 0) < per_user
+      seen[u] = seen.get(u, 0) + ok
+      keep.append(ok)
+    if not any(keep):
+      continue
+    b = {k: v[np.array(keep)] for k, v in b.items()}
+    x = prompter(b)
+    pb = PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"],
+                     images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
+                     uncond_has_images=cfg.prompt.uncond == "keep_images")
+    tokens = np.asarray(sampler(pb, jax.random.key(total)).tokens)
+    pred = clf(tokens)
+    want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
+    hits += int((pred == want).sum())
+    total += len(pred)
+  return {"hit_rate": hits / max(total, 1), "samples": total, "users": sum(1 for v in seen.values() if v),
+          "chance": 1 / len(synthetic.GENRES), "classifier_accuracy_on_posters": ceiling}

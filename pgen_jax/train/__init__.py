@@ -1,0 +1,1 @@
+"""Training: SFT (sft.py, run by loop.py), checkpoints, and the shared set-up from a config."""

@@ -1,0 +1,51 @@
+"""Orbax checkpoints of a run: `latest/` (keep-N, for resuming) and `best/` (by validation loss).
+
+A latest checkpoint holds the training state (trainable params, optimizer, step, counters) and the
+data iterator's state, so a resumed run continues with exactly the next batch. Saves are
+asynchronous; orbax writes into a temporary directory and renames it when complete, so a process
+killed mid-save leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  def __init__(self, directory: str | Path, keep: int = 3):
+    directory = Path(directory).resolve()
+    self.latest = ocp.CheckpointManager(directory / "latest", options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=True))
+    self.best = ocp.CheckpointManager(directory / "best", options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min",
+        enable_async_checkpointing=True))
+
+  def save(self, step: int, state, data_state: bytes | str) -> None:
+    data = data_state.decode() if isinstance(data_state, bytes) else data_state
+    self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave({"iterator": data})))
+
+  def save_best(self, step: int, params, val_loss: float) -> None:
+    self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                   metrics={"val_loss": float(val_loss)})
+
+  def restore_latest(self, like):
+    """(step, state, data iterator state) of the latest checkpoint, or None. `like`: the state's shape."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    out = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                            data=ocp.args.JsonRestore()))
+    return step, out["state"], out["data"]["iterator"]
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()

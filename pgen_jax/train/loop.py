@@ -1,0 +1,175 @@
+"""The SFT stage: set-up, resume, the training loop, evaluation, sample grids, final checkpoint.
+
+Writes under <workdir>/sft: latest/ and best/ (orbax), tb/ (TensorBoard), grids/*.png,
+summary.json, and final/ (a pgen_jax checkpoint of the whole model that later stages load).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from PIL import Image
+
+from pgen_jax.data.pipeline import loader_from_config, source_from_config
+from pgen_jax.models.checkpoint import save_janus
+from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.train import sft
+from pgen_jax.train.checkpoints import Checkpoints
+from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, to_device
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+def _write_json(path: Path, data) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  with os.fdopen(fd, "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)
+
+
+def sft_dir(cfg) -> Path:
+  return Path(cfg.workdir) / "sft"
+
+
+def run_sft(cfg) -> dict:
+  out = sft_dir(cfg)
+  if (out / "final").exists():
+    logging.info("SFT already finished: %s", out / "final")
+    return json.loads((out / "summary.json").read_text())
+  out.mkdir(parents=True, exist_ok=True)
+  c = cfg.sft
+  mesh = mesh_from_config(cfg)
+  model = model_from_config(cfg, mesh)
+  model.language_model.remat = bool(c.remat)
+  prompter = Prompter(cfg, model.config)
+  graphdef, params, frozen = nnx.split(model, sft.trainable_filter(tuple(c.trainable)), ...)
+  train_loader = loader_from_config(cfg, "train", batch_size=c.batch_size // jax.process_count(), seed=cfg.seed,
+                                    with_future=False)
+  per_epoch = len(source_from_config(cfg, "train", with_future=False)) // c.batch_size
+  total = c.num_steps or max(1, int(c.epochs * per_epoch))
+  tx = sft.make_optimizer(c.lr, c.warmup_steps, total, c.b1, c.b2, c.weight_decay, c.clip)
+  state = sft.init_state(params, tx)
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
+  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+  replicated = NamedSharding(mesh, P())
+  step_cfg = sft.StepConfig(grad_accum=c.grad_accum, uncond_prob=c.uncond_prob)
+  train_step = jax.jit(functools.partial(sft.train_step, graphdef, tx, step_cfg), donate_argnums=(0,),
+                       in_shardings=(state_sh, frozen_sh, None, replicated), out_shardings=(state_sh, replicated))
+  eval_step = jax.jit(functools.partial(sft.eval_loss, graphdef), out_shardings=replicated)
+  base_key = jax.random.key(cfg.seed)
+
+  ckpts = Checkpoints(out, keep=c.keep)
+  it = iter(train_loader)
+  restored = ckpts.restore_latest(state)
+  summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+  if restored is not None:
+    start, state, data_state = restored
+    it.set_state(data_state.encode())
+    logging.info("resumed SFT at step %d", start)
+  else:
+    start = 0
+  writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=c.log_every)
+  val_batches = _validation_batches(cfg, prompter, c.eval_batches)
+  sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=c.cfg_weight, num_samples=c.grid_samples))
+
+  def evaluate(step):
+    losses = [float(eval_step(state["params"], frozen, to_device(b, mesh))) for b in val_batches]
+    val = float(np.mean(losses))
+    writer.write_scalars(step, {"val_loss": val})
+    summary.setdefault("initial_val_loss", val)
+    summary["val_loss"] = val
+    return val
+
+  if start == 0:
+    evaluate(0)
+  step = start
+  while step < total:
+    batch = to_device(prompter(next(it)), mesh)
+    state, metrics = train_step(state, frozen, batch, base_key)
+    step += 1
+    progress(step)
+    if step % c.log_every == 0 or step == total:
+      m = jax.device_get(metrics)
+      writer.write_scalars(step, {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                                  "skipped_steps": int(m["skipped"])})
+      if int(m["bad_streak"]) >= c.max_bad_steps:
+        ckpts.wait()
+        raise NonFiniteError(f"SFT stopped at step {step}: {int(m['bad_streak'])} steps in a row had a non-finite "
+                             f"loss or gradient ({int(m['skipped'])} skipped in all); the last good checkpoint "
+                             f"is step {ckpts.latest.latest_step()} in {out / 'latest'}")
+    if step % c.eval_every == 0 or step == total:
+      val = evaluate(step)
+      ckpts.save_best(step, state["params"], val)
+      _grid(sampler, graphdef, state["params"], frozen, val_batches[0], mesh, out, step, writer, cfg)
+    if step % c.ckpt_every == 0 or step == total:
+      if int(jax.device_get(state["bad_streak"])) == 0:  # never checkpoint in the middle of a bad streak
+        ckpts.save(step, state, it.get_state())
+  ckpts.wait()
+  summary.update(steps=total, skipped_steps=int(jax.device_get(state["skipped"])))
+  _write_json(out / "summary.json", summary)
+  final = nnx.merge(graphdef, state["params"], frozen)
+  if cfg.data.name == "synthetic" and c.genre_probe:
+    from pgen_jax.eval.genre import genre_hit_rate
+    summary["genre_probe"] = genre_hit_rate(cfg, final, mesh, prompter)
+    writer.write_scalars(total, {"genre_hit_rate": summary["genre_probe"]["hit_rate"]})
+    _write_json(out / "summary.json", summary)
+  writer.flush()
+  save_janus(final, out / "final", hf_files=cfg.model.checkpoint or None)
+  ckpts.close()
+  logging.info("SFT done: %s", json.dumps(summary))
+  return summary
+
+
+def _validation_batches(cfg, prompter: Prompter, n: int) -> list[dict]:
+  loader = loader_from_config(cfg, "validation", batch_size=cfg.sft.eval_batch_size // jax.process_count(),
+                              seed=0, shuffle=False, num_epochs=1, with_future=False, workers=0)
+  out = []
+  for b in loader:
+    out.append(prompter({k: np.array(v) for k, v in b.items()}))
+    if len(out) == n:
+      break
+  if not out:
+    raise ValueError("the validation split has fewer windows than sft.eval_batch_size")
+  return out
+
+
+def _grid(sampler, graphdef, params, frozen, batch, mesh, out: Path, step: int, writer, cfg) -> None:
+  """History strip | generated samples | ground truth, one row per validation example."""
+  from pgen_jax.sampling.prompts import PromptBatch
+  rows = min(4, batch["ids"].shape[0])
+  sampler.state = jax.device_put(nnx.state(nnx.merge(graphdef, params, frozen)), sampler.state_shardings)
+  k = batch["history"].shape[1]
+  pb = PromptBatch(ids=batch["ids"][:rows], mask=batch["mask"][:rows], uncond=batch["uncond"][:rows],
+                   images=(batch["history"][:rows].reshape(-1, *batch["history"].shape[2:]).astype(np.float32)
+                           / 127.5 - 1.0), uncond_has_images=cfg.prompt.uncond == "keep_images")
+  gen = np.asarray(sampler(pb, jax.random.key(step)).images)
+  s = batch["target"].shape[1]
+  n = sampler.cfg.num_samples
+  grid = np.full((rows * s, (k + n + 1) * s + 2 * 4, 3), 255, np.uint8)
+  for r in range(rows):
+    tiles = [batch["history"][r, j] for j in range(k)] + [None] + list(gen[r * n:(r + 1) * n]) + [None] + \
+            [batch["target"][r]]
+    x = 0
+    for t in tiles:
+      if t is None:
+        x += 4
+        continue
+      grid[r * s:(r + 1) * s, x:x + s] = t
+      x += s
+  (out / "grids").mkdir(exist_ok=True)
+  Image.fromarray(grid).save(out / "grids" / f"step_{step:07d}.png")
+  writer.write_images(step, {"samples": grid[None]})

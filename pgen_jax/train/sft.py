@@ -1,0 +1,105 @@
+"""Supervised fine-tuning: cross-entropy on the target item's VQ tokens given the history prompt.
+
+The target image is tokenized by the frozen VQ model inside the step (the original L2-normalised
+rule); the tokens are fed back through the generation embeddings and aligner (teacher forcing) and
+scored by the generation head. Only the configured submodules train; parameters stay in their
+storage dtype (fp32 master weights) while the model computes in its compute dtype (bf16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from pgen_jax.models.janus import Janus
+
+TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
+
+
+def trainable_filter(parts: tuple[str, ...]) -> Callable:
+  parts = tuple(parts)
+  return lambda path, _: bool(path) and str(path[0]) in parts
+
+
+def image_loss(model: Janus, ids, mask, images, targets):
+  """Mean CE of the target tokens (B, N) given left-padded prompts (B, P) and history images."""
+  prompt = model.embed_inputs(ids, images)
+  fed = model.prepare_embeddings_for_image_generation(targets[:, :-1]).astype(prompt.dtype)
+  emb = jnp.concatenate([prompt, fed], axis=1)
+  full_mask = jnp.concatenate([mask, jnp.ones_like(targets[:, :-1])], axis=1)
+  positions = jnp.maximum(jnp.cumsum(full_mask, axis=1) - 1, 0)
+  hidden, _ = model.language_model(emb, positions, full_mask)
+  logits = model.image_logits(hidden[:, ids.shape[1] - 1:])  # the BOI position predicts token 0
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def to_unit(images_uint8):
+  return images_uint8.astype(jnp.float32) / 127.5 - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  grad_accum: int = 1
+  uncond_prob: float = 0.1   # CFG needs an unconditional model: train it on blanked prompts
+
+
+def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, weight_decay: float,
+                   clip: float) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total, warmup + 1), lr * 0.1)
+  return optax.chain(optax.clip_by_global_norm(clip),
+                     optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+
+
+def batch_loss(graphdef, params, frozen, batch, key, cfg: StepConfig):
+  model = nnx.merge(graphdef, params, frozen)
+  targets = jax.lax.stop_gradient(model.get_image_tokens(to_unit(batch["target"])))
+  ids = batch["ids"]
+  if cfg.uncond_prob > 0:
+    drop = jax.random.bernoulli(key, cfg.uncond_prob, (ids.shape[0], 1))
+    ids = jnp.where(drop, batch["uncond"], ids)
+  return image_loss(model, ids, batch["mask"], to_unit(batch["history"]), targets)
+
+
+def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict, base_key):
+  """One optimizer update over grad_accum micro-batches; non-finite updates are skipped."""
+  params, opt_state = state["params"], state["opt_state"]
+  key = jax.random.fold_in(base_key, state["step"])
+  micro = jax.tree.map(lambda x: x.reshape(cfg.grad_accum, -1, *x.shape[1:]), batch)
+  grad_fn = jax.value_and_grad(lambda p, b, k: batch_loss(graphdef, p, frozen, b, k, cfg))
+
+  def accumulate(carry, xs):
+    loss_sum, grad_sum = carry
+    b, i = xs
+    loss, grads = grad_fn(params, b, jax.random.fold_in(key, i))
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                  (micro, jnp.arange(cfg.grad_accum)))
+  loss, grads = loss / cfg.grad_accum, jax.tree.map(lambda g: g / cfg.grad_accum, grads)
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  new_state = {"params": keep(new_params, params), "opt_state": keep(new_opt, opt_state),
+               "step": state["step"] + 1, "skipped": state["skipped"] + (~ok).astype(jnp.int32),
+               "bad_streak": jnp.where(ok, 0, state["bad_streak"] + 1)}
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": new_state["skipped"],
+                     "bad_streak": new_state["bad_streak"]}
+
+
+def eval_loss(graphdef, params, frozen, batch):
+  model = nnx.merge(graphdef, params, frozen)
+  targets = model.get_image_tokens(to_unit(batch["target"]))
+  return image_loss(model, batch["ids"], batch["mask"], to_unit(batch["history"]), targets)
+
+
+def init_state(params, tx) -> dict[str, Any]:
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+          "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}

@@ -1,0 +1,153 @@
+"""SFT: the loss against transformers' modules, the non-finite guard, kill-and-resume, and the demo."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import transformers as T
+from flax import nnx
+
+from hf_janus import SIZES, hf_model
+from pgen_jax.models import load_janus, make_mesh
+from pgen_jax.train import sft
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_image_loss_equals_teacher_forced_transformers(tmp_path):
+  hf = hf_model(seed=41, **SIZES["gqa"])
+  hf.save_pretrained(tmp_path)
+  ours = load_janus(tmp_path, mesh=make_mesh(devices=jax.devices()[:1]))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 300, (2, 7)).astype(np.int32)
+  ids[1, :2] = 0  # left padding
+  mask = (np.arange(7)[None] >= np.array([[0], [2]])).astype(np.int32)
+  targets = rng.integers(0, 64, (2, 16)).astype(np.int32)
+  with torch.no_grad():
+    emb = torch.cat([hf.get_input_embeddings()(torch.tensor(ids, dtype=torch.long)),
+                     hf.prepare_embeddings_for_image_generation(torch.tensor(targets[:, :-1], dtype=torch.long))], 1)
+    full = torch.cat([torch.tensor(mask), torch.ones(2, 15, dtype=torch.long)], 1)
+    pos = (full.cumsum(-1) - 1).clamp(min=0)
+    h = hf.model.language_model(inputs_embeds=emb, attention_mask=full, position_ids=pos).last_hidden_state
+    logits = hf.model.generation_head(h[:, 6:])
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), torch.tensor(targets, dtype=torch.long).reshape(-1))
+  got = sft.image_loss(ours, jnp.asarray(ids), jnp.asarray(mask), None, jnp.asarray(targets))
+  np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
+
+
+def test_non_finite_steps_are_skipped_and_counted():
+  from pgen_jax.models import Janus, tiny
+  model = Janus(tiny(), nnx.Rngs(0))
+  graphdef, params, frozen = nnx.split(model, sft.trainable_filter(sft.TRAINABLE_DEFAULT), ...)
+  tx = sft.make_optimizer(1e-2, 1, 10, 0.9, 0.95, 0.0, 1.0)
+  state = sft.init_state(params, tx)
+  rng = np.random.default_rng(0)
+  n = model.config.num_image_tokens
+  ids = np.concatenate([np.ones((2, 1)), np.full((2, 1), 317), np.full((2, n), 319), np.full((2, 1), 318),
+                        np.full((2, 1), 317)], 1).astype(np.int32)
+  batch = {"ids": ids, "uncond": ids, "mask": np.ones_like(ids),
+           "history": rng.integers(0, 255, (2, 1, 16, 16, 3)).astype(np.uint8),
+           "target": rng.integers(0, 255, (2, 16, 16, 3)).astype(np.uint8)}
+  step = jax.jit(lambda s, b: sft.train_step(graphdef, tx, sft.StepConfig(uncond_prob=0.0), s, frozen, b,
+                                             jax.random.key(0)))
+  before = jax.tree.map(np.asarray, state["params"])
+  bad_frozen = jax.tree.map(lambda x: x, frozen)  # a NaN in a frozen weight poisons loss and gradients
+  bad_frozen["vision_model"]["post_layernorm"]["scale"][...] = jnp.full_like(
+      bad_frozen["vision_model"]["post_layernorm"]["scale"][...], jnp.nan)
+  bad_step = jax.jit(lambda s, b: sft.train_step(graphdef, tx, sft.StepConfig(uncond_prob=0.0), s, bad_frozen, b,
+                                                 jax.random.key(0)))
+  state, m = bad_step(state, batch)
+  assert not np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(m["bad_streak"]) == 1
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state["params"], before)
+  for _ in range(2):  # the warm-up's first learning rate is 0
+    state, m = step(state, batch)
+  assert np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(m["bad_streak"]) == 0
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool((np.asarray(a) != b).any()), state["params"], before))
+  assert any(changed)
+
+
+def run_main(cwd, *args, log=None):
+  cmd = [sys.executable, "-m", "pgen_jax.main", *args]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  if log is not None:  # in the background; its (long) log goes to a file, not a pipe that could fill
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def sft_args(workdir, store, steps=24):
+  return ["--config=configs/demo.py", "--config.stages=('prepare','sft')", f"--config.workdir={workdir}",
+          f"--config.data.root={store}/world", f"--config.data.store={store}/data", f"--config.sft.num_steps={steps}",
+          "--config.sft.ckpt_every=6", "--config.sft.eval_every=12", "--config.sft.log_every=6",
+          "--config.sft.genre_probe=False"]
+
+
+def final_params(workdir):
+  model = load_janus(Path(workdir) / "sft" / "final", mesh=make_mesh(devices=jax.devices()[:1]))
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0]
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}
+
+
+def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
+  store = tmp_path / "shared"
+  plain = run_main(ROOT, *sft_args(tmp_path / "plain", store))
+  assert plain.returncode == 0, plain.stderr[-3000:]
+  proc = run_main(ROOT, *sft_args(tmp_path / "killed", store), log=tmp_path / "killed.log")
+  ckpt = tmp_path / "killed" / "sft" / "latest" / "12"
+  deadline = time.time() + 300
+  while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert ckpt.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / "killed" / "sft" / "final").exists()
+  resumed = run_main(ROOT, *sft_args(tmp_path / "killed", store))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed SFT at step" in resumed.stderr
+  a, b = final_params(tmp_path / "plain"), final_params(tmp_path / "killed")
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_repeated_non_finite_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  store = tmp_path / "shared"
+  args = sft_args(tmp_path / "run", store, steps=6)
+  assert run_main(ROOT, *args).returncode == 0
+  shutil.rmtree(tmp_path / "run" / "sft" / "final")  # pretend the run goes on for longer
+  (tmp_path / "run" / "sft" / "summary.json").unlink()
+  before = sorted(p.name for p in (tmp_path / "run" / "sft" / "latest").iterdir())
+  bad = run_main(ROOT, *sft_args(tmp_path / "run", store, steps=30), "--config.sft.max_bad_steps=3",
+                 "--config.sft.lr=1e30", "--config.sft.clip=1e30", "--config.sft.warmup_steps=1")
+  assert bad.returncode != 0
+  assert "non-finite" in bad.stderr and "last good checkpoint is step 6" in bad.stderr
+  assert sorted(p.name for p in (tmp_path / "run" / "sft" / "latest").iterdir()) == before
+
+
+def test_readme_demo_command(tmp_path):
+  readme = (ROOT / "README.md").read_text()
+  command = "python -m pgen_jax.main --config=configs/demo.py"
+  assert f"\n{command}\n" in readme
+  shutil.copytree(ROOT / "configs", tmp_path / "configs")
+  run = subprocess.run(command.split(), cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = tmp_path / "runs" / "demo"
+  summary = json.loads((out / "sft" / "summary.json").read_text())
+  probe = summary["genre_probe"]
+  assert probe["users"] >= 8 and probe["samples"] >= 100
+  assert probe["hit_rate"] >= 0.8, probe  # chance is 1/6
+  assert summary["val_loss"] < summary["initial_val_loss"] - 0.3, summary
+  assert list((out / "sft" / "grids").glob("*.png")) and list((out / "sft" / "tb").glob("events.*"))
+  model = T.JanusForConditionalGeneration.from_pretrained(out / "hf")
+  assert model.config.vision_config.image_size == 32
