@@ -69,5 +69,25 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not ckpt and _get(cfg, "data.image_size") != PRESETS[preset]().vision.image_size:
     raise ConfigError(f"data.image_size: {_get(cfg, 'data.image_size')} differs from the {preset} model's "
                       f"image size {PRESETS[preset]().vision.image_size}")
+  if _get(cfg, "prompt.uncond") not in ("official", "keep_images"):
+    raise ConfigError(f"prompt.uncond: {_get(cfg, 'prompt.uncond')!r}; use 'official' or 'keep_images'")
+  if "{history}" not in _get(cfg, "prompt.template"):
+    raise ConfigError("prompt.template: must contain {history}")
+  if "sft" in stages:
+    for key in ("sft.batch_size", "sft.grad_accum", "sft.log_every", "sft.eval_every", "sft.ckpt_every",
+                "sft.eval_batches", "sft.eval_batch_size", "sft.keep", "sft.max_bad_steps", "sft.grid_samples"):
+      if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
+        raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a positive integer")
+    if _get(cfg, "sft.batch_size") % _get(cfg, "sft.grad_accum"):
+      raise ConfigError(f"sft.batch_size: {_get(cfg, 'sft.batch_size')} is not a multiple of sft.grad_accum")
+    if not _get(cfg, "sft.lr") > 0:
+      raise ConfigError("sft.lr: must be positive")
+    if not 0 <= _get(cfg, "sft.uncond_prob") < 1:
+      raise ConfigError("sft.uncond_prob: must be in [0, 1)")
+    known = ("vision_model", "aligner", "vqmodel", "generation_embeddings", "generation_aligner",
+             "generation_head", "language_model", "lm_head")
+    bad = [p for p in _get(cfg, "sft.trainable") if p not in known]
+    if bad or not _get(cfg, "sft.trainable"):
+      raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {known}")
   if "export" in stages and not _get(cfg, "export.dir"):
     raise ConfigError("export.dir: empty; set where the HF checkpoint is written")

@@ -35,3 +35,11 @@ def test_benchmark_runs(tmp_path):
   assert "ratio" in run.stdout
   row = __import__("json").loads(out.read_text().splitlines()[0])
   assert row["prompts"] == 2 and row["ours_images_per_s"] > 0 and row["hf_images_per_s"] > 0
+
+
+def test_sft_benchmark_runs():
+  run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.sft", "--preset=tiny", "--batch=2", "--history=1",
+                        "--text=8", "--steps=1"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "tokens/s" in run.stdout and "ms/step" in run.stdout

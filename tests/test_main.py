@@ -23,6 +23,9 @@ def run_main(*args):
     (["--config=configs/demo.py", "--config.model.preset=janus-9b"], "model.preset"),
     (["--config=configs/demo.py", "--config.stages=('sft','train')"], "unknown stage 'train'"),
     (["--config=configs/demo.py", "--config.mesh.fsdp=0"], "mesh.fsdp"),
+    (["--config=configs/demo.py", "--config.sft.batch_size=10", "--config.sft.grad_accum=3"], "sft.grad_accum"),
+    (["--config=configs/demo.py", "--config.sft.trainable=('language_model','decoder')"], "sft.trainable"),
+    (["--config=configs/demo.py", "--config.prompt.uncond=none"], "prompt.uncond"),
     (["--config=configs/movielens.py"], "model.checkpoint: checkpoints/Janus-Pro-1B is not a directory"),
     (["--config=configs/pixelrec.py", "--config.model.checkpoint=", "--config.data.root=/nonexistent"],
      "data.root"),
@@ -34,14 +37,15 @@ def test_bad_config_is_named(args, key):
 
 
 def test_stage_not_yet_available_fails_clearly():
-  run = run_main("--config=configs/demo.py", "--config.stages=('sft',)")
+  run = run_main("--config=configs/demo.py", "--config.stages=('grpo',)")
   assert run.returncode == 2
-  assert "stage 'sft' is not implemented yet" in run.stderr
+  assert "stage 'grpo' is not implemented yet" in run.stderr
 
 
 def test_export_stage_writes_a_directory_transformers_loads(tmp_path):
   out = tmp_path / "hf"
-  run = run_main("--config=configs/demo.py", "--config.stages=('export',)", f"--config.export.dir={out}")
+  run = run_main("--config=configs/demo.py", "--config.stages=('export',)", f"--config.export.dir={out}",
+                 f"--config.workdir={tmp_path}")
   assert run.returncode == 0, run.stderr
   model = T.JanusForConditionalGeneration.from_pretrained(out).eval()
   ids = torch.tensor([[1, 5, 7, 9]])

@@ -52,6 +52,10 @@ def run_sft(cfg) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   c = cfg.sft
   mesh = mesh_from_config(cfg)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if (c.batch_size // c.grad_accum) % shards or c.batch_size % jax.process_count():
+    raise ValueError(f"sft.batch_size: {c.batch_size} / grad_accum {c.grad_accum} must split evenly over the "
+                     f"{shards} data-parallel devices and {jax.process_count()} hosts")
   model = model_from_config(cfg, mesh)
   model.language_model.remat = bool(c.remat)
   prompter = Prompter(cfg, model.config)
