@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -25,6 +24,7 @@ from flax import nnx
 from converters import safetensors_io
 from converters.janus_hf import HFCheckpoint, hf_key, to_hf
 from converters.safetensors_io import CheckpointError
+from pgen_jax.fileio import atomic_directory
 
 
 def to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None, mesh=None) -> None:
@@ -50,12 +50,7 @@ def hf_tensors(model) -> dict[str, np.ndarray]:
 
 def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | None = None) -> None:
   """Writes config.json + model.safetensors that JanusForConditionalGeneration loads."""
-  dst = Path(dst).resolve()
-  if dst.exists():
-    raise FileExistsError(f"{dst} already exists; choose a new output directory")
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-  try:
+  with atomic_directory(dst) as tmp:
     base = None
     if side_files is not None and Path(side_files).is_dir():
       for f in Path(side_files).iterdir():
@@ -64,10 +59,6 @@ def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | 
         base = json.loads((tmp / "config.json").read_text())
     (tmp / "config.json").write_text(json.dumps(model.config.to_hf(base), indent=2))
     safetensors_io.write(tmp / "model.safetensors", hf_tensors(model))
-    os.rename(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def to_hf_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:

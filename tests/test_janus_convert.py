@@ -17,7 +17,7 @@ import transformers as T
 
 from converters import janus as cli
 from hf_janus import SIZES, hf_model
-from pgen_jax.models import load_janus, make_mesh
+from pgen_jax.models import load_janus
 from test_janus_parity import images, multimodal_prompts, nhwc
 
 ONE = dict(mesh=None)

@@ -10,7 +10,6 @@ from flax import nnx
 
 from hf_janus import SIZES, hf_model
 from pgen_jax.models import Janus, count_params, janus_pro_1b, janus_pro_7b, load_janus, make_mesh, tiny
-from pgen_jax.models.sharding import param_shardings
 
 
 @pytest.mark.parametrize("preset", [janus_pro_1b, janus_pro_7b])

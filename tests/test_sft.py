@@ -12,8 +12,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
 import torch
 import transformers as T
 from flax import nnx

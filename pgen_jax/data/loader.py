@@ -14,6 +14,7 @@ batch on the devices (or copy it) before taking the next.
 from __future__ import annotations
 
 import collections
+import threading
 
 import grain.python as grain
 import numpy as np
@@ -36,6 +37,7 @@ class HistorySource(grain.RandomAccessDataSource):
     self._args = (spec, str(data_dir), split, with_future, cache_mb)
     self._len = windows_b.info.splits[split].num_examples
     self._items = self._windows = None
+    self._lock = threading.Lock()  # grain reads from several threads per process
 
   def _open(self):
     items_b, windows_b = builders(self._args[0], self._args[1])
@@ -45,25 +47,28 @@ class HistorySource(grain.RandomAccessDataSource):
     self._cached_bytes = 0
 
   def _item(self, i: int) -> dict:
-    row = self._cache.get(i)
-    if row is not None:
-      self._cache.move_to_end(i)
-      return row
+    with self._lock:
+      row = self._cache.get(i)
+      if row is not None:
+        self._cache.move_to_end(i)
+        return row
     row = self._items[i]
-    size = row["target"].nbytes + row["understanding"].nbytes
-    self._cache[i] = row
-    self._cached_bytes += size
-    while self._cached_bytes > self._args[4] * 2**20 and self._cache:
-      _, old = self._cache.popitem(last=False)
-      self._cached_bytes -= old["target"].nbytes + old["understanding"].nbytes
+    with self._lock:
+      if i not in self._cache:
+        self._cache[i] = row
+        self._cached_bytes += row["target"].nbytes + row["understanding"].nbytes
+      while self._cached_bytes > self._args[4] * 2**20 and self._cache:
+        _, old = self._cache.popitem(last=False)
+        self._cached_bytes -= old["target"].nbytes + old["understanding"].nbytes
     return row
 
   def __len__(self) -> int:
     return self._len
 
   def __getitem__(self, index: int) -> dict:
-    if self._windows is None:
-      self._open()
+    with self._lock:
+      if self._windows is None:
+        self._open()
     w = self._windows[int(index)]
     k = self._args[0].windows.history_len
     with_future = self._args[3]
@@ -90,6 +95,7 @@ class HistorySource(grain.RandomAccessDataSource):
   def __setstate__(self, state):
     self._args, self._len = state["args"], state["len"]
     self._items = self._windows = None
+    self._lock = threading.Lock()
 
 
 def _text(t) -> str:

@@ -28,7 +28,7 @@ def read(root: str | Path, report: Report | None = None) -> tuple[Catalog, Inter
   else:
     catalog = _movies_csv(root / "movies.csv", report)
     if (root / "links.csv").exists():
-      catalog.tmdb = _links_csv(root / "links.csv", report)
+      catalog.tmdb = read_links(root / "links.csv", report)
     inter = _ratings_csv(root / "ratings.csv", report)
   known = np.isin(inter.item, np.fromiter(catalog.titles, np.int64, len(catalog.titles)))
   if (~known).any():
@@ -78,7 +78,7 @@ def _movies_csv(path: Path, report: Report) -> Catalog:
   return Catalog(titles, tags)
 
 
-def _links_csv(path: Path, report: Report) -> dict[int, int]:
+def read_links(path: Path, report: Report) -> dict[int, int]:
   out = {}
   for n, row in csv_rows(path, ("movieId", "tmdbId"), report):
     if row["movieId"].isdigit() and row["tmdbId"].isdigit():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pgen_jax.data.tables import Catalog, DataError, Interactions, Report, check_mostly_valid, csv_rows, dedupe
+from pgen_jax.data.tables import Catalog, Interactions, Report, check_mostly_valid, csv_rows, dedupe
 
 
 def paths(root: Path) -> tuple[Path, Path, Path]:

@@ -15,14 +15,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pgen_jax.data import histories, images, movielens, pixelrec, synthetic
-from pgen_jax.data.tables import Catalog, DataError, Report
+from pgen_jax.data.tables import DataError, Report
+from pgen_jax.fileio import write_json
 
 VERSION = "1.1.0"
 
@@ -114,10 +113,7 @@ def prepare(spec: DataSpec, data_dir: str | Path) -> dict:
     b.download_and_prepare(download_config=dl_config)
   stats = {**plan.stats, "fingerprint": fp, "spec": dataclasses.asdict(spec)}
   data_dir.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".stats-")
-  with os.fdopen(fd, "w") as f:
-    json.dump(stats, f, indent=2, default=str)
-  os.replace(tmp, stats_path)
+  write_json(stats_path, stats)
   return stats
 
 

@@ -9,13 +9,12 @@ drawing the preferred genre's signature. Deterministic given the seed.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pgen_jax.fileio import atomic_directory
 
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")
 # (R, G, B) base colour and stripe direction per genre.
@@ -63,9 +62,7 @@ def write(root: str | Path, cfg: WorldConfig = WorldConfig()) -> Path:
   root = Path(root)
   if (root / "ratings.dat").exists():
     return root
-  root.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-  try:
+  with atomic_directory(root) as tmp:
     rng = np.random.default_rng(cfg.seed)
     (tmp / "posters").mkdir()
     n_movies = cfg.movies_per_genre * len(GENRES)
@@ -89,8 +86,4 @@ def write(root: str | Path, cfg: WorldConfig = WorldConfig()) -> Path:
       for j, (m, r) in enumerate(chosen):
         ratings.append(f"{u}::{m}::{r}::{t0 + 3600 * j}")
     (tmp / "ratings.dat").write_text("\n".join(ratings) + "\n")
-    os.rename(tmp, root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return root

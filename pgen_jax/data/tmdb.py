@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import urllib.error
@@ -26,8 +25,9 @@ from pathlib import Path
 from absl import app, flags
 from PIL import Image
 
-from pgen_jax.data.movielens import _links_csv
+from pgen_jax.data.movielens import read_links
 from pgen_jax.data.tables import DataError, Report
+from pgen_jax.fileio import write_bytes, write_json
 
 API = "https://api.themoviedb.org/3"
 IMAGES = "https://image.tmdb.org/t/p"
@@ -99,19 +99,12 @@ class Client:
     return self._get(f"{self.images}/{self.size}{path}", {})
 
 
-def _save_json(path: Path, data) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  with os.fdopen(fd, "w") as f:
-    json.dump(data, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def fetch(links: str | Path, out: str | Path, client: Client, *, limit: int | None = None) -> dict:
   """Fetches every poster not yet ok/missing in the manifest; returns the manifest's counts."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   report = Report()
-  tmdb = _links_csv(Path(links), report)
+  tmdb = read_links(Path(links), report)
   if not tmdb:
     raise DataError(f"{links}: no movieId with a tmdbId")
   manifest_path = out / "manifest.json"
@@ -131,10 +124,9 @@ def fetch(links: str | Path, out: str | Path, client: Client, *, limit: int | No
         else:
           img = Image.open(io.BytesIO(data))
           img.load()
-          fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{movie}.")
-          with os.fdopen(fd, "wb") as f:
-            img.convert("RGB").save(f, format="JPEG", quality=95)
-          os.replace(tmp, out / f"{movie}.jpg")
+          buf = io.BytesIO()
+          img.convert("RGB").save(buf, format="JPEG", quality=95)
+          write_bytes(out / f"{movie}.jpg", buf.getvalue())
           entry["status"] = "ok"
       except AuthError:
         raise
@@ -142,10 +134,10 @@ def fetch(links: str | Path, out: str | Path, client: Client, *, limit: int | No
         entry.update(status="error", error=f"{type(e).__name__}: {e}")
       manifest[str(movie)] = entry
       if n % 50 == 0 or n == len(todo):
-        _save_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         logging.info("%d/%d fetched", n, len(todo))
   finally:
-    _save_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
   counts: dict[str, int] = {}
   for e in manifest.values():
     counts[e["status"]] = counts.get(e["status"], 0) + 1

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pgen_jax.fileio import atomic_directory
 from pgen_jax.models.config import JanusConfig
 from pgen_jax.models.janus import Janus
 from pgen_jax.models.sharding import make_mesh, param_shardings
@@ -110,12 +110,7 @@ def save_janus(model: Janus, path: str | os.PathLike, *, hf_files: str | os.Path
   hf_files: a HF checkpoint directory whose config.json and tokenizer/processor files are kept.
   """
   import orbax.checkpoint as ocp
-  path = Path(path).resolve()
-  if path.exists():
-    raise FileExistsError(f"{path} already exists; choose a new output directory")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-  try:
+  with atomic_directory(path) as tmp:
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     dtypes = {x.dtype for x in jax.tree.leaves(state)}
     meta = {"format": FORMAT, "model": model.config.to_dict(), "param_dtype": jnp.dtype(dtypes.pop()).name
@@ -126,10 +121,6 @@ def save_janus(model: Janus, path: str | os.PathLike, *, hf_files: str | os.Path
     if hf_files is not None:
       copy_hf_side_files(Path(hf_files), tmp / "hf")
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    os.rename(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

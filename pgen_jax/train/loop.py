@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -22,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
+from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import save_janus
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import sft
@@ -31,13 +29,6 @@ from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, 
 
 class NonFiniteError(RuntimeError):
   pass
-
-
-def _write_json(path: Path, data) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  with os.fdopen(fd, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
 
 
 def sft_dir(cfg) -> Path:
@@ -124,13 +115,13 @@ def run_sft(cfg) -> dict:
         ckpts.save(step, state, it.get_state())
   ckpts.wait()
   summary.update(steps=total, skipped_steps=int(jax.device_get(state["skipped"])))
-  _write_json(out / "summary.json", summary)
+  write_json(out / "summary.json", summary)
   final = nnx.merge(graphdef, state["params"], frozen)
   if cfg.data.name == "synthetic" and c.genre_probe:
     from pgen_jax.eval.genre import genre_hit_rate
     summary["genre_probe"] = genre_hit_rate(cfg, final, mesh, prompter)
     writer.write_scalars(total, {"genre_hit_rate": summary["genre_probe"]["hit_rate"]})
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
   writer.flush()
   save_janus(final, out / "final", hf_files=cfg.model.checkpoint or None)
   ckpts.close()

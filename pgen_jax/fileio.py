@@ -1,0 +1,47 @@
+"""Writing outputs so that a crash never leaves a half-written one: temporary sibling, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_directory(dst: str | os.PathLike) -> Iterator[Path]:
+  """Yields a temporary directory beside `dst`, renamed to `dst` when the block succeeds.
+
+  On any error the temporary directory is removed and `dst` does not appear. An existing `dst` is an
+  error (FileExistsError).
+  """
+  dst = Path(dst).resolve()
+  if dst.exists():
+    raise FileExistsError(f"{dst} already exists; choose a new output directory")
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+  try:
+    yield tmp
+    os.rename(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  path = Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+  write_bytes(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
