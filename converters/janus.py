@@ -17,12 +17,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
-from flax import nnx
 
 from converters import safetensors_io
-from converters.janus_hf import HFCheckpoint, hf_key, to_hf
+from converters.hf_params import state_dict
+from converters.janus_hf import HFCheckpoint, hf_key
 from converters.safetensors_io import CheckpointError
 from pgen_jax.fileio import atomic_directory
 
@@ -40,12 +39,7 @@ def to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None
 
 def hf_tensors(model) -> dict[str, np.ndarray]:
   """transformers state dict (numpy) of a Janus model."""
-  state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  out = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
-    p = tuple(k.key for k in path)
-    out[hf_key(p)] = to_hf(p, np.asarray(jax.device_get(x)))
-  return out
+  return state_dict(model, hf_key)
 
 
 def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | None = None) -> None:

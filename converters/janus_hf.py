@@ -1,8 +1,7 @@
 """Janus parameters between Hugging Face layouts and our Flax NNX model.
 
-Our parameter paths mirror transformers' JanusForConditionalGeneration names, so one rule maps
-them: drop the `model.` prefix (all but lm_head), `weight` becomes `kernel` (Linear, transposed;
-Conv, OIHW -> HWIO), `embedding` (Embed) or `scale` (norms). The original deepseek layout is first
+Our parameter paths mirror transformers' JanusForConditionalGeneration names, so the rule of
+converters/hf_params.py maps them, after dropping the `model.` prefix (all but lm_head). The original deepseek layout is first
 renamed to transformers' names (fused SigLIP qkv split, pos_embed squeezed).
 """
 
@@ -12,43 +11,18 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from converters.hf_params import Tensor, leaf_key
 from converters.safetensors_io import CheckpointError, Reader
 from pgen_jax.models.config import ConfigError, JanusConfig
 
-LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
-
-
-# ---- our path <-> transformers key --------------------------------------------------------------
 
 def hf_key(path: tuple) -> str:
-  *mods, leaf = (str(p) for p in path)
-  key = ".".join([*mods, LEAF_TO_HF[leaf]])
-  return key if mods[0] == "lm_head" else "model." + key
-
-
-def hf_shape(path: tuple, shape: tuple[int, ...]) -> tuple[int, ...]:
-  if str(path[-1]) == "kernel":
-    if len(shape) == 2:
-      return shape[::-1]
-    if len(shape) == 4:
-      return (shape[3], shape[2], shape[0], shape[1])
-  return tuple(shape)
-
-
-def from_hf(path: tuple, a: np.ndarray) -> np.ndarray:
-  if str(path[-1]) == "kernel":
-    return a.T if a.ndim == 2 else a.transpose(2, 3, 1, 0)  # (out,in) -> (in,out); OIHW -> HWIO
-  return a
-
-
-def to_hf(path: tuple, a: np.ndarray) -> np.ndarray:
-  if str(path[-1]) == "kernel":
-    return a.T if a.ndim == 2 else a.transpose(3, 2, 0, 1)
-  return a
+  """Our parameter path -> transformers JanusForConditionalGeneration key."""
+  key = leaf_key(path)
+  return key if str(path[0]) == "lm_head" else "model." + key
 
 
 # ---- deepseek -> transformers names --------------------------------------------------------------
@@ -88,9 +62,6 @@ def _aligner_hidden(key: str) -> str:
   if m and int(m.group(2)) % 2 == 0:
     return f"{m.group(1)}.hidden_layers.{int(m.group(2)) // 2 - 1}.{m.group(3)}"
   return key
-
-
-Tensor = tuple[tuple[int, ...], np.dtype, Callable[[], np.ndarray]]  # shape, dtype, loader
 
 
 def deepseek_to_transformers(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -227,24 +198,3 @@ def _torch_to_numpy(t) -> np.ndarray:
   if t.dtype == torch.bfloat16:
     return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
   return t.numpy()
-
-
-def check_against(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], where: str) -> None:
-  """Raises one CheckpointError listing every missing/unexpected key, wrong shape and wrong dtype."""
-  problems = []
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  if missing:
-    problems.append(f"missing keys ({len(missing)}): " + ", ".join(
-        f"{k} {list(expected[k])}" for k in missing[:20]))
-  if unexpected:
-    problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(
-        f"{k} {list(tensors[k][0])}" for k in unexpected[:20]))
-  for k in sorted(set(tensors) & set(expected)):
-    shape, dtype, _ = tensors[k]
-    if tuple(shape) != tuple(expected[k]):
-      problems.append(f"wrong shape for {k}: checkpoint {list(shape)}, model expects {list(expected[k])}")
-    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
-      problems.append(f"wrong dtype for {k}: {dtype.name}, expected a floating-point tensor")
-  if problems:
-    raise CheckpointError(f"{where} does not match the Janus config:\n  " + "\n  ".join(problems))

@@ -8,7 +8,6 @@ Every tensor goes straight into its sharding on the mesh; nothing is materialise
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -56,32 +55,11 @@ def load_janus(path: str | os.PathLike, *, mesh=None, dtype=None, param_dtype=No
 
 
 def from_hf_checkpoint(ckpt, *, mesh, dtype=None, param_dtype=None) -> Janus:
-  from converters.janus_hf import check_against, from_hf, hf_key, hf_shape
-  if param_dtype is None:
-    floats = [d for _, d, _ in ckpt.tensors.values() if d.kind == "f" or d.name == "bfloat16"]
-    param_dtype = max(set(floats), key=floats.count) if floats else jnp.float32
+  from converters.hf_params import majority_float_dtype, place
+  from converters.janus_hf import hf_key
+  param_dtype = param_dtype if param_dtype is not None else majority_float_dtype(ckpt.tensors)
   graphdef, abstract = abstract_janus(ckpt.config, dtype=dtype, param_dtype=param_dtype)
-  pure = nnx.to_pure_dict(abstract)
-  flat = jax.tree_util.tree_flatten_with_path(pure)[0]
-  paths = {tuple(k.key for k in p): x for p, x in flat}
-  expected = {hf_key(p): hf_shape(p, x.shape) for p, x in paths.items()}
-  check_against(ckpt.tensors, expected, str(ckpt.dir))
-  shardings = param_shardings(pure, mesh)
-
-  done = [0]
-
-  def place(path, x, sharding):
-    p = tuple(k.key for k in path)
-    arr = np.asarray(from_hf(p, ckpt.tensors[hf_key(p)][2]())).astype(x.dtype)
-    done[0] += 1
-    if done[0] % 50 == 0 or done[0] == len(paths):
-      logging.info("loaded %d/%d tensors from %s", done[0], len(paths), ckpt.dir)
-    # Each device reads only its own slice of the host array.
-    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
-
-  values = jax.tree_util.tree_map_with_path(place, pure, shardings)
-  nnx.replace_by_pure_dict(abstract, values)
-  return nnx.merge(graphdef, abstract)
+  return place(ckpt.tensors, graphdef, abstract, mesh, hf_key, str(ckpt.dir))
 
 
 def _load_ours(path: Path, mesh, dtype, param_dtype) -> Janus:
