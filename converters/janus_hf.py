@@ -79,7 +79,7 @@ def deepseek_to_transformers(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
       n = shape[0] // 3
       for i, part in enumerate(("q_proj", "k_proj", "v_proj")):
         out[key.replace(".qkv.", f".{part}.")] = ((n, *shape[1:]), dtype,
-                                                  lambda load=load, i=i: load()[i * n:(i + 1) * n])
+                                                  lambda load=load, i=i, n=n: load()[i * n:(i + 1) * n])
     elif key == "model.vision_model.embeddings.position_embedding.weight" and len(shape) == 3:
       out[key] = (shape[1:], dtype, lambda load=load: load()[0])
     else:
@@ -116,7 +116,7 @@ class HFCheckpoint:
     weights = next((self.dir / f for f in WEIGHT_FILES if (self.dir / f).exists()), None)
     if weights is None:
       raise CheckpointError(f"{self.dir}: no weights (looked for {', '.join(WEIGHT_FILES)})")
-    raw = _read_torch(weights) if ".bin" in weights.name else _read_safetensors(weights)
+    raw = read_torch(weights) if ".bin" in weights.name else read_safetensors(weights)
     if self.layout == "deepseek":
       self.tensors = deepseek_to_transformers(raw)
       self.config = _deepseek_shapes(self.config, self.tensors, cfg_path)
@@ -161,12 +161,12 @@ def _deepseek_shapes(config: JanusConfig, tensors: dict[str, Tensor], where: Pat
     raise CheckpointError(f"{where}: {e}") from e
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
+def read_safetensors(path: Path) -> dict[str, Tensor]:
   r = Reader(path)
   return {k: (r.shape(k), r.dtype(k), lambda k=k: r.get(k)) for k in r.keys()}
 
 
-def _read_torch(path: Path) -> dict[str, Tensor]:
+def read_torch(path: Path) -> dict[str, Tensor]:
   """pytorch_model.bin (the original Janus release): needs torch, loaded with weights_only."""
   try:
     import torch
