@@ -14,7 +14,8 @@ from PIL import Image
 
 from converters.clip import load_clip, tokenize
 from pgen_jax.models import make_mesh
-from pgen_jax.rewards.clip import preprocess, similarity
+from pgen_jax.rewards.clip import similarity
+from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
 
 
 def hf_clip(act="quick_gelu", eos=2, seed=0):
@@ -144,7 +145,7 @@ def test_preprocess_matches_pil_bicubic_resize_and_crop():
   rng = np.random.default_rng(0)
   img = (rng.uniform(0, 1, (1, 40, 60, 3)) * 255).astype(np.uint8)
   img = np.asarray(Image.fromarray(img[0]).resize((60, 40), Image.BILINEAR))[None]  # smooth it a little
-  got = np.asarray(preprocess(jnp.asarray(img), 20))
+  got = np.asarray(preprocess(jnp.asarray(img), 20, 20, CLIP_MEAN, CLIP_STD))
   ref = np.asarray(Image.fromarray(img[0]).resize((30, 20), Image.BICUBIC), np.float32)[:, 5:25] / 255.0
   ref = (ref - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array([0.26862954, 0.26130258, 0.27577711])
   assert got.shape == (1, 20, 20, 3)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -192,18 +191,3 @@ def normalize(x):
 def similarity(a, b):
   """100 x cosine similarity of embeddings, row by row."""
   return 100.0 * jnp.sum(normalize(a) * normalize(b), -1)
-
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def preprocess(images_uint8, size: int, mean=OPENAI_MEAN, std=OPENAI_STD):
-  """In-jit: uint8 (B, H, W, 3) -> resized (bicubic, shortest side `size`), centre-cropped, normalised."""
-  b, h, w, _ = images_uint8.shape
-  scale = size / min(h, w)
-  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-  x = jax.image.resize(images_uint8.astype(jnp.float32) / 255.0, (b, nh, nw, 3), "bicubic", antialias=True)
-  top, left = (nh - size) // 2, (nw - size) // 2
-  x = x[:, top:top + size, left:left + size]
-  return (jnp.clip(x, 0.0, 1.0) - jnp.asarray(mean)) / jnp.asarray(std)

@@ -177,7 +177,3 @@ class Dino(nnx.Module):
 
   def __call__(self, pixels):
     return self.layernorm(self.encoder(self.embeddings(pixels)))[:, 0].astype(jnp.float32)
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,0 +1,87 @@
+"""Reward terms against torch references (transformers CLIP/DINOv2, pytorch_msssim) and by hand."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import pytorch_msssim
+import torch
+
+from converters.clip import load_clip
+from converters.dino import load_dino
+from pgen_jax.models import make_mesh
+from pgen_jax.rewards.compose import RewardConfig, combine, in_jit_terms
+from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
+from test_clip import hf_clip
+from test_dino import dinov2
+
+
+def test_ssim_equals_pytorch_msssim():
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 256, (2, 40, 40, 3)).astype(np.uint8)
+  b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+  ref = pytorch_msssim.ssim(torch.tensor(a).permute(0, 3, 1, 2).float(), torch.tensor(b).permute(0, 3, 1, 2).float(),
+                            data_range=255, size_average=False).numpy()
+  np.testing.assert_allclose(np.asarray(ssim(jnp.asarray(a), jnp.asarray(b))), ref, atol=1e-5)
+
+
+def cos100(a, b):
+  a, b = a / np.linalg.norm(a, axis=-1, keepdims=True), b / np.linalg.norm(b, axis=-1, keepdims=True)
+  return 100 * (a * b).sum(-1)
+
+
+def test_terms_equal_torch_references(tmp_path):
+  mesh = make_mesh(devices=jax.devices()[:1])
+  hc, hd = hf_clip("gelu", 98), dinov2(28)
+  hc.save_pretrained(tmp_path / "clip")
+  hd.save_pretrained(tmp_path / "dino")
+  clip, dino = load_clip(tmp_path / "clip", mesh=mesh), load_dino(tmp_path / "dino", mesh=mesh)
+  rng = np.random.default_rng(0)
+  n, k, p = 3, 2, 2
+  gen = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+  hist = rng.integers(0, 256, (n, k, 32, 32, 3)).astype(np.uint8)
+  target = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+  future = rng.integers(0, 256, (n, p, 32, 32, 3)).astype(np.uint8)
+  text = rng.integers(1, 90, (n, 16))
+  text[:, 6] = 98
+  text[:, 7:] = 0
+  names = ("clip_history", "clip_target", "clip_future", "clip_text", "dino_history", "dino_target", "dino_future",
+           "ssim_target")
+  cfg = RewardConfig(weights=tuple((t, 1.0) for t in names), clip_size=30, dino_resize=30, dino_crop=28)
+  terms = in_jit_terms(cfg, jnp.asarray(gen), history=jnp.asarray(hist), target=jnp.asarray(target),
+                       future=jnp.asarray(future), target_text=jnp.asarray(text), clip=clip, dino=dino)
+
+  def torch_in(x, size, crop, mean, std):  # the same preprocessing, then torch models
+    return torch.tensor(np.asarray(preprocess(jnp.asarray(x), size, crop, mean, std))).permute(0, 3, 1, 2)
+
+  with torch.no_grad():
+    ci = lambda x: hc.get_image_features(pixel_values=torch_in(x, 30, 30, CLIP_MEAN, CLIP_STD)).pooler_output.numpy()
+    di = lambda x: hd(pixel_values=torch_in(x, 30, 28, IMAGENET_MEAN, IMAGENET_STD)).pooler_output.numpy()
+    g, h, t, f = ci(gen), ci(hist.reshape(-1, 32, 32, 3)).reshape(n, k, -1), ci(target), ci(future.reshape(-1, 32, 32, 3))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    ref = {"clip_history": cos100(g, unit(h).mean(1)), "clip_target": cos100(g, t),
+           "clip_future": cos100(g[:, None], f.reshape(n, p, -1)).mean(1),
+           "clip_text": cos100(g, hc.get_text_features(input_ids=torch.tensor(text)).pooler_output.numpy())}
+    g, h, t, f = di(gen), di(hist.reshape(-1, 32, 32, 3)).reshape(n, k, -1), di(target), di(future.reshape(-1, 32, 32, 3))
+    ref.update({"dino_history": cos100(g, unit(h).mean(1)), "dino_target": cos100(g, t),
+                "dino_future": cos100(g[:, None], f.reshape(n, p, -1)).mean(1)})
+    ref["ssim_target"] = pytorch_msssim.ssim(torch.tensor(gen).permute(0, 3, 1, 2).float(),
+                                             torch.tensor(target).permute(0, 3, 1, 2).float(), data_range=255,
+                                             size_average=False).numpy()
+  assert set(terms) == set(names)
+  for name in names:
+    np.testing.assert_allclose(np.asarray(terms[name]), ref[name], atol=2e-3, err_msg=name)
+
+
+def test_combine_by_hand():
+  terms = {"clip_history": jnp.array([1.0, 2.0, 3.0]), "nima": jnp.array([5.0, 5.0, 8.0])}
+  raw = RewardConfig(weights=(("clip_history", 2.0), ("nima", 0.5)), normalize="none")
+  np.testing.assert_allclose(np.asarray(combine(raw, terms)), [4.5, 6.5, 10.0])
+  z = RewardConfig(weights=(("clip_history", 2.0), ("nima", 0.5)), normalize="batch")
+  a = np.array([-1.0, 0.0, 1.0]) / np.sqrt(2 / 3)
+  b = np.array([-1.0, -1.0, 2.0]) / np.sqrt(2)
+  np.testing.assert_allclose(np.asarray(combine(z, terms)), 2 * a + 0.5 * b, rtol=1e-5)
+  with pytest.raises(ValueError, match="profile"):
+    combine(RewardConfig(weights=(("profile", 1.0),)), terms)
+  with pytest.raises(ValueError, match="unknown"):
+    RewardConfig(weights=(("aesthetics", 1.0),))
