@@ -57,14 +57,12 @@ def test_non_finite_steps_are_skipped_and_counted():
   batch = {"ids": ids, "uncond": ids, "mask": np.ones_like(ids),
            "history": rng.integers(0, 255, (2, 1, 16, 16, 3)).astype(np.uint8),
            "target": rng.integers(0, 255, (2, 16, 16, 3)).astype(np.uint8)}
-  step = jax.jit(lambda s, b: sft.train_step(graphdef, tx, sft.StepConfig(uncond_prob=0.0), s, frozen, b,
-                                             jax.random.key(0)))
+  step = jax.jit(lambda s, b: sft.train_step(graphdef, tx, sft.StepConfig(uncond_prob=0.0), s, frozen, b))
   before = jax.tree.map(np.asarray, state["params"])
   bad_frozen = jax.tree.map(lambda x: x, frozen)  # a NaN in a frozen weight poisons loss and gradients
   bad_frozen["vision_model"]["post_layernorm"]["scale"][...] = jnp.full_like(
       bad_frozen["vision_model"]["post_layernorm"]["scale"][...], jnp.nan)
-  bad_step = jax.jit(lambda s, b: sft.train_step(graphdef, tx, sft.StepConfig(uncond_prob=0.0), s, bad_frozen, b,
-                                                 jax.random.key(0)))
+  bad_step = jax.jit(lambda s, b: sft.train_step(graphdef, tx, sft.StepConfig(uncond_prob=0.0), s, bad_frozen, b))
   state, m = bad_step(state, batch)
   assert not np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(m["bad_streak"]) == 1
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state["params"], before)

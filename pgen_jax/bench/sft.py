@@ -73,13 +73,12 @@ def main(argv):
            "target": rng.integers(0, 255, (_BATCH.value, s, s, 3)).astype(np.uint8)}
   batch = to_device(batch, mesh)
   step = jax.jit(functools.partial(sft.train_step, graphdef, tx, sft.StepConfig()), donate_argnums=(0,))
-  key = jax.random.key(0)
   for _ in range(2):  # compile, and again for the output shardings chosen by the first call
-    state, m = step(state, frozen, batch, key)
+    state, m = step(state, frozen, batch)
   jax.block_until_ready(m)
   t0 = time.perf_counter()
   for _ in range(_STEPS.value):
-    state, m = step(state, frozen, batch, key)
+    state, m = step(state, frozen, batch)
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t0) / _STEPS.value
   seq = ids.shape[1] + n - 1

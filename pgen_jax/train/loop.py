@@ -56,15 +56,14 @@ def run_sft(cfg) -> dict:
   per_epoch = len(source_from_config(cfg, "train", with_future=False)) // c.batch_size
   total = c.num_steps or max(1, int(c.epochs * per_epoch))
   tx = sft.make_optimizer(c.lr, c.warmup_steps, total, c.b1, c.b2, c.weight_decay, c.clip)
-  state = sft.init_state(params, tx)
+  state = sft.init_state(params, tx, cfg.seed)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   replicated = NamedSharding(mesh, P())
   step_cfg = sft.StepConfig(grad_accum=c.grad_accum, uncond_prob=c.uncond_prob)
   train_step = jax.jit(functools.partial(sft.train_step, graphdef, tx, step_cfg), donate_argnums=(0,),
-                       in_shardings=(state_sh, frozen_sh, None, replicated), out_shardings=(state_sh, replicated))
+                       in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, replicated))
   eval_step = jax.jit(functools.partial(sft.eval_loss, graphdef), out_shardings=replicated)
-  base_key = jax.random.key(cfg.seed)
 
   ckpts = Checkpoints(out, keep=c.keep)
   it = iter(train_loader)
@@ -94,7 +93,7 @@ def run_sft(cfg) -> dict:
   step = start
   while step < total:
     batch = to_device(prompter(next(it)), mesh)
-    state, metrics = train_step(state, frozen, batch, base_key)
+    state, metrics = train_step(state, frozen, batch)
     step += 1
     progress(step)
     if step % c.log_every == 0 or step == total:

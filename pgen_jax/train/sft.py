@@ -65,10 +65,10 @@ def batch_loss(graphdef, params, frozen, batch, key, cfg: StepConfig):
   return image_loss(model, ids, batch["mask"], to_unit(batch["history"]), targets)
 
 
-def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict, base_key):
+def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
   """One optimizer update over grad_accum micro-batches; non-finite updates are skipped."""
   params, opt_state = state["params"], state["opt_state"]
-  key = jax.random.fold_in(base_key, state["step"])
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
   micro = jax.tree.map(lambda x: x.reshape(cfg.grad_accum, -1, *x.shape[1:]), batch)
   grad_fn = jax.value_and_grad(lambda p, b, k: batch_loss(graphdef, p, frozen, b, k, cfg))
 
@@ -88,7 +88,7 @@ def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict, 
   new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   new_state = {"params": keep(new_params, params), "opt_state": keep(new_opt, opt_state),
-               "step": state["step"] + 1, "skipped": state["skipped"] + (~ok).astype(jnp.int32),
+               "step": state["step"] + 1, "rng": state["rng"], "skipped": state["skipped"] + (~ok).astype(jnp.int32),
                "bad_streak": jnp.where(ok, 0, state["bad_streak"] + 1)}
   return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": new_state["skipped"],
                      "bad_streak": new_state["bad_streak"]}
@@ -100,6 +100,8 @@ def eval_loss(graphdef, params, frozen, batch):
   return image_loss(model, batch["ids"], batch["mask"], to_unit(batch["history"]), targets)
 
 
-def init_state(params, tx) -> dict[str, Any]:
+def init_state(params, tx, seed: int = 0) -> dict[str, Any]:
+  """Everything a resumed run needs besides the data iterator: the PRNG key is part of it."""
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+          "rng": jax.random.key_data(jax.random.key(seed)),
           "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
