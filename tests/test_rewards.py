@@ -9,11 +9,13 @@ import torch
 
 from converters.clip import load_clip
 from converters.dino import load_dino
+from converters.lpips import load_lpips
 from pgen_jax.models import make_mesh
 from pgen_jax.rewards.compose import RewardConfig, combine, in_jit_terms
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 from test_clip import hf_clip
 from test_dino import dinov2
+from test_lpips import reference as lpips_reference, vgg16_features
 
 
 def test_ssim_equals_pytorch_msssim():
@@ -36,6 +38,12 @@ def test_terms_equal_torch_references(tmp_path):
   hc.save_pretrained(tmp_path / "clip")
   hd.save_pretrained(tmp_path / "dino")
   clip, dino = load_clip(tmp_path / "clip", mesh=mesh), load_dino(tmp_path / "dino", mesh=mesh)
+  torch.manual_seed(1)
+  vgg = vgg16_features().eval()
+  heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
+  torch.save({f"features.{k}": v for k, v in vgg.state_dict().items()}, tmp_path / "vgg16.pth")
+  torch.save(heads, tmp_path / "lin.pth")
+  lpips = load_lpips(tmp_path / "vgg16.pth", tmp_path / "lin.pth", mesh=mesh)
   rng = np.random.default_rng(0)
   n, k, p = 3, 2, 2
   gen = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
@@ -46,10 +54,10 @@ def test_terms_equal_torch_references(tmp_path):
   text[:, 6] = 98
   text[:, 7:] = 0
   names = ("clip_history", "clip_target", "clip_future", "clip_text", "dino_history", "dino_target", "dino_future",
-           "ssim_target")
+           "ssim_target", "lpips_target")
   cfg = RewardConfig(weights=tuple((t, 1.0) for t in names), clip_size=30, dino_resize=30, dino_crop=28)
   terms = in_jit_terms(cfg, jnp.asarray(gen), history=jnp.asarray(hist), target=jnp.asarray(target),
-                       future=jnp.asarray(future), target_text=jnp.asarray(text), clip=clip, dino=dino)
+                       future=jnp.asarray(future), target_text=jnp.asarray(text), clip=clip, dino=dino, lpips=lpips)
 
   def torch_in(x, size, crop, mean, std):  # the same preprocessing, then torch models
     return torch.tensor(np.asarray(preprocess(jnp.asarray(x), size, crop, mean, std))).permute(0, 3, 1, 2)
@@ -68,6 +76,8 @@ def test_terms_equal_torch_references(tmp_path):
     ref["ssim_target"] = pytorch_msssim.ssim(torch.tensor(gen).permute(0, 3, 1, 2).float(),
                                              torch.tensor(target).permute(0, 3, 1, 2).float(), data_range=255,
                                              size_average=False).numpy()
+    signed = lambda x: torch.tensor(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ref["lpips_target"] = -lpips_reference(vgg, heads, signed(gen), signed(target)).numpy()
   assert set(terms) == set(names)
   for name in names:
     np.testing.assert_allclose(np.asarray(terms[name]), ref[name], atol=2e-3, err_msg=name)

@@ -7,6 +7,7 @@ Terms (each (N,) for N generated images; similarities are 100 x cosine):
   clip_text     CLIP similarity of the image to the target item's text
   dino_history / dino_target / dino_future   the same with DINO features
   ssim_target   SSIM to the target image (data range 255)
+  lpips_target  minus the LPIPS-VGG distance to the target image (higher is more similar)
   profile, nima from the external scorer (passed in, not computed here)
 Only terms with a non-zero weight are computed. With normalize="batch" each term is standardised
 over the batch before weighting, so weights compare terms of different scales; raw terms are
@@ -23,7 +24,7 @@ from pgen_jax.rewards.clip import normalize as unit
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 
 IN_JIT = ("clip_history", "clip_target", "clip_future", "clip_text", "dino_history", "dino_target", "dino_future",
-          "ssim_target")
+          "ssim_target", "lpips_target")
 EXTERNAL = ("profile", "nima")
 
 
@@ -56,7 +57,7 @@ def _flat(images):  # (N, m, S, S, 3) -> (N*m, S, S, 3)
 
 
 def in_jit_terms(cfg: RewardConfig, generated, *, history=None, target=None, future=None, target_text=None,
-                 clip=None, dino=None) -> dict[str, jnp.ndarray]:
+                 clip=None, dino=None, lpips=None) -> dict[str, jnp.ndarray]:
   """Raw reward terms for uint8 images: generated (N, S, S, 3), history (N, k, ...), future (N, p, ...),
   target (N, S, S, 3), target_text (N, L) CLIP token ids."""
   want = [t for t in cfg.active if t in IN_JIT]
@@ -87,6 +88,9 @@ def in_jit_terms(cfg: RewardConfig, generated, *, history=None, target=None, fut
       out["dino_future"] = _sim(g[:, None], dino(dino_in(_flat(future))).reshape(n, future.shape[1], -1)).mean(1)
   if "ssim_target" in want:
     out["ssim_target"] = ssim(generated, target)
+  if "lpips_target" in want:
+    signed = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
+    out["lpips_target"] = -lpips(signed(generated), signed(target))
   return out
 
 
