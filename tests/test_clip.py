@@ -150,3 +150,15 @@ def test_preprocess_matches_pil_bicubic_resize_and_crop():
   ref = (ref - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array([0.26862954, 0.26130258, 0.27577711])
   assert got.shape == (1, 20, 20, 3)
   assert np.abs(got[0] - ref).max() * 0.27 < 4 / 255  # within a few grey levels of PIL
+
+
+def test_bf16_weights_stay_close(tmp_path):
+  hf = hf_clip("gelu", 2, seed=5)
+  hf.save_pretrained(tmp_path)
+  f32 = load_clip(tmp_path, mesh=one_device())
+  b16 = load_clip(tmp_path, mesh=one_device(), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  assert b16.visual_projection.kernel[...].dtype == jnp.bfloat16
+  px = jnp.asarray(np.random.default_rng(4).normal(size=(2, 30, 30, 3)).astype(np.float32))
+  a, b = f32.get_image_features(px), b16.get_image_features(px)
+  assert b.dtype == jnp.float32
+  assert float(jnp.min(similarity(a, b))) > 99.0  # cosine > 0.99
