@@ -20,7 +20,7 @@ from PIL import Image
 
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
 from pgen_jax.fileio import write_json
-from pgen_jax.models.checkpoint import save_janus
+from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import sft
 from pgen_jax.train.checkpoints import Checkpoints
@@ -86,6 +86,7 @@ def run_sft(cfg) -> dict:
     writer.write_scalars(step, {"val_loss": val})
     summary.setdefault("initial_val_loss", val)
     summary["val_loss"] = val
+    write_json(out / "summary.json", summary)  # persists across a kill, like the checkpoints
     return val
 
   if start == 0:
@@ -122,7 +123,8 @@ def run_sft(cfg) -> dict:
     writer.write_scalars(total, {"genre_hit_rate": summary["genre_probe"]["hit_rate"]})
     write_json(out / "summary.json", summary)
   writer.flush()
-  save_janus(final, out / "final", hf_files=cfg.model.checkpoint or None)
+  ckpt = cfg.model.checkpoint
+  save_janus(final, out / "final", hf_files=(Path(ckpt) / "hf" if is_pgen_checkpoint(ckpt) else ckpt) if ckpt else None)
   ckpts.close()
   logging.info("SFT done: %s", json.dumps(summary))
   return summary
