@@ -17,6 +17,7 @@ import transformers as T
 from flax import nnx
 
 from hf_janus import SIZES, hf_model
+from test_janus_convert import flat_params
 from pgen_jax.models import load_janus, make_mesh
 from pgen_jax.train import sft
 
@@ -89,9 +90,7 @@ def sft_args(workdir, store, steps=24):
 
 
 def final_params(workdir):
-  model = load_janus(Path(workdir) / "sft" / "final", mesh=make_mesh(devices=jax.devices()[:1]))
-  leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0]
-  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}
+  return flat_params(load_janus(Path(workdir) / "sft" / "final", mesh=make_mesh(devices=jax.devices()[:1])))
 
 
 def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):

@@ -94,6 +94,18 @@ class MlpAligner(nnx.Module):
     return x
 
 
+class MLP(nnx.Module):
+  """fc1, activation, fc2: the transformer MLP of SigLIP, CLIP and DINOv2."""
+
+  def __init__(self, dim: int, hidden: int, act: str, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
+    self.act = act
+    self.fc1 = linear(dim, hidden, rngs, dtype=dtype, param_dtype=param_dtype)
+    self.fc2 = linear(hidden, dim, rngs, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x):
+    return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
+
+
 def attention(q, k, v, mask=None):
   """Softmax attention in fp32. q: (B,T,H,D), k/v: (B,S,KVH,D) with H % KVH == 0 (GQA).
 

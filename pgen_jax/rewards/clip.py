@@ -14,7 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from pgen_jax.models.layers import ACTIVATIONS, LayerNorm, attention, linear
+from pgen_jax.models.layers import MLP, LayerNorm, attention, linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,23 +73,13 @@ class SelfAttention(nnx.Module):
     return self.out_proj(out.reshape(b, t, d))
 
 
-class MLP(nnx.Module):
-  def __init__(self, cfg: TowerConfig, rngs, **kw):
-    self.act = cfg.hidden_act
-    self.fc1 = linear(cfg.hidden_size, cfg.intermediate_size, rngs, **kw)
-    self.fc2 = linear(cfg.intermediate_size, cfg.hidden_size, rngs, **kw)
-
-  def __call__(self, x):
-    return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
-
-
 class EncoderLayer(nnx.Module):
   def __init__(self, cfg: TowerConfig, rngs, **kw):
     pd = kw.get("param_dtype", jnp.float32)
     self.layer_norm1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype=pd)
     self.self_attn = SelfAttention(cfg, rngs, **kw)
     self.layer_norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype=pd)
-    self.mlp = MLP(cfg, rngs, **kw)
+    self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, rngs, **kw)
 
   def __call__(self, x, mask=None):
     x = x + self.self_attn(self.layer_norm1(x), mask)

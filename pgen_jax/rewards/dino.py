@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from pgen_jax.models.layers import ACTIVATIONS, LayerNorm, attention, linear
+from pgen_jax.models.layers import ACTIVATIONS, MLP, LayerNorm, attention, linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +82,6 @@ class LayerScale(nnx.Module):
     return x * self.lambda1[...].astype(x.dtype)
 
 
-class MLP(nnx.Module):
-  def __init__(self, cfg: DinoConfig, rngs, **kw):
-    self.act = cfg.hidden_act
-    self.fc1 = linear(cfg.hidden_size, cfg.mlp_dim, rngs, **kw)
-    self.fc2 = linear(cfg.mlp_dim, cfg.hidden_size, rngs, **kw)
-
-  def __call__(self, x):
-    return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
-
-
 class Dinov2Layer(nnx.Module):
   def __init__(self, cfg: DinoConfig, rngs, **kw):
     pd = kw.get("param_dtype", jnp.float32)
@@ -99,7 +89,7 @@ class Dinov2Layer(nnx.Module):
     self.attention = Attention(cfg, rngs, **kw)
     self.layer_scale1 = LayerScale(cfg.hidden_size, pd)
     self.norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype=pd)
-    self.mlp = MLP(cfg, rngs, **kw)
+    self.mlp = MLP(cfg.hidden_size, cfg.mlp_dim, cfg.hidden_act, rngs, **kw)
     self.layer_scale2 = LayerScale(cfg.hidden_size, pd)
 
   def __call__(self, x):
