@@ -1,1 +1,1 @@
-"""Reward and metric models: frozen Flax CLIP (clip.py); DINO, SSIM/LPIPS and the scorer come next."""
+"""Reward and metric models in JAX: CLIP, DINO, LPIPS, SSIM and the weighted combination of terms."""

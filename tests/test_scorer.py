@@ -1,0 +1,172 @@
+"""The scorer: a real process on 127.0.0.1 serving NIMA (its real Inception-ResNet-v2 architecture,
+random weights) and a tiny random Qwen2.5-VL, checked against the same models run directly in torch;
+bad requests; the client across a restart and a scorer that stays down."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from pgen_jax.scorer.client import ScorerClient, ScorerUnavailable
+from pgen_jax.scorer.judge import TEMPLATE
+from pgen_jax.scorer.nima import NIMA
+from pgen_jax.scorer.protocol import encode_images
+
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+            "<|endoftext|>"]
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+  root = tmp_path_factory.mktemp("scorer")
+  torch.manual_seed(0)
+  nima = NIMA().eval()
+  with torch.no_grad():  # non-trivial BatchNorm statistics, so the test has power
+    for m in nima.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.uniform_(-0.1, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+  torch.save({"params": nima.state_dict()}, root / "nima.pth")
+  words = list("0123456789") + ["A", "user's", "profile:", "How", "well", "does", "this", "image", "match", "the",
+                                "taste?", "<unk>"]
+  tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok = T.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+  tok.add_special_tokens({"additional_special_tokens": SPECIALS})
+  ids = tok.convert_tokens_to_ids
+  cfg = T.Qwen2_5_VLConfig(
+      text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=0,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+      vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=14,
+                         spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[0]),
+      image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+      vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+  qwen = T.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+  with torch.no_grad():
+    for p in qwen.parameters():
+      p.add_(0.2 * torch.randn(p.shape))
+  qwen.save_pretrained(root / "qwen")
+  tok.save_pretrained(root / "qwen")
+  T.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56 * 4).save_pretrained(root / "qwen")
+  return root, nima, qwen, tok
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(root, port, *extra):
+  proc = subprocess.Popen([sys.executable, "-m", "pgen_jax.scorer", "serve", f"--nima={root / 'nima.pth'}",
+                           f"--qwen={root / 'qwen'}", f"--port={port}", "--judge_image_size=56", "--batch=2", *extra],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  line = proc.stdout.readline()
+  assert line.startswith("listening on http://127.0.0.1:"), line
+  return proc, line.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def server(backends):
+  proc, url = start(backends[0], free_port(), "--token=secret", "--max_request_mb=0.5")
+  yield url
+  proc.kill()
+  proc.wait()
+
+
+def reference_profile(qwen, tok, image, profile):
+  """The judge's definition, one image at a time, straight in torch."""
+  from PIL import Image
+  ip = T.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56 * 4)
+  enc = ip(images=[Image.fromarray(image).resize((56, 56), Image.BICUBIC)], return_tensors="pt")
+  n = int(enc["image_grid_thw"][0].prod()) // 4
+  text = TEMPLATE.format(image="<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>", profile=profile)
+  with torch.no_grad():
+    logits = qwen(**tok([text], return_tensors="pt"), **enc).logits[0, -1, [tok.convert_tokens_to_ids(str(d))
+                                                                            for d in range(10)]]
+  p = torch.softmax(logits, -1)
+  return float((p * torch.arange(10)).sum() / 9)
+
+
+def test_scores_equal_the_models_run_directly(backends, server):
+  _, nima, qwen, tok = backends
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 64, 48, 3)).astype(np.uint8)
+  profiles = ["A user's profile: taste?", "image match", "How well does this image match the taste? " * 3]
+  client = ScorerClient(server, token="secret", timeout=60, retries=1, backoff=0.1)
+  assert client.health()["terms"] == ["nima", "profile"]
+  got = client.score(images, ["nima", "profile"], profiles)
+  with torch.no_grad():
+    ref_nima = nima(torch.from_numpy(images)).numpy()
+  np.testing.assert_allclose(got["nima"], ref_nima, rtol=1e-5)
+  assert 1 <= got["nima"].min() and got["nima"].max() <= 10
+  np.testing.assert_allclose(got["profile"], [reference_profile(qwen, tok, x, p) for x, p in zip(images, profiles)],
+                             atol=1e-5)
+  future = client.submit(images[:1], ["nima"])
+  np.testing.assert_allclose(future.result()["nima"], ref_nima[:1], rtol=1e-5)
+
+
+def post(url, body: bytes, token="secret", path="/score"):
+  req = urllib.request.Request(url + path, data=body, headers={"Authorization": f"Bearer {token}"})
+  try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+      return r.status, json.loads(r.read())
+  except urllib.error.HTTPError as e:
+    return e.code, json.loads(e.read() or b"{}")
+
+
+def test_bad_requests_get_4xx_and_the_server_stays_up(server):
+  img = encode_images([np.zeros((8, 8, 3), np.uint8)])
+  cases = [
+      (b"{not json", "secret", 400, "not JSON"),
+      (json.dumps({"terms": ["nima"], "images": [{"shape": [8, 8], "data": ""}]}).encode(), "secret", 400, "shape"),
+      (json.dumps({"terms": ["nima"], "images": [{"shape": [8, 8, 3], "data": "AAAA"}]}).encode(), "secret", 400,
+       "bytes for shape"),
+      (json.dumps({"terms": ["beauty"], "images": img}).encode(), "secret", 400, "not served"),
+      (json.dumps({"terms": ["profile"], "images": img}).encode(), "secret", 400, "profiles"),
+      (json.dumps({"terms": ["nima"], "images": img}).encode(), "wrong", 401, "token"),
+      (b"x" * (600 * 1024), "secret", 413, "exceeds"),
+  ]
+  for body, token, code, text in cases:
+    status, reply = post(server, body, token)
+    assert status == code and text in reply["error"], (status, reply)
+  status, reply = post(server, json.dumps({"terms": ["nima"], "images": img}).encode())
+  assert status == 200 and len(reply["nima"]) == 1
+
+
+def test_client_survives_a_restart_and_fails_clearly_when_down(backends):
+  port = free_port()
+  proc, url = start(backends[0], port)
+  client = ScorerClient(url, timeout=60, retries=6, backoff=0.25)
+  images = np.zeros((1, 16, 16, 3), np.uint8)
+  first = client.score(images, ["nima"])["nima"]
+  proc.kill()
+  proc.wait()
+  box = {}
+  threading.Thread(target=lambda: box.setdefault("proc", start(backends[0], port)[0]), daemon=True).start()
+  try:
+    again = client.score(images, ["nima"])["nima"]  # retried until the new process answers
+    np.testing.assert_allclose(again, first, rtol=1e-6)
+  finally:
+    for _ in range(200):
+      if "proc" in box:
+        break
+      time.sleep(0.1)
+    box["proc"].kill()
+    box["proc"].wait()
+  down = ScorerClient(url, timeout=2, retries=2, backoff=0.05)
+  with pytest.raises(ScorerUnavailable, match="after 3 tries"):
+    down.score(images, ["nima"])
