@@ -43,3 +43,11 @@ def test_sft_benchmark_runs():
                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
   assert run.returncode == 0, run.stderr[-2000:]
   assert "tokens/s" in run.stdout and "ms/step" in run.stdout
+
+
+def test_rewards_benchmark_runs():
+  run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.rewards", "--images=2", "--size=32", "--clip=tiny",
+                        "--dino=tiny", "--repeats=1"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "ms per call" in run.stdout

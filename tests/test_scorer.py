@@ -17,7 +17,7 @@ import torch
 import transformers as T
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from pgen_jax.scorer.client import ScorerClient, ScorerUnavailable
+from pgen_jax.scorer.client import ScorerClient, ScorerUnavailable, profile_text
 from pgen_jax.scorer.judge import TEMPLATE
 from pgen_jax.scorer.nima import NIMA
 from pgen_jax.scorer.protocol import encode_images
@@ -170,3 +170,10 @@ def test_client_survives_a_restart_and_fails_clearly_when_down(backends):
   down = ScorerClient(url, timeout=2, retries=2, backoff=0.05)
   with pytest.raises(ScorerUnavailable, match="after 3 tries"):
     down.score(images, ["nima"])
+
+
+def test_profile_text():
+  assert profile_text(["Heat (1995) | Action, Crime", " ", "Up (2009) | Animation"]) == \
+      "Liked, oldest first: Heat (1995) | Action, Crime; Up (2009) | Animation."
+  assert profile_text(["a", "b", "c"], max_items=2) == "Liked, oldest first: b; c."
+  assert profile_text([]) == "No history."

@@ -21,6 +21,12 @@ class ScorerUnavailable(RuntimeError):
   pass
 
 
+def profile_text(history_texts: list[str], max_items: int = 10) -> str:
+  """The user profile the judge reads: the history's item texts (title | genres or tags), newest last."""
+  items = [t.strip() for t in history_texts if t and t.strip()][-max_items:]
+  return "Liked, oldest first: " + "; ".join(items) + "." if items else "No history."
+
+
 class ScorerClient:
   def __init__(self, url: str, *, token: str = "", timeout: float = 120.0, retries: int = 5, backoff: float = 1.0):
     self.url, self.token, self.timeout, self.retries, self.backoff = url.rstrip("/"), token, timeout, retries, backoff
