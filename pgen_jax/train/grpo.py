@@ -1,0 +1,74 @@
+"""GRPO's mathematics: group-relative advantages, the clipped surrogate, the k3 KL, aggregation, and
+teacher-forced log-probs of sampled image tokens (of the conditional branch or of the CFG-combined
+distribution). The jitted update step and the `grpo` stage build on these.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pgen_jax.models.janus import Janus
+
+
+def group_advantages(rewards, group_size: int, *, scale: str = "std", eps: float = 1e-6):
+  """(r - group mean) / group std ("std", GRPO) or r - group mean ("none", Dr.GRPO).
+
+  rewards: (B * G,) with each prompt's G samples adjacent, as the sampler returns them.
+  """
+  r = rewards.reshape(-1, group_size).astype(jnp.float32)
+  a = r - r.mean(axis=1, keepdims=True)
+  if scale == "std":
+    a = a / (r.std(axis=1, keepdims=True) + eps)
+  elif scale != "none":
+    raise ValueError(f"advantage scale {scale!r}: use 'std' or 'none'")
+  return a.reshape(-1)
+
+
+def clipped_surrogate(logp, old_logp, advantages, *, eps_low: float = 0.2, eps_high: float = 0.28):
+  """Per-token loss -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A) (DAPO's clip-higher), and
+  whether each token was clipped. logp/old_logp: (N, T); advantages: (N,)."""
+  ratio = jnp.exp(logp - old_logp)
+  a = advantages[:, None]
+  unclipped, clipped = ratio * a, jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
+  return -jnp.minimum(unclipped, clipped), (clipped < unclipped)
+
+
+def kl_k3(logp, ref_logp):
+  """Per-token k3 estimator of KL(policy || reference): exp(ref - p) - (ref - p) - 1 >= 0."""
+  d = ref_logp - logp
+  return jnp.exp(d) - d - 1.0
+
+
+def aggregate(per_token, mask=None, *, mode: str = "token"):
+  """'token': mean over every token of the batch (DAPO); 'sequence': mean over sequences of their
+  token means (GRPO's original)."""
+  mask = jnp.ones_like(per_token) if mask is None else mask.astype(per_token.dtype)
+  if mode == "token":
+    return (per_token * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+  if mode == "sequence":
+    return ((per_token * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)).mean()
+  raise ValueError(f"aggregation {mode!r}: use 'token' or 'sequence'")
+
+
+def image_token_logprobs(model: Janus, ids, mask, images, tokens, *, uncond=None, cfg_weight: float = 0.0,
+                         temperature: float = 1.0, uncond_images: bool = False):
+  """Log-probs (N, T) of image tokens (N, T) given prompts, by teacher forcing.
+
+  With `uncond` rows and cfg_weight > 0: of the CFG-combined distribution softmax((u + w (c - u)) / T),
+  the one the sampler draws from (AR-GRPO). Without: of the conditional branch (T2I-R1).
+  """
+  def logits_of(prompt_ids, imgs):
+    prompt = model.embed_inputs(prompt_ids, imgs)
+    fed = model.prepare_embeddings_for_image_generation(tokens[:, :-1]).astype(prompt.dtype)
+    full = jnp.concatenate([mask, jnp.ones_like(tokens[:, :-1])], 1)
+    positions = jnp.maximum(jnp.cumsum(full, 1) - 1, 0)
+    hidden, _ = model.language_model(jnp.concatenate([prompt, fed], 1), positions, full)
+    return model.image_logits(hidden[:, prompt_ids.shape[1] - 1:])
+
+  logits = logits_of(ids, images)
+  if uncond is not None and cfg_weight:
+    u = logits_of(uncond, images if uncond_images else None)
+    logits = u + cfg_weight * (logits - u)
+  logits = logits / temperature
+  return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[..., None], -1)[..., 0]

@@ -1,0 +1,83 @@
+"""GRPO's mathematics against hand-computed values, and teacher-forced log-probs against the sampler."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pgen_jax.models import Janus, make_mesh, tiny
+from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialTokens, uncond_ids
+from pgen_jax.train import grpo, sft
+
+
+def test_group_advantages():
+  r = jnp.array([1.0, 3.0, 2.0, 2.0, 0.0, 4.0])  # two prompts x three samples
+  np.testing.assert_allclose(grpo.group_advantages(r, 3, scale="none"), [-1, 1, 0, 0, -2, 2], atol=1e-6)
+  s1, s2 = np.sqrt(2 / 3), np.sqrt(8 / 3)
+  np.testing.assert_allclose(grpo.group_advantages(r, 3), [-1 / s1, 1 / s1, 0, 0, -2 / s2, 2 / s2], rtol=1e-5)
+  with pytest.raises(ValueError):
+    grpo.group_advantages(r, 3, scale="rank")
+
+
+def test_clipped_surrogate_and_clip_higher():
+  old = jnp.log(jnp.array([[0.5, 0.5, 0.5]]))
+  new = jnp.log(jnp.array([[0.5, 0.75, 0.25]]))  # ratios 1, 1.5, 0.5
+  loss, clipped = grpo.clipped_surrogate(new, old, jnp.array([2.0]), eps_low=0.2, eps_high=0.28)
+  # A > 0: min(r A, clip(r) A) = 2, 1.28 * 2, 0.5 * 2
+  np.testing.assert_allclose(loss, [[-2.0, -2.56, -1.0]], rtol=1e-6)
+  np.testing.assert_array_equal(clipped, [[False, True, False]])
+  loss, clipped = grpo.clipped_surrogate(new, old, jnp.array([-1.0]), eps_low=0.2, eps_high=0.28)
+  # A < 0: min(-r, -clip(r)) = -1, -1.5, -0.8
+  np.testing.assert_allclose(loss, [[1.0, 1.5, 0.8]], rtol=1e-6)
+  np.testing.assert_array_equal(clipped, [[False, False, True]])
+
+
+def test_kl_k3():
+  p, ref = jnp.log(jnp.array([0.5, 0.2])), jnp.log(jnp.array([0.25, 0.2]))
+  np.testing.assert_allclose(grpo.kl_k3(p, ref), [0.5 - np.log(0.5) - 1, 0.0], atol=1e-6)
+  assert (grpo.kl_k3(jnp.linspace(-3, 0, 7), jnp.linspace(0, -3, 7)) >= 0).all()
+
+
+def test_aggregation():
+  x = jnp.array([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+  mask = jnp.array([[1, 1, 1], [1, 0, 0]])
+  assert float(grpo.aggregate(x, mask, mode="token")) == pytest.approx(10 / 4)
+  assert float(grpo.aggregate(x, mask, mode="sequence")) == pytest.approx((2 + 4) / 2)
+
+
+def batch_with_history(model, rng, prompts=2):
+  cfg = model.config
+  n, img = cfg.num_image_tokens, cfg.image_token_id
+  special = SpecialTokens(bos=1, pad=0, boi=317, eoi=318, image=img)
+  row = [1, 40, 41] + [317] + [img] * n + [318] + [42, 317]
+  ids = np.array([row] * prompts, np.int32)
+  ids[1, 1] = 50
+  mask = np.ones_like(ids)
+  images = rng.uniform(-1, 1, (prompts, 1, 16, 16, 3)).astype(np.float32)
+  return ids, mask, uncond_ids(ids, mask, special), images
+
+
+def test_cfg_logprobs_equal_the_samplers():
+  model = Janus(tiny(), nnx.Rngs(3))
+  rng = np.random.default_rng(0)
+  ids, mask, uncond, images = batch_with_history(model, rng)
+  samples = 3
+  sampler = Sampler(model, make_mesh(devices=jax.devices()[:1]),
+                    SamplingConfig(cfg_weight=3.0, temperature=1.3, num_samples=samples, decode_images=False))
+  out = sampler(PromptBatch(ids=ids, mask=mask, uncond=uncond, images=images.reshape(-1, 16, 16, 3),
+                            uncond_has_images=False), jax.random.key(1))
+  rows = lambda x: jnp.repeat(jnp.asarray(x), samples, axis=0)
+  got = grpo.image_token_logprobs(model, rows(ids), rows(mask), rows(images), out.tokens, uncond=rows(uncond),
+                                  cfg_weight=3.0, temperature=1.3)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(out.logprobs), atol=2e-5)
+
+
+def test_conditional_logprobs_are_the_sft_cross_entropy():
+  model = Janus(tiny(), nnx.Rngs(4))
+  rng = np.random.default_rng(1)
+  ids, mask, _, images = batch_with_history(model, rng)
+  tokens = jnp.asarray(rng.integers(0, 64, (2, 16)), jnp.int32)
+  logp = grpo.image_token_logprobs(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(images), tokens)
+  ce = sft.image_loss(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(images), tokens)
+  np.testing.assert_allclose(-float(logp.mean()), float(ce), rtol=1e-5)
