@@ -81,3 +81,32 @@ def test_conditional_logprobs_are_the_sft_cross_entropy():
   logp = grpo.image_token_logprobs(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(images), tokens)
   ce = sft.image_loss(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(images), tokens)
   np.testing.assert_allclose(-float(logp.mean()), float(ce), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["cond", "cfg"])
+def test_update_moves_log_probs_with_the_advantages(mode):
+  import optax
+  from pgen_jax.train import update
+  model = Janus(tiny(), nnx.Rngs(5))
+  rng = np.random.default_rng(2)
+  ids, mask, uncond, images = batch_with_history(model, rng)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  cfg = grpo.GRPOConfig(logprobs=mode, cfg_weight=2.0, beta=0.1)
+  tokens = jnp.asarray(rng.integers(0, 64, (2, 16)), jnp.int32)
+  uint8 = ((images + 1) * 127.5).round().astype(np.uint8)
+  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+           "images": jnp.asarray(uint8), "tokens": tokens, "advantages": jnp.array([1.0, -1.0])}
+  old = grpo.image_token_logprobs(nnx.merge(graphdef, params, frozen), batch["ids"], batch["mask"],
+                                  jnp.asarray(uint8, jnp.float32) / 127.5 - 1, tokens,
+                                  **({"uncond": batch["uncond"], "cfg_weight": 2.0} if mode == "cfg" else {}))
+  batch["old_logp"] = old
+  tx = optax.sgd(0.05)
+  state = update.init_state(params, tx)
+  state, m = jax.jit(lambda s, b: grpo.update_step(graphdef, tx, cfg, s, frozen, params, b))(state, batch)
+  assert float(m["kl"]) == pytest.approx(0.0, abs=1e-7)  # policy == reference before the update
+  assert float(m["clip_fraction"]) == 0.0 and int(m["skipped"]) == 0
+  new = grpo.image_token_logprobs(nnx.merge(graphdef, state["params"], frozen), batch["ids"], batch["mask"],
+                                  jnp.asarray(uint8, jnp.float32) / 127.5 - 1, tokens,
+                                  **({"uncond": batch["uncond"], "cfg_weight": 2.0} if mode == "cfg" else {}))
+  delta = np.asarray(new - old).sum(1)
+  assert delta[0] > 0 > delta[1]  # the sample with the positive advantage became more likely

@@ -19,7 +19,7 @@ from flax import nnx
 from hf_janus import SIZES, hf_model
 from test_janus_convert import flat_params
 from pgen_jax.models import load_janus, make_mesh
-from pgen_jax.train import sft
+from pgen_jax.train import sft, update
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ def test_image_loss_equals_teacher_forced_transformers(tmp_path):
 def test_non_finite_steps_are_skipped_and_counted():
   from pgen_jax.models import Janus, tiny
   model = Janus(tiny(), nnx.Rngs(0))
-  graphdef, params, frozen = nnx.split(model, sft.trainable_filter(sft.TRAINABLE_DEFAULT), ...)
-  tx = sft.make_optimizer(1e-2, 1, 10, 0.9, 0.95, 0.0, 1.0)
-  state = sft.init_state(params, tx)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  tx = update.make_optimizer(1e-2, 1, 10, 0.9, 0.95, 0.0, 1.0)
+  state = update.init_state(params, tx)
   rng = np.random.default_rng(0)
   n = model.config.num_image_tokens
   ids = np.concatenate([np.ones((2, 1)), np.full((2, 1), 317), np.full((2, n), 319), np.full((2, 1), 318),

@@ -22,7 +22,7 @@ from flax import nnx
 
 from pgen_jax import distributed
 from pgen_jax.models import Janus, make_mesh, param_shardings, preset
-from pgen_jax.train import sft
+from pgen_jax.train import sft, update
 from pgen_jax.train.setup import to_device
 
 _PRESET = flags.DEFINE_string("preset", "demo", "model preset")
@@ -60,9 +60,9 @@ def main(argv):
   model.language_model.remat = _REMAT.value
   graphdef, state = nnx.split(model)
   model = nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
-  graphdef, params, frozen = nnx.split(model, sft.trainable_filter(sft.TRAINABLE_DEFAULT), ...)
-  tx = sft.make_optimizer(1e-5, 10, 1000, 0.9, 0.95, 0.0, 1.0)
-  state = sft.init_state(params, tx)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  tx = update.make_optimizer(1e-5, 10, 1000, 0.9, 0.95, 0.0, 1.0)
+  state = update.init_state(params, tx)
   n, k, s = cfg.num_image_tokens, _HISTORY.value, cfg.vision.image_size
   rng = np.random.default_rng(0)
   block = [cfg.text.vocab_size - 3] + [cfg.image_token_id] * n + [cfg.text.vocab_size - 2]

@@ -5,10 +5,14 @@ distribution). The jitted update step and the `grpo` stage build on these.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from pgen_jax.models.janus import Janus
+from pgen_jax.train.update import guarded_update
 
 
 def group_advantages(rewards, group_size: int, *, scale: str = "std", eps: float = 1e-6):
@@ -72,3 +76,50 @@ def image_token_logprobs(model: Janus, ids, mask, images, tokens, *, uncond=None
     logits = u + cfg_weight * (logits - u)
   logits = logits / temperature
   return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[..., None], -1)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  eps_low: float = 0.2
+  eps_high: float = 0.28        # DAPO's clip-higher; = eps_low for symmetric clipping
+  beta: float = 0.01            # KL to the reference model; 0 skips the reference entirely
+  aggregation: str = "token"    # token | sequence
+  logprobs: str = "cond"        # cond (T2I-R1: the conditional branch) | cfg (AR-GRPO: the CFG mix)
+  cfg_weight: float = 5.0
+  temperature: float = 1.0
+  uncond_images: bool = False
+
+
+def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig):
+  """Clipped surrogate + beta KL for a batch of sampled images.
+
+  batch: ids, mask, uncond (N, P); images (N, k, H, W, 3) uint8; tokens, old_logp (N, T); advantages (N,).
+  """
+  images = batch["images"].astype(jnp.float32) / 127.5 - 1.0
+  kw = dict(temperature=cfg.temperature)
+  if cfg.logprobs == "cfg":
+    kw.update(uncond=batch["uncond"], cfg_weight=cfg.cfg_weight, uncond_images=cfg.uncond_images)
+
+  def logprobs(p):
+    return image_token_logprobs(nnx.merge(graphdef, p, frozen), batch["ids"], batch["mask"], images, batch["tokens"],
+                                **kw)
+
+  logp = logprobs(params)
+  per_token, clipped = clipped_surrogate(logp, batch["old_logp"], batch["advantages"], eps_low=cfg.eps_low,
+                                         eps_high=cfg.eps_high)
+  loss = aggregate(per_token, mode=cfg.aggregation)
+  metrics = {"clip_fraction": clipped.mean(), "neg_logp": -logp.mean()}
+  if cfg.beta:
+    kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(logprobs(ref_params))), mode=cfg.aggregation)
+    loss = loss + cfg.beta * kl
+    metrics["kl"] = kl
+  return loss, metrics
+
+
+def update_step(graphdef, tx, cfg: GRPOConfig, state: dict, frozen, ref_params, batch: dict):
+  """One guarded optimizer update; call it again on the same batch for further inner updates (the
+  stored old log-probs make later ones off-policy corrected)."""
+  (loss, metrics), grads = jax.value_and_grad(grpo_loss, argnums=1, has_aux=True)(
+      graphdef, state["params"], frozen, ref_params, batch, cfg)
+  state, guard = guarded_update(tx, state, loss, grads)
+  return state, {**guard, **metrics}

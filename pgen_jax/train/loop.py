@@ -22,7 +22,7 @@ from pgen_jax.data.pipeline import loader_from_config, source_from_config
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.sampling import Sampler, SamplingConfig
-from pgen_jax.train import sft
+from pgen_jax.train import sft, update
 from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, to_device
 
@@ -50,13 +50,13 @@ def run_sft(cfg) -> dict:
   model = model_from_config(cfg, mesh)
   model.language_model.remat = bool(c.remat)
   prompter = Prompter(cfg, model.config)
-  graphdef, params, frozen = nnx.split(model, sft.trainable_filter(tuple(c.trainable)), ...)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(c.trainable)), ...)
   train_loader = loader_from_config(cfg, "train", batch_size=c.batch_size // jax.process_count(), seed=cfg.seed,
                                     with_future=False)
   per_epoch = len(source_from_config(cfg, "train", with_future=False)) // c.batch_size
   total = c.num_steps or max(1, int(c.epochs * per_epoch))
-  tx = sft.make_optimizer(c.lr, c.warmup_steps, total, c.b1, c.b2, c.weight_decay, c.clip)
-  state = sft.init_state(params, tx, cfg.seed)
+  tx = update.make_optimizer(c.lr, c.warmup_steps, total, c.b1, c.b2, c.weight_decay, c.clip)
+  state = update.init_state(params, tx, cfg.seed)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   replicated = NamedSharding(mesh, P())

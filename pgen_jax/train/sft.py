@@ -9,7 +9,6 @@ storage dtype (fp32 master weights) while the model computes in its compute dtyp
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,14 +16,7 @@ import optax
 from flax import nnx
 
 from pgen_jax.models.janus import Janus
-
-TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
-
-
-def trainable_filter(parts: tuple[str, ...]) -> Callable:
-  parts = tuple(parts)
-  return lambda path, _: bool(path) and str(path[0]) in parts
-
+from pgen_jax.train.update import guarded_update
 
 def image_loss(model: Janus, ids, mask, images, targets):
   """Mean CE of the target tokens (B, N) given left-padded prompts (B, P) and history images."""
@@ -48,13 +40,6 @@ class StepConfig:
   uncond_prob: float = 0.1   # CFG needs an unconditional model: train it on blanked prompts
 
 
-def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, weight_decay: float,
-                   clip: float) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total, warmup + 1), lr * 0.1)
-  return optax.chain(optax.clip_by_global_norm(clip),
-                     optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-
-
 def batch_loss(graphdef, params, frozen, batch, key, cfg: StepConfig):
   model = nnx.merge(graphdef, params, frozen)
   targets = jax.lax.stop_gradient(model.get_image_tokens(to_unit(batch["target"])))
@@ -67,7 +52,7 @@ def batch_loss(graphdef, params, frozen, batch, key, cfg: StepConfig):
 
 def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
   """One optimizer update over grad_accum micro-batches; non-finite updates are skipped."""
-  params, opt_state = state["params"], state["opt_state"]
+  params = state["params"]
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
   micro = jax.tree.map(lambda x: x.reshape(cfg.grad_accum, -1, *x.shape[1:]), batch)
   grad_fn = jax.value_and_grad(lambda p, b, k: batch_loss(graphdef, p, frozen, b, k, cfg))
@@ -82,26 +67,10 @@ def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
   (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
                                   (micro, jnp.arange(cfg.grad_accum)))
   loss, grads = loss / cfg.grad_accum, jax.tree.map(lambda g: g / cfg.grad_accum, grads)
-  grad_norm = optax.global_norm(grads)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, new_opt = tx.update(grads, opt_state, params)
-  new_params = optax.apply_updates(params, updates)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-  new_state = {"params": keep(new_params, params), "opt_state": keep(new_opt, opt_state),
-               "step": state["step"] + 1, "rng": state["rng"], "skipped": state["skipped"] + (~ok).astype(jnp.int32),
-               "bad_streak": jnp.where(ok, 0, state["bad_streak"] + 1)}
-  return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": new_state["skipped"],
-                     "bad_streak": new_state["bad_streak"]}
+  return guarded_update(tx, state, loss, grads)
 
 
 def eval_loss(graphdef, params, frozen, batch):
   model = nnx.merge(graphdef, params, frozen)
   targets = model.get_image_tokens(to_unit(batch["target"]))
   return image_loss(model, batch["ids"], batch["mask"], to_unit(batch["history"]), targets)
-
-
-def init_state(params, tx, seed: int = 0) -> dict[str, Any]:
-  """Everything a resumed run needs besides the data iterator: the PRNG key is part of it."""
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-          "rng": jax.random.key_data(jax.random.key(seed)),
-          "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}

@@ -1,0 +1,47 @@
+"""What every training stage shares: which parameters train, the optimizer, the training state
+(parameters, optimizer, step, PRNG key, non-finite counters) and the guarded update."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
+
+
+def trainable_filter(parts: tuple[str, ...]) -> Callable:
+  parts = tuple(parts)
+  return lambda path, _: bool(path) and str(path[0]) in parts
+
+
+def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, weight_decay: float,
+                   clip: float) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total, warmup + 1), lr * 0.1)
+  return optax.chain(optax.clip_by_global_norm(clip),
+                     optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+
+
+def init_state(params, tx, seed: int = 0) -> dict[str, Any]:
+  """Everything a resumed run needs besides the data iterator: the PRNG key is part of it."""
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+          "rng": jax.random.key_data(jax.random.key(seed)),
+          "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
+
+
+def guarded_update(tx, state: dict, loss, grads) -> tuple[dict, dict]:
+  """Applies `grads` unless the loss or the gradient norm is not finite; then the parameters and the
+  optimizer stay as they were and the step is counted as skipped."""
+  params, opt_state = state["params"], state["opt_state"]
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  new_state = {**state, "params": keep(new_params, params), "opt_state": keep(new_opt, opt_state),
+               "step": state["step"] + 1, "skipped": state["skipped"] + (~ok).astype(jnp.int32),
+               "bad_streak": jnp.where(ok, 0, state["bad_streak"] + 1)}
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": new_state["skipped"],
+                     "bad_streak": new_state["bad_streak"]}
