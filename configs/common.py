@@ -66,5 +66,43 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.cfg_weight = 5.0
   c.sft.genre_probe = True             # synthetic data only: genre hit rate of generated images
 
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.num_steps = 800               # public Janus-Pro GRPO recipes
+  c.grpo.prompts_per_step = 8          # histories per step (global)
+  c.grpo.group_size = 8                # G samples per history
+  c.grpo.lr = 1e-6
+  c.grpo.warmup_steps = 0
+  c.grpo.beta = 0.01                   # KL to the reference (the starting policy); 0 skips it
+  c.grpo.eps_low = 0.2
+  c.grpo.eps_high = 0.28               # clip-higher (DAPO); set equal to eps_low for symmetric clipping
+  c.grpo.aggregation = "token"         # token | sequence
+  c.grpo.advantage_scale = "std"       # std (GRPO) | none (Dr.GRPO)
+  c.grpo.logprobs = "cond"             # cond (T2I-R1) | cfg (AR-GRPO): which distribution is trained
+  c.grpo.cfg_weight = 5.0
+  c.grpo.temperature = 1.0
+  c.grpo.inner_updates = 1             # optimizer updates per rollout, with stored old log-probs
+  c.grpo.reward = "models"             # models | genre (synthetic world) | fixed (a hackable test reward)
+  c.grpo.reward_weights = ml_collections.ConfigDict(
+      dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0))
+  c.grpo.clip = ""                     # CLIP directory (transformers or open_clip), e.g. ViT-H-14 laion2b
+  c.grpo.dino = ""                     # DINOv2 directory
+  c.grpo.lpips_vgg = ""                # torchvision VGG16 weights, for lpips_target
+  c.grpo.lpips_heads = ""              # lpips' weights/v0.1/vgg.pth
+  c.grpo.scorer_url = "http://127.0.0.1:8765"
+  c.grpo.scorer_token = ""
+  c.grpo.diversity_weight = 0.0        # penalty for resembling other users' images
+  c.grpo.fixed_seed = 0
+  c.grpo.log_every = 10
+  c.grpo.ckpt_every = 50
+  c.grpo.defence_response = "stop"     # stop | rollback (to the last healthy checkpoint, lower lr, more diversity)
+  c.grpo.defence_window = 20
+  c.grpo.defence_warmup = 5
+  c.grpo.defence_patience = 3
+  c.grpo.defence_std_ratio = 0.3
+  c.grpo.defence_similarity = 0.9
+  c.grpo.defence_lr_factor = 0.5
+  c.grpo.defence_diversity_factor = 2.0
+  c.grpo.defence_max_rollbacks = 3     # then stop
+
   c.export = ml_collections.ConfigDict(dict(dir=""))
   return c

@@ -53,6 +53,14 @@ def prepare(cfg) -> None:
   print(json.dumps({"splits": stats["splits"], "dropped": stats["dropped"]}))
 
 
+def grpo(cfg) -> None:
+  """Online GRPO from the SFT result; resumes from <workdir>/grpo/latest."""
+  import json
+  from pgen_jax.train.grpo_loop import run_grpo
+  summary = run_grpo(cfg)
+  print(json.dumps({k: v for k, v in summary.items() if k != "rewards"}))
+
+
 def _not_yet(name: str, issue: str):
   def run(cfg):
     raise NotImplementedError(f"stage {name!r} is not implemented yet ({issue}); "
@@ -63,11 +71,11 @@ def _not_yet(name: str, issue: str):
 STAGES = {
     "prepare": prepare,
     "sft": sft,
-    "grpo": _not_yet("grpo", "GRPO issue"),
+    "grpo": grpo,
     "eval": _not_yet("eval", "evaluation"),
     "export": export,
 }
-STAGES_READY = ("prepare", "sft", "export")
+STAGES_READY = ("prepare", "sft", "grpo", "export")
 
 
 def main(argv) -> None:
@@ -82,11 +90,15 @@ def main(argv) -> None:
     sys.exit(2)
   for stage in cfg.stages:
     logging.info("stage %s", stage)
+    from pgen_jax.train.update import RunStopped
     try:
       STAGES[stage](cfg)
     except NotImplementedError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+    except RunStopped as e:
+      print(f"stopped: {e}", file=sys.stderr)
+      sys.exit(3)
 
 
 if __name__ == "__main__":

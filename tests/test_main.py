@@ -37,9 +37,9 @@ def test_bad_config_is_named(args, key):
 
 
 def test_stage_not_yet_available_fails_clearly():
-  run = run_main("--config=configs/demo.py", "--config.stages=('grpo',)")
+  run = run_main("--config=configs/demo.py", "--config.stages=('eval',)")
   assert run.returncode == 2
-  assert "stage 'grpo' is not implemented yet" in run.stderr
+  assert "stage 'eval' is not implemented yet" in run.stderr
 
 
 def test_export_stage_writes_a_directory_transformers_loads(tmp_path):

@@ -89,8 +89,8 @@ def sft_args(workdir, store, steps=24):
           "--config.sft.genre_probe=False"]
 
 
-def final_params(workdir):
-  return flat_params(load_janus(Path(workdir) / "sft" / "final", mesh=make_mesh(devices=jax.devices()[:1])))
+def final_params(workdir, stage="sft"):
+  return flat_params(load_janus(Path(workdir) / stage / "final", mesh=make_mesh(devices=jax.devices()[:1])))
 
 
 def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):

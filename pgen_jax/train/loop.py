@@ -27,7 +27,7 @@ from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, to_device
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(update.RunStopped):
   pass
 
 

@@ -9,6 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+class RunStopped(RuntimeError):
+  """A training stage stopped on purpose (non-finite steps, reward hacking); the message says why."""
+
+
 TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
 
 
@@ -27,7 +31,7 @@ def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, wei
 def init_state(params, tx, seed: int = 0) -> dict[str, Any]:
   """Everything a resumed run needs besides the data iterator: the PRNG key is part of it."""
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-          "rng": jax.random.key_data(jax.random.key(seed)),
+          "rng": jax.random.key_data(jax.random.key(seed)), "lr_scale": jnp.ones((), jnp.float32),
           "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
 
 
@@ -38,6 +42,7 @@ def guarded_update(tx, state: dict, loss, grads) -> tuple[dict, dict]:
   grad_norm = optax.global_norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt = tx.update(grads, opt_state, params)
+  updates = jax.tree.map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)  # lowered after a rollback
   new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   new_state = {**state, "params": keep(new_params, params), "opt_state": keep(new_opt, opt_state),

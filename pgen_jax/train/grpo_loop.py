@@ -1,0 +1,261 @@
+"""The GRPO stage: rollouts with the CFG sampler, rewards, group advantages, guarded updates, the
+reward-hacking defence, checkpoints and resume. Starts from <workdir>/sft/final (else the configured
+model) and writes under <workdir>/grpo: latest/ best/ (orbax), tb/, summary.json, final/.
+
+Rewards (grpo.reward):
+  models  the weighted terms of pgen_jax.rewards.compose (CLIP/DINO/LPIPS/SSIM in jit, from
+          grpo.clip / grpo.dino / grpo.lpips_vgg + grpo.lpips_heads) plus the scorer's profile/nima
+          (grpo.scorer_url); the scorer request is sent first and its latency overlaps the in-process terms
+          and the old log-probs.
+  genre   (synthetic world) how much more likely the tokens are under the user's preferred genre than
+          under the average genre (the token classifier of pgen_jax.eval.genre): a simple deterministic reward.
+  fixed   (tests) the share of tokens drawn from one fixed image's few codes: a hackable reward, the
+          same image wins for every user.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from pgen_jax.data import synthetic
+from pgen_jax.data.pipeline import loader_from_config
+from pgen_jax.fileio import write_json
+from pgen_jax.models.checkpoint import save_janus
+from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig
+from pgen_jax.train import grpo, update
+from pgen_jax.train.checkpoints import Checkpoints
+from pgen_jax.train.hacking import DefenceConfig, HackingMonitor, diversity_penalty
+from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, to_device
+
+
+class HackingDetected(update.RunStopped):
+  pass
+
+
+def _token_embeddings(tokens: np.ndarray, vocab: int) -> np.ndarray:
+  """Bag-of-tokens histograms: the image embedding when no CLIP is configured."""
+  return np.stack([np.bincount(t, minlength=vocab) for t in tokens]).astype(np.float32)
+
+
+class Rewards:
+  """Per-sample reward terms and their weighted total for one rollout."""
+
+  def __init__(self, cfg, model, mesh, prompter):
+    g = cfg.grpo
+    self.kind, self.vocab = g.reward, model.config.vq.num_embeddings
+    self.diversity = g.diversity_weight
+    if self.kind == "genre":
+      from pgen_jax.eval.genre import fit_classifier
+      self.classifier, _ = fit_classifier(cfg, model)
+    elif self.kind == "fixed":
+      self.fixed = np.random.default_rng(g.fixed_seed).choice(self.vocab, 4, replace=False)
+    elif self.kind == "models":
+      self._init_models(cfg, mesh)
+    else:
+      raise ValueError(f"grpo.reward: {self.kind!r}; use models, genre or fixed")
+
+  def _init_models(self, cfg, mesh):
+    from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
+    g = cfg.grpo
+    weights = tuple((k, float(v)) for k, v in g.reward_weights.items())
+    self.rcfg = RewardConfig(weights=weights)
+    dtype = jnp.dtype(cfg.model.dtype)
+    kw = dict(mesh=mesh, dtype=dtype, param_dtype=dtype)
+    self.clip = self.dino = self.lpips = None
+    if g.clip:
+      from converters.clip import load_clip
+      self.clip = load_clip(g.clip, **kw)
+    if g.dino:
+      from converters.dino import load_dino
+      self.dino = load_dino(g.dino, image_size=224, **kw)
+    if g.lpips_vgg:
+      from converters.lpips import load_lpips
+      self.lpips = load_lpips(g.lpips_vgg, g.lpips_heads, **kw)
+    self.terms_fn = nnx.jit(lambda clip, dino, lpips, d: in_jit_terms(
+        self.rcfg, d["generated"], history=d["history"], target=d["target"], future=d.get("future"),
+        clip=clip, dino=dino, lpips=lpips))
+    self.scorer = None
+    if any(k in ("profile", "nima") for k, _ in weights):
+      from pgen_jax.scorer.client import ScorerClient
+      self.scorer = ScorerClient(g.scorer_url, token=g.scorer_token)
+
+  def __call__(self, tokens: np.ndarray, images: np.ndarray | None, users: np.ndarray, raw: dict,
+               samples: int) -> tuple[np.ndarray, dict, np.ndarray]:
+    """(total reward (N,), {term: (N,)}, image embeddings (N, D)) for N = prompts x samples."""
+    terms: dict[str, np.ndarray] = {}
+    emb = _token_embeddings(tokens, self.vocab)
+    if self.kind == "genre":
+      # Per-token log-likelihood ratio of the preferred genre against the average genre: smooth, unlike
+      # the (saturating) posterior.
+      logp = np.stack([self.classifier.log_p[:, t].mean(1) for t in tokens])  # (N, genres)
+      want = [synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users]
+      terms["genre"] = logp[np.arange(len(tokens)), want] - logp.mean(1)
+      total = terms["genre"].copy()
+    elif self.kind == "fixed":
+      terms["fixed"] = np.isin(tokens, self.fixed).mean(1)
+      total = terms["fixed"].copy()
+    else:
+      total, terms, emb = self._models(images, raw, samples)
+    if self.diversity:
+      terms["diversity"] = np.asarray(diversity_penalty(jnp.asarray(emb), jnp.asarray(users)))
+      total = total - self.diversity * terms["diversity"]
+    return total, terms, emb
+
+  def _models(self, images, raw, samples):
+    from pgen_jax.rewards.compose import combine
+    from pgen_jax.scorer.client import profile_text
+    rep = lambda x: np.repeat(np.asarray(x), samples, axis=0)
+    future = self.scorer.submit(images, [k for k in ("profile", "nima") if k in self.rcfg.active],
+                                [profile_text(list(t)) for t in rep(raw["history_text"])]) if self.scorer else None
+    data = {"generated": jnp.asarray(images), "history": jnp.asarray(rep(raw["history"])),
+            "target": jnp.asarray(rep(raw["target"]))}
+    if "future" in raw:
+      data["future"] = jnp.asarray(rep(raw["future"]))
+    terms = {k: np.asarray(v) for k, v in self.terms_fn(self.clip, self.dino, self.lpips, data).items()}
+    if future is not None:
+      terms.update(future.result())
+    if self.clip is not None:
+      from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
+      size = self.rcfg.clip_size
+      emb = np.asarray(self.clip.get_image_features(preprocess(data["generated"], size, size, CLIP_MEAN, CLIP_STD)))
+    else:
+      emb = images.reshape(len(images), -1).astype(np.float32)
+    return np.asarray(combine(self.rcfg, {k: jnp.asarray(v) for k, v in terms.items()})), terms, emb
+
+
+def grpo_dir(cfg) -> Path:
+  return Path(cfg.workdir) / "grpo"
+
+
+def run_grpo(cfg) -> dict:
+  out = grpo_dir(cfg)
+  if (out / "final").exists():
+    logging.info("GRPO already finished: %s", out / "final")
+    return json.loads((out / "summary.json").read_text())
+  out.mkdir(parents=True, exist_ok=True)
+  g = cfg.grpo
+  mesh = mesh_from_config(cfg)
+  start_from = Path(cfg.workdir) / "sft" / "final"
+  model = model_from_config(cfg, mesh, start_from if start_from.exists() else None)
+  prompter = Prompter(cfg, model.config)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
+  ref_params = jax.tree.map(jnp.copy, params) if g.beta else None
+  tx = update.make_optimizer(g.lr, g.warmup_steps, g.num_steps, cfg.sft.b1, cfg.sft.b2, 0.0, cfg.sft.clip)
+  state = update.init_state(params, tx, cfg.seed)
+  step_cfg = grpo.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
+                             logprobs=g.logprobs, cfg_weight=g.cfg_weight, temperature=g.temperature,
+                             uncond_images=cfg.prompt.uncond == "keep_images")
+  replicated = NamedSharding(mesh, P())
+  update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg), donate_argnums=(0,),
+                      out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated))
+  old_logp_fn = jax.jit(lambda p, b: grpo.image_token_logprobs(
+      nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], b["images"].astype(jnp.float32) / 127.5 - 1.0,
+      b["tokens"], temperature=g.temperature))
+  sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=g.cfg_weight, temperature=g.temperature,
+                                                num_samples=g.group_size, decode_images=g.reward == "models"))
+  rewards = Rewards(cfg, model, mesh, prompter)
+  monitor = HackingMonitor(DefenceConfig(window=g.defence_window, std_ratio=g.defence_std_ratio,
+                                         similarity=g.defence_similarity, patience=g.defence_patience,
+                                         warmup=g.defence_warmup, response=g.defence_response))
+  loader = loader_from_config(cfg, "train", batch_size=g.prompts_per_step // jax.process_count(), seed=cfg.seed,
+                              with_future=any("future" in k for k in g.reward_weights))
+  it = iter(loader)
+  ckpts = Checkpoints(out, keep=cfg.sft.keep)
+  summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+  restored = ckpts.restore_latest(state)
+  step = 0
+  if restored is not None:
+    step, state, data_state = restored
+    extra = json.loads(data_state)
+    it.set_state(extra["iterator"].encode())
+    monitor.restore(extra["monitor"])
+    summary["rewards"] = summary.get("rewards", [])[:step]  # the summary may be ahead of the checkpoint
+    logging.info("resumed GRPO at step %d", step)
+  writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=g.num_steps, writer=writer, every_steps=g.log_every)
+
+  while step < g.num_steps:
+    raw = {k: np.array(v) for k, v in next(it).items()}
+    x = prompter(raw)
+    rows = lambda a: np.repeat(a, g.group_size, axis=0)
+    sampler.state = jax.device_put(nnx.state(nnx.merge(graphdef, state["params"], frozen)), sampler.state_shardings)
+    pb = PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"],
+                     images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
+                     uncond_has_images=step_cfg.uncond_images)
+    roll = sampler(pb, jax.random.fold_in(jax.random.key(cfg.seed + 1), step))
+    tokens = np.asarray(roll.tokens)
+    users = rows(raw["user"])
+    total, terms, emb = rewards(tokens, None if roll.images is None else np.asarray(roll.images), users, raw,
+                                g.group_size)
+    batch = {"ids": rows(x["ids"]), "mask": rows(x["mask"]), "uncond": rows(x["uncond"]),
+             "images": rows(x["history"]), "tokens": tokens}
+    dev = to_device(batch, mesh)
+    old = roll.logprobs if g.logprobs == "cfg" else old_logp_fn(state["params"], dev)
+    adv = grpo.group_advantages(jnp.asarray(total), g.group_size, scale=g.advantage_scale)
+    dev.update(to_device({"old_logp": np.asarray(old), "advantages": np.asarray(adv)}, mesh))
+    for _ in range(g.inner_updates):
+      state, metrics = update_fn(state, frozen, ref_params, dev)
+    step += 1
+    progress(step)
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    similarity = float(np.mean(_cross(emb, users)))
+    scalars = {"reward_mean": float(total.mean()), "reward_std": float(total.std()), "cross_user_similarity":
+               similarity, "advantage_abs_mean": float(np.abs(np.asarray(adv)).mean()), **m}
+    for k, v in terms.items():
+      scalars[f"reward/{k}_mean"], scalars[f"reward/{k}_std"] = float(np.mean(v)), float(np.std(v))
+    summary.setdefault("initial_reward", float(total.mean()))
+    summary.setdefault("rewards", []).append(float(total.mean()))
+    if step % g.log_every == 0 or step == g.num_steps:
+      writer.write_scalars(step, scalars)
+    if m["bad_streak"] >= cfg.sft.max_bad_steps:
+      raise update.RunStopped(f"GRPO stopped at step {step}: {int(m['bad_streak'])} non-finite steps in a row; the last "
+                         f"good checkpoint is step {ckpts.latest.latest_step()} in {out / 'latest'}")
+    alarm = monitor.update(step, float(total.std()), similarity)
+    if alarm is not None:
+      summary.setdefault("alarms", []).append({"step": step, "reasons": alarm.reasons})
+      write_json(out / "summary.json", summary)
+      healthy = ckpts.latest.latest_step()
+      rollbacks = sum(1 for a in summary["alarms"] if "rolled_back_to" in a)
+      if g.defence_response == "stop" or healthy is None or rollbacks >= g.defence_max_rollbacks:
+        ckpts.wait()
+        raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; the "
+                              f"last healthy checkpoint is step {healthy} in {out / 'latest'}")
+      step, state, data_state = ckpts.restore_latest(state)  # roll back, then train more cautiously
+      extra = json.loads(data_state)
+      it.set_state(extra["iterator"].encode())
+      monitor = HackingMonitor(monitor.cfg)
+      state["lr_scale"] = state["lr_scale"] * g.defence_lr_factor
+      rewards.diversity = max(rewards.diversity, 0.1) * g.defence_diversity_factor
+      summary["alarms"][-1]["rolled_back_to"] = step
+      summary["rewards"] = summary["rewards"][:step]
+      write_json(out / "summary.json", summary)
+      progress = periodic_actions.ReportProgress(num_train_steps=g.num_steps, writer=writer, every_steps=g.log_every)
+      logging.warning("reward hacking suspected (%s): rolled back to step %d, lr x%g, diversity weight %g",
+                      alarm.reasons, step, g.defence_lr_factor, rewards.diversity)
+      continue
+    if step % g.ckpt_every == 0 or step == g.num_steps:
+      ckpts.save(step, state, json.dumps({"iterator": it.get_state().decode(), "monitor": monitor.state()}))
+      ckpts.save_best(step, state["params"], -float(total.mean()))
+      write_json(out / "summary.json", summary)
+  ckpts.wait()
+  summary.update(steps=g.num_steps, final_reward=float(np.mean(summary["rewards"][-max(1, g.log_every):])))
+  write_json(out / "summary.json", summary)
+  writer.flush()
+  save_janus(nnx.merge(graphdef, state["params"], frozen), out / "final")
+  ckpts.close()
+  return summary
+
+
+def _cross(emb: np.ndarray, users: np.ndarray) -> np.ndarray:
+  from pgen_jax.train.hacking import cross_user_similarity
+  return np.asarray(cross_user_similarity(jnp.asarray(emb), jnp.asarray(users)))
