@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
       dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0))
   c.grpo.clip = ""                     # CLIP directory (transformers or open_clip), e.g. ViT-H-14 laion2b
   c.grpo.dino = ""                     # DINOv2 directory
+  c.grpo.dino_size = 224               # DINO input size (Pigeon's protocol); positions resampled to it
   c.grpo.lpips_vgg = ""                # torchvision VGG16 weights, for lpips_target
   c.grpo.lpips_heads = ""              # lpips' weights/v0.1/vgg.pth
   c.grpo.scorer_url = "http://127.0.0.1:8765"

@@ -78,3 +78,20 @@ def test_kill_and_resume_continues_identically(tmp_path, world):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert summary(tmp_path / "plain")["rewards"] == summary(tmp_path / "killed")["rewards"]
+
+
+def test_model_rewards_run_in_the_stage(tmp_path, world):
+  """reward=models with real (tiny, random) CLIP and DINOv2 checkpoints: terms computed and logged."""
+  from test_clip import hf_clip
+  from test_dino import dinov2
+  hf_clip("gelu", 2).save_pretrained(tmp_path / "clip")
+  dinov2(28).save_pretrained(tmp_path / "dino")
+  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="models", num_steps=3, group_size=2,
+                                  log_every=1, ckpt_every=3), f"--config.grpo.clip={tmp_path / 'clip'}",
+                 f"--config.grpo.dino={tmp_path / 'dino'}", "--config.grpo.dino_size=28",
+                 "--config.grpo.reward_weights.profile=0.0", "--config.grpo.reward_weights.nima=0.0",
+                 "--config.grpo.reward_weights.clip_future=0.0")
+  assert run.returncode == 0, run.stderr[-3000:]
+  for term in ("clip_history", "dino_target"):
+    assert f"reward/{term}_mean" in run.stderr
+  assert len(summary(tmp_path)["rewards"]) == 3

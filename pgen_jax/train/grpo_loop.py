@@ -68,7 +68,6 @@ class Rewards:
     from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
     g = cfg.grpo
     weights = tuple((k, float(v)) for k, v in g.reward_weights.items())
-    self.rcfg = RewardConfig(weights=weights)
     dtype = jnp.dtype(cfg.model.dtype)
     kw = dict(mesh=mesh, dtype=dtype, param_dtype=dtype)
     self.clip = self.dino = self.lpips = None
@@ -77,15 +76,19 @@ class Rewards:
       self.clip = load_clip(g.clip, **kw)
     if g.dino:
       from converters.dino import load_dino
-      self.dino = load_dino(g.dino, image_size=224, **kw)
+      self.dino = load_dino(g.dino, image_size=g.dino_size, **kw)
     if g.lpips_vgg:
       from converters.lpips import load_lpips
       self.lpips = load_lpips(g.lpips_vgg, g.lpips_heads, **kw)
+    # Each model sees its own input size: CLIP its native one, DINO g.dino_size after a 256/224 resize.
+    clip_size = self.clip.config.vision.image_size if self.clip is not None else 224
+    self.rcfg = RewardConfig(weights=weights, clip_size=clip_size, dino_crop=g.dino_size,
+                             dino_resize=round(g.dino_size * 256 / 224))
     self.terms_fn = nnx.jit(lambda clip, dino, lpips, d: in_jit_terms(
         self.rcfg, d["generated"], history=d["history"], target=d["target"], future=d.get("future"),
         clip=clip, dino=dino, lpips=lpips))
     self.scorer = None
-    if any(k in ("profile", "nima") for k, _ in weights):
+    if any(k in ("profile", "nima") and w for k, w in weights):
       from pgen_jax.scorer.client import ScorerClient
       self.scorer = ScorerClient(g.scorer_url, token=g.scorer_token)
 
