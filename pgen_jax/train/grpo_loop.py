@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 
 import jax
@@ -54,6 +55,7 @@ class Rewards:
     g = cfg.grpo
     self.kind, self.vocab = g.reward, model.config.vq.num_embeddings
     self.diversity = g.diversity_weight
+    self.scorer_wait = 0.0  # seconds the last step waited for the scorer
     if self.kind == "genre":
       from pgen_jax.eval.genre import fit_classifier
       self.classifier, _ = fit_classifier(cfg, model)
@@ -118,6 +120,7 @@ class Rewards:
     from pgen_jax.rewards.compose import combine
     from pgen_jax.scorer.client import profile_text
     rep = lambda x: np.repeat(np.asarray(x), samples, axis=0)
+    self.scorer_wait = 0.0
     future = self.scorer.submit(images, [k for k in ("profile", "nima") if k in self.rcfg.active],
                                 [profile_text(list(t)) for t in rep(raw["history_text"])]) if self.scorer else None
     data = {"generated": jnp.asarray(images), "history": jnp.asarray(rep(raw["history"])),
@@ -126,7 +129,9 @@ class Rewards:
       data["future"] = jnp.asarray(rep(raw["future"]))
     terms = {k: np.asarray(v) for k, v in self.terms_fn(self.clip, self.dino, self.lpips, data).items()}
     if future is not None:
+      t = time.perf_counter()
       terms.update(future.result())
+      self.scorer_wait = time.perf_counter() - t
     if self.clip is not None:
       from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
       size = self.rcfg.clip_size
@@ -195,11 +200,14 @@ def run_grpo(cfg) -> dict:
     pb = PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"],
                      images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
                      uncond_has_images=step_cfg.uncond_images)
+    t0 = time.perf_counter()
     roll = sampler(pb, jax.random.fold_in(jax.random.key(cfg.seed + 1), step))
     tokens = np.asarray(roll.tokens)
+    t1 = time.perf_counter()
     users = rows(raw["user"])
     total, terms, emb = rewards(tokens, None if roll.images is None else np.asarray(roll.images), users, raw,
                                 g.group_size)
+    t2 = time.perf_counter()
     batch = {"ids": rows(x["ids"]), "mask": rows(x["mask"]), "uncond": rows(x["uncond"]),
              "images": rows(x["history"]), "tokens": tokens}
     dev = to_device(batch, mesh)
@@ -208,9 +216,12 @@ def run_grpo(cfg) -> dict:
     dev.update(to_device({"old_logp": np.asarray(old), "advantages": np.asarray(adv)}, mesh))
     for _ in range(g.inner_updates):
       state, metrics = update_fn(state, frozen, ref_params, dev)
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    t3 = time.perf_counter()
     step += 1
     progress(step)
-    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    m.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/scorer_wait": rewards.scorer_wait,
+              "time/update": t3 - t2})
     similarity = float(np.mean(_cross(emb, users)))
     scalars = {"reward_mean": float(total.mean()), "reward_std": float(total.std()), "cross_user_similarity":
                similarity, "advantage_abs_mean": float(np.abs(np.asarray(adv)).mean()), **m}
