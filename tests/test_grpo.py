@@ -2,13 +2,11 @@
 (stop and roll-back responses), and a killed run resumes to the same parameters."""
 
 import json
-import signal
-import time
 
 import numpy as np
 import pytest
 
-from test_sft import ROOT, final_params, run_main
+from test_sft import ROOT, final_params, kill_at_checkpoint, run_main
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +60,7 @@ def test_kill_and_resume_continues_identically(tmp_path, world):
   args = lambda w: grpo_args(w, world, "prepare", "grpo", num_steps=16, ckpt_every=4, group_size=4)
   plain = run_main(ROOT, *args(tmp_path / "plain"))
   assert plain.returncode == 0, plain.stderr[-3000:]
-  proc = run_main(ROOT, *args(tmp_path / "killed"), log=tmp_path / "killed.log")
-  ckpt = tmp_path / "killed" / "grpo" / "latest" / "8"
-  deadline = time.time() + 300
-  while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  assert ckpt.exists(), (tmp_path / "killed.log").read_text()[-3000:]
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_at_checkpoint(args(tmp_path / "killed"), tmp_path / "killed" / "grpo" / "latest" / "8", tmp_path / "killed.log")
   resumed = run_main(ROOT, *args(tmp_path / "killed"))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed GRPO at step" in resumed.stderr

@@ -89,6 +89,17 @@ def sft_args(workdir, store, steps=24):
           "--config.sft.genre_probe=False"]
 
 
+def kill_at_checkpoint(args, checkpoint: Path, log: Path) -> None:
+  """Runs the job in the background and kill -9s it as soon as `checkpoint` exists."""
+  proc = run_main(ROOT, *args, log=log)
+  deadline = time.time() + 300
+  while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert checkpoint.exists(), log.read_text()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 def final_params(workdir, stage="sft"):
   return flat_params(load_janus(Path(workdir) / stage / "final", mesh=make_mesh(devices=jax.devices()[:1])))
 
@@ -97,14 +108,8 @@ def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
   store = tmp_path / "shared"
   plain = run_main(ROOT, *sft_args(tmp_path / "plain", store))
   assert plain.returncode == 0, plain.stderr[-3000:]
-  proc = run_main(ROOT, *sft_args(tmp_path / "killed", store), log=tmp_path / "killed.log")
-  ckpt = tmp_path / "killed" / "sft" / "latest" / "12"
-  deadline = time.time() + 300
-  while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  assert ckpt.exists(), (tmp_path / "killed.log").read_text()[-3000:]
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_at_checkpoint(sft_args(tmp_path / "killed", store), tmp_path / "killed" / "sft" / "latest" / "12",
+                     tmp_path / "killed.log")
   assert not (tmp_path / "killed" / "sft" / "final").exists()
   resumed = run_main(ROOT, *sft_args(tmp_path / "killed", store))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
