@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.cfg_weight = 5.0
   c.grpo.temperature = 1.0
   c.grpo.inner_updates = 1             # optimizer updates per rollout, with stored old log-probs
+  c.grpo.sample_ahead = True           # sample batch t+1 (pre-update params) while the scorer scores batch t
   c.grpo.reward = "models"             # models | genre (synthetic world) | fixed (a hackable test reward)
   c.grpo.reward_weights = ml_collections.ConfigDict(
       dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0))
@@ -95,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.fixed_seed = 0
   c.grpo.log_every = 10
   c.grpo.ckpt_every = 50
+  c.grpo.grid_every = 50               # sample grids: history | the G samples | target, 4 histories
   c.grpo.defence_response = "stop"     # stop | rollback (to the last healthy checkpoint, lower lr, more diversity)
   c.grpo.defence_window = 20
   c.grpo.defence_warmup = 5
@@ -104,6 +106,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.defence_lr_factor = 0.5
   c.grpo.defence_diversity_factor = 2.0
   c.grpo.defence_max_rollbacks = 3     # then stop
+
+  c.eval = ml_collections.ConfigDict()  # uses grpo.clip / grpo.dino for the similarity metrics
+  c.eval.samples = 4                   # images per test window
+  c.eval.per_user = 1                  # test windows per user
+  c.eval.windows = 0                   # at most this many windows in all; 0: every selected one
+  c.eval.batch_size = 8
+  c.eval.cfg_weight = 5.0
+  c.eval.temperature = 1.0
+  c.eval.seed = 0
 
   c.export = ml_collections.ConfigDict(dict(dir=""))
   return c

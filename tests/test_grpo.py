@@ -1,11 +1,17 @@
 """The grpo stage end to end on the synthetic world: the reward rises, a hackable reward is caught
 (stop and roll-back responses), and a killed run resumes to the same parameters."""
 
+import http.server
 import json
+import re
+import threading
+import time
+import urllib.request
 
 import numpy as np
 import pytest
 
+from test_scorer import backends, free_port, start  # noqa: F401  (backends: tiny random Qwen2.5-VL judge, NIMA)
 from test_sft import ROOT, final_params, kill_at_checkpoint, run_main
 
 
@@ -37,18 +43,23 @@ def test_reward_rises(tmp_path, world):
   assert end > start + 0.3, (start, end)  # seen here: 0.18 -> 0.77
 
 
+# At these tests' lr (5e-3, thousands of times the recipe's), one-update-stale samples leave the clip
+# range and sample-ahead slows the hacking about 3x (seen: caught at step 28 instead of 8). So the
+# stop test runs on-policy, and the roll-back test (which also drops the batch sampled ahead) widens
+# the clip range; the defence itself is the same either way.
 def test_hackable_reward_is_caught_and_stops(tmp_path, world):
-  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="fixed", lr=5e-3, num_steps=40))
+  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="fixed", lr=5e-3, num_steps=40,
+                                  sample_ahead=False))
   assert run.returncode == 3, run.stderr[-3000:]
   assert "reward hacking suspected" in run.stderr and "last healthy checkpoint is step" in run.stderr
   alarm = summary(tmp_path)["alarms"][0]
-  assert alarm["step"] <= 25 and any("similar" in r for r in alarm["reasons"])
+  assert alarm["step"] <= 15 and any("similar" in r for r in alarm["reasons"])
   assert not (tmp_path / "grpo" / "final").exists()
 
 
 def test_hackable_reward_rolls_back(tmp_path, world):
   run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="fixed", lr=5e-3, num_steps=30,
-                                  defence_response="rollback", defence_max_rollbacks=1))
+                                  defence_response="rollback", defence_max_rollbacks=1, eps_low=0.99, eps_high=100.0))
   first = summary(tmp_path)["alarms"][0]
   assert first["rolled_back_to"] < first["step"]
   assert "rolled back to step" in run.stderr
@@ -86,3 +97,97 @@ def test_model_rewards_run_in_the_stage(tmp_path, world):
   for term in ("clip_history", "dino_target"):
     assert f"reward/{term}_mean" in run.stderr
   assert len(summary(tmp_path)["rewards"]) == 3
+
+
+def logged(stderr: str, key: str) -> dict[int, float]:
+  """{step: value} of one scalar from the run's log lines ("[step] key=value, ...")."""
+  return {int(m.group(1)): float(m.group(2))
+          for m in re.finditer(rf"\[(\d+)\][^\n]*\b{re.escape(key)}=([-+0-9.e]+)", stderr)}
+
+
+def test_sample_ahead_trains_with_the_sampling_logprobs(tmp_path, world):
+  """Sampled ahead, a batch is one update old when trained on, so its importance ratio moves off 1;
+  sampled after the update, the ratio is exactly on-policy."""
+  ratios = {}
+  for ahead in (True, False):
+    run = run_main(ROOT, *grpo_args(tmp_path / str(ahead), world, "prepare", "grpo", num_steps=4, ckpt_every=10,
+                                    log_every=1, group_size=4, logprobs="cond", lr=2e-2, sample_ahead=ahead))
+    assert run.returncode == 0, run.stderr[-3000:]
+    ratios[ahead] = logged(run.stderr, "ratio_mean")
+    assert sorted(ratios[ahead]) == [1, 2, 3, 4]
+  assert all(abs(r - 1) < 1e-4 for r in ratios[False].values()), ratios[False]
+  assert abs(ratios[True][1] - 1) < 1e-4  # the first batch is sampled before any update
+  assert max(abs(ratios[True][s] - 1) for s in (2, 3, 4)) > 1e-3, ratios[True]
+
+
+class HoldingProxy:
+  """Sits between the trainer and the real scorer on 127.0.0.1 and answers scoring request k only once
+  request k + 1 has arrived (the last expected one at once). A trainer that waits for a batch's scores
+  before sampling the next one therefore never gets them: after `hold` seconds it gets a 400."""
+
+  def __init__(self, upstream: str, expected: int, hold: float = 120.0):
+    self.upstream, self.expected, self.hold = upstream, expected, hold
+    self.arrived = threading.Semaphore(0)
+    self.count, self.answered, self.refused, self.lock = 0, 0, 0, threading.Lock()
+    proxy = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *args):
+        pass
+
+      def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with proxy.lock:
+          k, proxy.count = proxy.count, proxy.count + 1
+        proxy.arrived.release()
+        if k + 1 < proxy.expected and not proxy.wait_for(k + 1):
+          with proxy.lock:
+            proxy.refused += 1
+          return self.reply(400, json.dumps({"error": f"request {k} held: the next batch never came"}).encode())
+        req = urllib.request.Request(proxy.upstream + self.path, data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+          self.reply(200, r.read())
+        with proxy.lock:
+          proxy.answered += 1
+
+      def reply(self, code, data):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+  def wait_for(self, n: int) -> bool:
+    """Whether request number n (0-based) arrives within the hold."""
+    deadline = time.time() + self.hold
+    while time.time() < deadline:
+      with self.lock:
+        if self.count > n:
+          return True
+      self.arrived.acquire(timeout=0.1)
+    return False
+
+
+def test_scorer_latency_hides_behind_the_next_rollout(tmp_path, world, backends):
+  """The judge runs in a real scorer process; the proxy only answers batch t's request after batch
+  t + 1's has been sent, which happens only if batch t + 1 is sampled while batch t is scored."""
+  proc, url = start(backends[0], free_port())
+  proxy = HoldingProxy(url, expected=4)
+  try:
+    run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="models", num_steps=4, group_size=2,
+                                    log_every=1, ckpt_every=10, scorer_url=proxy.url),
+                   "--config.grpo.reward_weights.clip_history=0.0", "--config.grpo.reward_weights.clip_future=0.0",
+                   "--config.grpo.reward_weights.dino_target=0.0", "--config.grpo.reward_weights.profile=1.0")
+  finally:
+    proxy.server.shutdown()
+    proc.kill()
+    proc.wait()
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert (proxy.count, proxy.answered, proxy.refused) == (4, 4, 0)
+  profile = logged(run.stderr, "reward/profile_mean")
+  assert sorted(profile) == [1, 2, 3, 4] and all(0.0 <= v <= 1.0 for v in profile.values()), profile
+  assert (tmp_path / "grpo" / "grids" / "step_0000004.png").exists()

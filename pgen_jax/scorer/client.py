@@ -30,7 +30,8 @@ def profile_text(history_texts: list[str], max_items: int = 10) -> str:
 class ScorerClient:
   def __init__(self, url: str, *, token: str = "", timeout: float = 120.0, retries: int = 5, backoff: float = 1.0):
     self.url, self.token, self.timeout, self.retries, self.backoff = url.rstrip("/"), token, timeout, retries, backoff
-    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    # Two in flight: the next batch uploads while the scorer (one request at a time) scores this one.
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
 
   def _request(self, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()

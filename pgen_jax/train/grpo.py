@@ -108,7 +108,9 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
   per_token, clipped = clipped_surrogate(logp, batch["old_logp"], batch["advantages"], eps_low=cfg.eps_low,
                                          eps_high=cfg.eps_high)
   loss = aggregate(per_token, mode=cfg.aggregation)
-  metrics = {"clip_fraction": clipped.mean(), "neg_logp": -logp.mean()}
+  # ratio_mean is 1 on-policy; with sample-ahead it shows how far one update moved the policy.
+  metrics = {"clip_fraction": clipped.mean(), "neg_logp": -logp.mean(),
+             "ratio_mean": jnp.exp(logp - batch["old_logp"]).mean()}
   if cfg.beta:
     kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(logprobs(ref_params))), mode=cfg.aggregation)
     loss = loss + cfg.beta * kl

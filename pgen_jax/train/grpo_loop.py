@@ -1,20 +1,26 @@
 """The GRPO stage: rollouts with the CFG sampler, rewards, group advantages, guarded updates, the
 reward-hacking defence, checkpoints and resume. Starts from <workdir>/sft/final (else the configured
-model) and writes under <workdir>/grpo: latest/ best/ (orbax), tb/, summary.json, final/.
+model) and writes under <workdir>/grpo: latest/ best/ (orbax), tb/, grids/, summary.json, final/.
 
 Rewards (grpo.reward):
   models  the weighted terms of pgen_jax.rewards.compose (CLIP/DINO/LPIPS/SSIM in jit, from
           grpo.clip / grpo.dino / grpo.lpips_vgg + grpo.lpips_heads) plus the scorer's profile/nima
-          (grpo.scorer_url); the scorer request is sent first and its latency overlaps the in-process terms
-          and the old log-probs.
+          (grpo.scorer_url), scored in the background (see sample-ahead below).
   genre   (synthetic world) how much more likely the tokens are under the user's preferred genre than
           under the average genre (the token classifier of pgen_jax.eval.genre): a simple deterministic reward.
   fixed   (tests) the share of tokens drawn from one fixed image's few codes: a hackable reward, the
           same image wins for every user.
+
+Sample-ahead (grpo.sample_ahead, default on): each step samples the NEXT batch, with the parameters
+before this step's update, before it waits for this batch's rewards, so the scorer's latency hides
+behind a rollout. Those samples are one update stale when trained on; the PPO ratio corrects for it
+with the log-probs stored at sampling time (ratio_mean logs the gap). No batch is sampled ahead
+across a checkpoint, so a resumed run starts from exactly the state that was saved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -32,11 +38,14 @@ from pgen_jax.data import synthetic
 from pgen_jax.data.pipeline import loader_from_config
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import save_janus
-from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig
+from pgen_jax.models.janus import to_uint8
+from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import grpo, update
 from pgen_jax.train.checkpoints import Checkpoints
+from pgen_jax.train.loop import save_grid
 from pgen_jax.train.hacking import DefenceConfig, HackingMonitor, diversity_penalty
-from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, to_device
+from pgen_jax.train.setup import (Prompter, mesh_from_config, model_from_config, prompt_batch, to_device,
+                                  trained_checkpoint)
 
 
 class HackingDetected(update.RunStopped):
@@ -67,38 +76,32 @@ class Rewards:
       raise ValueError(f"grpo.reward: {self.kind!r}; use models, genre or fixed")
 
   def _init_models(self, cfg, mesh):
-    from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
+    from pgen_jax.rewards.models import load_reward_models
     g = cfg.grpo
-    weights = tuple((k, float(v)) for k, v in g.reward_weights.items())
-    dtype = jnp.dtype(cfg.model.dtype)
-    kw = dict(mesh=mesh, dtype=dtype, param_dtype=dtype)
-    self.clip = self.dino = self.lpips = None
-    if g.clip:
-      from converters.clip import load_clip
-      self.clip = load_clip(g.clip, **kw)
-    if g.dino:
-      from converters.dino import load_dino
-      self.dino = load_dino(g.dino, image_size=g.dino_size, **kw)
-    if g.lpips_vgg:
-      from converters.lpips import load_lpips
-      self.lpips = load_lpips(g.lpips_vgg, g.lpips_heads, **kw)
-    # Each model sees its own input size: CLIP its native one, DINO g.dino_size after a 256/224 resize.
-    clip_size = self.clip.config.vision.image_size if self.clip is not None else 224
-    self.rcfg = RewardConfig(weights=weights, clip_size=clip_size, dino_crop=g.dino_size,
-                             dino_resize=round(g.dino_size * 256 / 224))
-    self.terms_fn = nnx.jit(lambda clip, dino, lpips, d: in_jit_terms(
-        self.rcfg, d["generated"], history=d["history"], target=d["target"], future=d.get("future"),
-        clip=clip, dino=dino, lpips=lpips))
+    self.models = load_reward_models(g, mesh, jnp.dtype(cfg.model.dtype))
+    self.rcfg = self.models.config((k, float(v)) for k, v in g.reward_weights.items())
+    self.terms_fn = self.models.terms_fn(self.rcfg)
     self.scorer = None
-    if any(k in ("profile", "nima") and w for k, w in weights):
+    if any(self.rcfg.active.get(k) for k in ("profile", "nima")):
       from pgen_jax.scorer.client import ScorerClient
       self.scorer = ScorerClient(g.scorer_url, token=g.scorer_token)
 
-  def __call__(self, tokens: np.ndarray, images: np.ndarray | None, users: np.ndarray, raw: dict,
-               samples: int) -> tuple[np.ndarray, dict, np.ndarray]:
-    """(total reward (N,), {term: (N,)}, image embeddings (N, D)) for N = prompts x samples."""
+  def submit(self, tokens: np.ndarray, images: np.ndarray | None, users: np.ndarray, raw: dict,
+             samples: int) -> dict:
+    """Starts the slow part, the scorer request, and returns what `finish` needs; N = prompts x samples."""
+    future = None
+    if self.kind == "models" and self.scorer is not None:
+      from pgen_jax.scorer.client import profile_text
+      profiles = [profile_text(list(t)) for t in np.repeat(np.asarray(raw["history_text"]), samples, axis=0)]
+      future = self.scorer.submit(images, [k for k in ("profile", "nima") if k in self.rcfg.active], profiles)
+    return dict(tokens=tokens, images=images, users=users, raw=raw, samples=samples, future=future)
+
+  def finish(self, job: dict) -> tuple[np.ndarray, dict, np.ndarray]:
+    """(total reward (N,), {term: (N,)}, image embeddings (N, D)) for a job from `submit`."""
+    tokens, users = job["tokens"], job["users"]
     terms: dict[str, np.ndarray] = {}
     emb = _token_embeddings(tokens, self.vocab)
+    self.scorer_wait = 0.0
     if self.kind == "genre":
       # Per-token log-likelihood ratio of the preferred genre against the average genre: smooth, unlike
       # the (saturating) posterior.
@@ -110,35 +113,35 @@ class Rewards:
       terms["fixed"] = np.isin(tokens, self.fixed).mean(1)
       total = terms["fixed"].copy()
     else:
-      total, terms, emb = self._models(images, raw, samples)
+      total, terms, emb = self._models(job)
     if self.diversity:
       terms["diversity"] = np.asarray(diversity_penalty(jnp.asarray(emb), jnp.asarray(users)))
       total = total - self.diversity * terms["diversity"]
     return total, terms, emb
 
-  def _models(self, images, raw, samples):
+  def _models(self, job):
     from pgen_jax.rewards.compose import combine
-    from pgen_jax.scorer.client import profile_text
-    rep = lambda x: np.repeat(np.asarray(x), samples, axis=0)
-    self.scorer_wait = 0.0
-    future = self.scorer.submit(images, [k for k in ("profile", "nima") if k in self.rcfg.active],
-                                [profile_text(list(t)) for t in rep(raw["history_text"])]) if self.scorer else None
-    data = {"generated": jnp.asarray(images), "history": jnp.asarray(rep(raw["history"])),
-            "target": jnp.asarray(rep(raw["target"]))}
+    raw, images = job["raw"], job["images"]
+    rep = lambda x: np.repeat(np.asarray(x), job["samples"], axis=0)
+    data = {"generated": images, "history": rep(raw["history"]), "target": rep(raw["target"])}
     if "future" in raw:
-      data["future"] = jnp.asarray(rep(raw["future"]))
-    terms = {k: np.asarray(v) for k, v in self.terms_fn(self.clip, self.dino, self.lpips, data).items()}
-    if future is not None:
+      data["future"] = rep(raw["future"])
+    terms = self.terms_fn(data)
+    if job["future"] is not None:
       t = time.perf_counter()
-      terms.update(future.result())
+      terms.update(job["future"].result())
       self.scorer_wait = time.perf_counter() - t
-    if self.clip is not None:
-      from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
-      size = self.rcfg.clip_size
-      emb = np.asarray(self.clip.get_image_features(preprocess(data["generated"], size, size, CLIP_MEAN, CLIP_STD)))
-    else:
-      emb = images.reshape(len(images), -1).astype(np.float32)
-    return np.asarray(combine(self.rcfg, {k: jnp.asarray(v) for k, v in terms.items()})), terms, emb
+    total = np.asarray(combine(self.rcfg, {k: jnp.asarray(v) for k, v in terms.items()}))
+    return total, terms, self.models.embeddings(images)
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One batch of histories with their G samples each, ready for rewards and the update."""
+  x: dict             # the prompt batch (host)
+  batch: dict         # update inputs on the devices, old_logp included
+  job: dict           # the reward job from Rewards.submit
+  seconds: float      # sampling time
 
 
 def grpo_dir(cfg) -> Path:
@@ -153,8 +156,7 @@ def run_grpo(cfg) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   g = cfg.grpo
   mesh = mesh_from_config(cfg)
-  start_from = Path(cfg.workdir) / "sft" / "final"
-  model = model_from_config(cfg, mesh, start_from if start_from.exists() else None)
+  model = model_from_config(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)))
   prompter = Prompter(cfg, model.config)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
   ref_params = jax.tree.map(jnp.copy, params) if g.beta else None
@@ -169,6 +171,7 @@ def run_grpo(cfg) -> dict:
   old_logp_fn = jax.jit(lambda p, b: grpo.image_token_logprobs(
       nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], b["images"].astype(jnp.float32) / 127.5 - 1.0,
       b["tokens"], temperature=g.temperature))
+  decode_fn = jax.jit(lambda p, t: to_uint8(nnx.merge(graphdef, p, frozen).decode_image_tokens(t)))
   sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=g.cfg_weight, temperature=g.temperature,
                                                 num_samples=g.group_size, decode_images=g.reward == "models"))
   rewards = Rewards(cfg, model, mesh, prompter)
@@ -192,36 +195,51 @@ def run_grpo(cfg) -> dict:
   writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=g.num_steps, writer=writer, every_steps=g.log_every)
 
-  while step < g.num_steps:
+  rows = lambda a: np.repeat(a, g.group_size, axis=0)
+
+  def sample(at: int) -> Rollout:
+    """Draws the next batch and samples it with the current parameters (rollout index `at`)."""
     raw = {k: np.array(v) for k, v in next(it).items()}
     x = prompter(raw)
-    rows = lambda a: np.repeat(a, g.group_size, axis=0)
     sampler.state = jax.device_put(nnx.state(nnx.merge(graphdef, state["params"], frozen)), sampler.state_shardings)
-    pb = PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"],
-                     images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
-                     uncond_has_images=step_cfg.uncond_images)
-    t0 = time.perf_counter()
-    roll = sampler(pb, jax.random.fold_in(jax.random.key(cfg.seed + 1), step))
+    t = time.perf_counter()
+    roll = sampler(prompt_batch(x, cfg.prompt.uncond), jax.random.fold_in(jax.random.key(cfg.seed + 1), at))
     tokens = np.asarray(roll.tokens)
+    seconds = time.perf_counter() - t
+    job = rewards.submit(tokens, None if roll.images is None else np.asarray(roll.images), rows(raw["user"]), raw,
+                         g.group_size)
+    dev = to_device({"ids": rows(x["ids"]), "mask": rows(x["mask"]), "uncond": rows(x["uncond"]),
+                     "images": rows(x["history"]), "tokens": tokens}, mesh)
+    # Old log-probs under the sampling parameters, computed now: the update may come a step later.
+    # Waited for, as the update donates these parameters.
+    dev["old_logp"] = jax.block_until_ready(roll.logprobs if g.logprobs == "cfg" else old_logp_fn(state["params"], dev))
+    return Rollout(x=x, batch=dev, job=job, seconds=seconds)
+
+  ahead = None  # the batch sampled ahead during the previous step
+  while step < g.num_steps:
+    t0 = time.perf_counter()
+    if ahead is None:
+      cur = sample(step)
+      rollout_time = cur.seconds
+    else:  # sampled (and timed) during the previous step
+      cur, ahead, rollout_time = ahead, None, 0.0
+    if g.sample_ahead and step + 1 < g.num_steps and (step + 1) % g.ckpt_every:
+      ahead = sample(step + 1)  # while the scorer works on `cur`
+      rollout_time += ahead.seconds
     t1 = time.perf_counter()
-    users = rows(raw["user"])
-    total, terms, emb = rewards(tokens, None if roll.images is None else np.asarray(roll.images), users, raw,
-                                g.group_size)
+    users = cur.job["users"]
+    total, terms, emb = rewards.finish(cur.job)
     t2 = time.perf_counter()
-    batch = {"ids": rows(x["ids"]), "mask": rows(x["mask"]), "uncond": rows(x["uncond"]),
-             "images": rows(x["history"]), "tokens": tokens}
-    dev = to_device(batch, mesh)
-    old = roll.logprobs if g.logprobs == "cfg" else old_logp_fn(state["params"], dev)
     adv = grpo.group_advantages(jnp.asarray(total), g.group_size, scale=g.advantage_scale)
-    dev.update(to_device({"old_logp": np.asarray(old), "advantages": np.asarray(adv)}, mesh))
+    dev = {**cur.batch, **to_device({"advantages": np.asarray(adv)}, mesh)}
     for _ in range(g.inner_updates):
       state, metrics = update_fn(state, frozen, ref_params, dev)
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     t3 = time.perf_counter()
     step += 1
     progress(step)
-    m.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/scorer_wait": rewards.scorer_wait,
-              "time/update": t3 - t2})
+    m.update({"time/rollout": rollout_time, "time/reward": t2 - t1, "time/scorer_wait": rewards.scorer_wait,
+              "time/update": t3 - t2, "time/step": t3 - t0})
     similarity = float(np.mean(_cross(emb, users)))
     scalars = {"reward_mean": float(total.mean()), "reward_std": float(total.std()), "cross_user_similarity":
                similarity, "advantage_abs_mean": float(np.abs(np.asarray(adv)).mean()), **m}
@@ -245,6 +263,7 @@ def run_grpo(cfg) -> dict:
         raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; the "
                               f"last healthy checkpoint is step {healthy} in {out / 'latest'}")
       step, state, data_state = ckpts.restore_latest(state)  # roll back, then train more cautiously
+      ahead = None
       extra = json.loads(data_state)
       it.set_state(extra["iterator"].encode())
       monitor = HackingMonitor(monitor.cfg)
@@ -257,6 +276,11 @@ def run_grpo(cfg) -> dict:
       logging.warning("reward hacking suspected (%s): rolled back to step %d, lr x%g, diversity weight %g",
                       alarm.reasons, step, g.defence_lr_factor, rewards.diversity)
       continue
+    if step % g.grid_every == 0 or step == g.num_steps:
+      n = min(4, len(cur.x["ids"])) * g.group_size
+      images = cur.job["images"] if cur.job["images"] is not None else decode_fn(state["params"], cur.job["tokens"][:n])
+      save_grid(cur.x["history"][:n // g.group_size], np.asarray(images[:n]), cur.x["target"][:n // g.group_size],
+                out, step, writer)
     if step % g.ckpt_every == 0 or step == g.num_steps:
       ckpts.save(step, state, json.dumps({"iterator": it.get_state().decode(), "monitor": monitor.state()}))
       ckpts.save_best(step, state["params"], -float(total.mean()))

@@ -7,6 +7,7 @@ summary.json, and final/ (a pgen_jax checkpoint of the whole model that later st
 from __future__ import annotations
 
 import functools
+import io
 import json
 from pathlib import Path
 
@@ -19,12 +20,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
-from pgen_jax.fileio import write_json
+from pgen_jax.fileio import write_bytes, write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import sft, update
 from pgen_jax.train.checkpoints import Checkpoints
-from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, to_device
+from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, prompt_batch, to_device
 
 
 class NonFiniteError(update.RunStopped):
@@ -145,20 +146,22 @@ def _validation_batches(cfg, prompter: Prompter, n: int) -> list[dict]:
 
 def _grid(sampler, graphdef, params, frozen, batch, mesh, out: Path, step: int, writer, cfg) -> None:
   """History strip | generated samples | ground truth, one row per validation example."""
-  from pgen_jax.sampling.prompts import PromptBatch
   rows = min(4, batch["ids"].shape[0])
   sampler.state = jax.device_put(nnx.state(nnx.merge(graphdef, params, frozen)), sampler.state_shardings)
-  k = batch["history"].shape[1]
-  pb = PromptBatch(ids=batch["ids"][:rows], mask=batch["mask"][:rows], uncond=batch["uncond"][:rows],
-                   images=(batch["history"][:rows].reshape(-1, *batch["history"].shape[2:]).astype(np.float32)
-                           / 127.5 - 1.0), uncond_has_images=cfg.prompt.uncond == "keep_images")
+  pb = prompt_batch({k: v[:rows] for k, v in batch.items()}, cfg.prompt.uncond)
   gen = np.asarray(sampler(pb, jax.random.key(step)).images)
-  s = batch["target"].shape[1]
-  n = sampler.cfg.num_samples
+  save_grid(batch["history"][:rows], gen, batch["target"][:rows], out, step, writer)
+
+
+def save_grid(history, generated, target, out: Path, step: int, writer) -> None:
+  """Writes out/grids/step_N.png and a TensorBoard image: one row per example, its history strip |
+  its generated samples | the ground truth. history (R, k, s, s, 3), generated (R * n, s, s, 3),
+  target (R, s, s, 3), all uint8."""
+  rows, k, s = history.shape[:3]
+  n = len(generated) // rows
   grid = np.full((rows * s, (k + n + 1) * s + 2 * 4, 3), 255, np.uint8)
   for r in range(rows):
-    tiles = [batch["history"][r, j] for j in range(k)] + [None] + list(gen[r * n:(r + 1) * n]) + [None] + \
-            [batch["target"][r]]
+    tiles = [history[r, j] for j in range(k)] + [None] + list(generated[r * n:(r + 1) * n]) + [None] + [target[r]]
     x = 0
     for t in tiles:
       if t is None:
@@ -167,5 +170,7 @@ def _grid(sampler, graphdef, params, frozen, batch, mesh, out: Path, step: int, 
       grid[r * s:(r + 1) * s, x:x + s] = t
       x += s
   (out / "grids").mkdir(exist_ok=True)
-  Image.fromarray(grid).save(out / "grids" / f"step_{step:07d}.png")
+  png = io.BytesIO()
+  Image.fromarray(grid).save(png, format="PNG")
+  write_bytes(out / "grids" / f"step_{step:07d}.png", png.getvalue())
   writer.write_images(step, {"samples": grid[None]})

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.models import Janus, load_janus, make_mesh, param_shardings, preset
 from pgen_jax.models.sharding import BATCH
-from pgen_jax.sampling.prompts import HistoryItem, PromptTemplate, build_batch, max_prompt_len
+from pgen_jax.sampling.prompts import HistoryItem, PromptBatch, PromptTemplate, build_batch, max_prompt_len
 from pgen_jax.sampling.tokenizers import load_tokenizer
 
 
@@ -31,6 +31,15 @@ def model_from_config(cfg, mesh, checkpoint: str | Path | None = None) -> Janus:
   model = Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype, param_dtype=param_dtype)
   graphdef, state = nnx.split(model)
   return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+
+
+def trained_checkpoint(cfg, stages=("grpo", "sft")) -> Path | None:
+  """The newest finished training result, <workdir>/<stage>/final for the first of `stages` that has one."""
+  for stage in stages:
+    final = Path(cfg.workdir) / stage / "final"
+    if final.exists():
+      return final
+  return None
 
 
 def template_from_config(cfg) -> PromptTemplate:
@@ -61,6 +70,13 @@ class Prompter:
                      uncond=self.uncond, pad_to=self.length, max_text_tokens=self.max_text)
     return {"ids": pb.ids, "uncond": pb.uncond, "mask": pb.mask, "history": np.asarray(batch["history"]),
             "target": np.asarray(batch["target"])}
+
+
+def prompt_batch(x: dict[str, np.ndarray], uncond: str) -> PromptBatch:
+  """The sampler's input from a Prompter output; history images scaled to [-1, 1]."""
+  return PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"],
+                     images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
+                     uncond_has_images=uncond == "keep_images")
 
 
 def to_device(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:

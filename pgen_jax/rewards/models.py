@@ -1,0 +1,62 @@
+"""The frozen reward/metric models a run configures (grpo.clip, grpo.dino, grpo.lpips_*), loaded onto the
+mesh, and the jitted function that computes the in-process terms of pgen_jax.rewards.compose with them.
+Shared by the GRPO rewards and the eval stage, so both measure images the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
+from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
+
+
+@dataclasses.dataclass
+class RewardModels:
+  clip: object = None
+  dino: object = None
+  lpips: object = None
+  dino_size: int = 224
+
+  def config(self, weights, normalize: str = "batch") -> RewardConfig:
+    """A RewardConfig with each model's input size: CLIP its native one, DINO dino_size after a 256/224 resize."""
+    return RewardConfig(weights=tuple(weights), normalize=normalize, clip_size=self.clip_size,
+                        dino_crop=self.dino_size, dino_resize=round(self.dino_size * 256 / 224))
+
+  @property
+  def clip_size(self) -> int:
+    return self.clip.config.vision.image_size if self.clip is not None else 224
+
+  def terms_fn(self, rcfg: RewardConfig):
+    """Jitted {"generated", "history", "target"[, "future"]} (uint8 arrays) -> {term: (N,)}."""
+    fn = nnx.jit(lambda clip, dino, lpips, d: in_jit_terms(
+        rcfg, d["generated"], history=d.get("history"), target=d.get("target"), future=d.get("future"),
+        clip=clip, dino=dino, lpips=lpips))
+    return lambda data: {k: np.asarray(v) for k, v in fn(self.clip, self.dino, self.lpips, data).items()}
+
+  def embeddings(self, images: np.ndarray) -> np.ndarray:
+    """CLIP image embeddings (N, D) of uint8 images; without CLIP, the flattened pixels."""
+    if self.clip is None:
+      return images.reshape(len(images), -1).astype(np.float32)
+    x = preprocess(jnp.asarray(images), self.clip_size, self.clip_size, CLIP_MEAN, CLIP_STD)
+    return np.asarray(self.clip.get_image_features(x))
+
+
+def load_reward_models(g, mesh, dtype) -> RewardModels:
+  """The models named in a config section `g` (grpo.clip, grpo.dino, grpo.lpips_vgg + grpo.lpips_heads)."""
+  kw = dict(mesh=mesh, dtype=dtype, param_dtype=dtype)
+  out = RewardModels(dino_size=g.dino_size)
+  if g.clip:
+    from converters.clip import load_clip
+    out.clip = load_clip(g.clip, **kw)
+  if g.dino:
+    from converters.dino import load_dino
+    out.dino = load_dino(g.dino, image_size=g.dino_size, **kw)
+  if g.lpips_vgg:
+    from converters.lpips import load_lpips
+    out.lpips = load_lpips(g.lpips_vgg, g.lpips_heads, **kw)
+  return out
