@@ -9,7 +9,7 @@ from configs.common import base_config
 def get_config():
   c = base_config()
   c.workdir = "runs/demo"
-  c.stages = ("prepare", "sft", "export")
+  c.stages = ("prepare", "sft", "eval", "export")
   c.model.preset = "demo"              # tiny Janus, 32px images, random init
   c.model.dtype = "float32"
   c.model.tokenizer = "bytes"

@@ -10,5 +10,7 @@ def get_config():
   c.model.checkpoint = "checkpoints/Janus-Pro-1B"
   c.data.name = "pixelrec"
   c.data.root = "data/pixelrec"
+  c.grpo.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout
+  c.grpo.dino = "checkpoints/dinov2-large"
   c.export.dir = "runs/pixelrec/hf"
   return c

@@ -19,18 +19,18 @@ flags.mark_flags_as_required(["config"])
 
 
 def export(cfg) -> None:
-  """Writes the model as a transformers Janus directory (config.json + model.safetensors): the SFT
-  result when <workdir>/sft/final exists, else the configured model."""
+  """Writes the model as a transformers Janus directory (config.json + model.safetensors): the newest
+  training result (<workdir>/grpo/final, else <workdir>/sft/final), else the configured model."""
   from pathlib import Path
 
   from converters.janus import export_hf
   from pgen_jax.models.checkpoint import is_pgen_checkpoint
-  from pgen_jax.train.setup import mesh_from_config, model_from_config
+  from pgen_jax.train.setup import mesh_from_config, model_from_config, trained_checkpoint
   if Path(cfg.export.dir).exists():
     logging.info("%s exists: already exported", cfg.export.dir)
     return
-  trained = Path(cfg.workdir) / "sft" / "final"
-  ckpt = str(trained) if trained.exists() else cfg.model.checkpoint
+  trained = trained_checkpoint(cfg)
+  ckpt = str(trained) if trained else cfg.model.checkpoint
   side = Path(ckpt) / "hf" if ckpt and is_pgen_checkpoint(ckpt) else (ckpt or None)
   export_hf(model_from_config(cfg, mesh_from_config(cfg), ckpt or None), cfg.export.dir, side_files=side)
   logging.info("exported %s to %s", ckpt or "the initial model", cfg.export.dir)
@@ -61,21 +61,21 @@ def grpo(cfg) -> None:
   print(json.dumps({k: v for k, v in summary.items() if k != "rewards"}))
 
 
-def _not_yet(name: str, issue: str):
-  def run(cfg):
-    raise NotImplementedError(f"stage {name!r} is not implemented yet ({issue}); "
-                              f"run the stages that exist: {', '.join(STAGES_READY)}")
-  return run
+def evaluate(cfg) -> None:
+  """Generates for the test windows and writes <workdir>/eval (metrics.json, samples.jsonl, images/)."""
+  import json
+  from pgen_jax.eval.evaluate import run_eval
+  result = run_eval(cfg)
+  print(json.dumps(result))
 
 
 STAGES = {
     "prepare": prepare,
     "sft": sft,
     "grpo": grpo,
-    "eval": _not_yet("eval", "evaluation"),
+    "eval": evaluate,
     "export": export,
 }
-STAGES_READY = ("prepare", "sft", "grpo", "export")
 
 
 def main(argv) -> None:
@@ -93,9 +93,6 @@ def main(argv) -> None:
     from pgen_jax.train.update import RunStopped
     try:
       STAGES[stage](cfg)
-    except NotImplementedError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
     except RunStopped as e:
       print(f"stopped: {e}", file=sys.stderr)
       sys.exit(3)

@@ -89,5 +89,48 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     bad = [p for p in _get(cfg, "sft.trainable") if p not in known]
     if bad or not _get(cfg, "sft.trainable"):
       raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {known}")
+  if "grpo" in stages or "eval" in stages:
+    for model in ("grpo.clip", "grpo.dino", "grpo.lpips_vgg", "grpo.lpips_heads"):
+      if _get(cfg, model) and not Path(_get(cfg, model)).exists():
+        raise ConfigError(f"{model}: {_get(cfg, model)} does not exist; download the model there or clear the key")
+  if "grpo" in stages:
+    _check_grpo(cfg)
+  if "eval" in stages:
+    for key in ("eval.samples", "eval.per_user", "eval.batch_size"):
+      if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
+        raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a positive integer")
+    if not isinstance(_get(cfg, "eval.windows"), int) or _get(cfg, "eval.windows") < 0:
+      raise ConfigError(f"eval.windows: {_get(cfg, 'eval.windows')!r} must be an integer >= 0 (0: no limit)")
   if "export" in stages and not _get(cfg, "export.dir"):
     raise ConfigError("export.dir: empty; set where the HF checkpoint is written")
+
+
+def _check_grpo(cfg) -> None:
+  from pgen_jax.rewards.compose import EXTERNAL, IN_JIT
+  for key in ("grpo.num_steps", "grpo.prompts_per_step", "grpo.inner_updates", "grpo.log_every", "grpo.ckpt_every",
+              "grpo.grid_every", "grpo.defence_window", "grpo.defence_patience"):
+    if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a positive integer")
+  if not isinstance(_get(cfg, "grpo.group_size"), int) or _get(cfg, "grpo.group_size") < 2:
+    raise ConfigError(f"grpo.group_size: {_get(cfg, 'grpo.group_size')!r}; group advantages need at least 2 samples")
+  for key, choices in (("grpo.reward", ("models", "genre", "fixed")), ("grpo.aggregation", ("token", "sequence")),
+                       ("grpo.advantage_scale", ("std", "none")), ("grpo.logprobs", ("cond", "cfg")),
+                       ("grpo.defence_response", ("stop", "rollback"))):
+    if _get(cfg, key) not in choices:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r}; choose one of {choices}")
+  for key in ("grpo.lr", "grpo.eps_low", "grpo.eps_high", "grpo.temperature"):
+    if not _get(cfg, key) > 0:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be positive")
+  if _get(cfg, "grpo.beta") < 0:
+    raise ConfigError("grpo.beta: must be >= 0 (0 skips the reference model)")
+  weights = _get(cfg, "grpo.reward_weights")
+  bad = [k for k in weights if k not in IN_JIT + EXTERNAL]
+  if bad:
+    raise ConfigError(f"grpo.reward_weights: unknown terms {bad}; choose from {IN_JIT + EXTERNAL}")
+  if _get(cfg, "grpo.reward") == "models":
+    if not any(weights.values()):
+      raise ConfigError("grpo.reward_weights: every weight is 0; give at least one term a weight")
+    for term, model in (("clip", "grpo.clip"), ("dino", "grpo.dino")):
+      if any(weights[k] for k in weights if k.startswith(term + "_")) and not _get(cfg, model):
+        raise ConfigError(f"{model}: empty, but grpo.reward_weights gives {term}_* terms a weight")
+

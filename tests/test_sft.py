@@ -149,5 +149,8 @@ def test_readme_demo_command(tmp_path):
   assert probe["hit_rate"] >= 0.8, probe  # chance is 1/6
   assert summary["val_loss"] < summary["initial_val_loss"] - 0.3, summary
   assert list((out / "sft" / "grids").glob("*.png")) and list((out / "sft" / "tb").glob("events.*"))
+  ev = json.loads((out / "eval" / "metrics.json").read_text())
+  assert ev["windows"] == 12 and ev["model"].endswith("sft/final"), ev  # one window per held-out user
+  assert ev["metrics"]["genre_hit"]["mean"] >= 0.8, ev
   model = T.JanusForConditionalGeneration.from_pretrained(out / "hf")
   assert model.config.vision_config.image_size == 32

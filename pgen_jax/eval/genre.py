@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgen_jax.data import synthetic
-from pgen_jax.data.pipeline import loader_from_config, spec_from_config, store_dir
+from pgen_jax.data.pipeline import spec_from_config, store_dir
 from pgen_jax.data.store import builders
-from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig
+from pgen_jax.sampling import Sampler, SamplingConfig
 
 
 class TokenGenreClassifier:
@@ -45,33 +45,16 @@ def fit_classifier(cfg, model) -> tuple[TokenGenreClassifier, float]:
 
 def genre_hit_rate(cfg, model, mesh, prompter, *, samples: int = 4, per_user: int = 4) -> dict:
   """Hit rate over `samples` images for each of the first `per_user` test windows of every user."""
+  from pgen_jax.eval.evaluate import test_windows
+  from pgen_jax.train.setup import prompt_batch
   clf, ceiling = fit_classifier(cfg, model)
-  train_users = set()
-  for b in loader_from_config(cfg, "train", batch_size=1, seed=0, shuffle=False, num_epochs=1, with_future=False,
-                              workers=0):
-    train_users.add(int(b["user"][0]))
   sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=cfg.sft.cfg_weight, num_samples=samples))
-  hits, total, seen = 0, 0, {}
-  for b in loader_from_config(cfg, "test", batch_size=8, seed=0, shuffle=False, num_epochs=1, with_future=False,
-                              workers=0, drop_remainder=False):
-    b = {k: np.array(v) for k, v in b.items()}
-    keep = []
-    for u in b["user"]:  # users never trained on (when there are any), a few windows each
-      u = int(u)
-      ok = (u not in train_users or not cfg.data.holdout_users) and seen.get(u, 0) < per_user
-      seen[u] = seen.get(u, 0) + ok
-      keep.append(ok)
-    if not any(keep):
-      continue
-    b = {k: v[np.array(keep)] for k, v in b.items()}
-    x = prompter(b)
-    pb = PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"],
-                     images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
-                     uncond_has_images=cfg.prompt.uncond == "keep_images")
-    tokens = np.asarray(sampler(pb, jax.random.key(total)).tokens)
-    pred = clf(tokens)
+  hits, total, users = 0, 0, set()
+  for b in test_windows(cfg, 8, per_user, with_future=False):
+    tokens = np.asarray(sampler(prompt_batch(prompter(b), cfg.prompt.uncond), jax.random.key(total)).tokens)
     want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
-    hits += int((pred == want).sum())
-    total += len(pred)
-  return {"hit_rate": hits / max(total, 1), "samples": total, "users": sum(1 for v in seen.values() if v),
+    hits += int((clf(tokens) == want).sum())
+    total += len(tokens)
+    users.update(map(int, b["user"]))
+  return {"hit_rate": hits / max(total, 1), "samples": total, "users": len(users),
           "chance": 1 / len(synthetic.GENRES), "classifier_accuracy_on_posters": ceiling}
