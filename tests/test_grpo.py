@@ -8,11 +8,14 @@ import threading
 import time
 import urllib.request
 
+import jax
 import numpy as np
 import pytest
 
 from test_scorer import backends, free_port, start  # noqa: F401  (backends: tiny random Qwen2.5-VL judge, NIMA)
+from test_janus_convert import flat_params
 from test_sft import ROOT, final_params, kill_at_checkpoint, run_main
+from pgen_jax.models import load_janus, make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,13 @@ def test_kill_and_resume_continues_identically(tmp_path, world):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert summary(tmp_path / "plain")["rewards"] == summary(tmp_path / "killed")["rewards"]
+  # export writes the GRPO result, not the SFT one or the initial model
+  export = run_main(ROOT, "--config=configs/demo.py", "--config.stages=('export',)",
+                    f"--config.workdir={tmp_path / 'plain'}", f"--config.export.dir={tmp_path / 'hf'}")
+  assert export.returncode == 0, export.stderr[-3000:]
+  c = flat_params(load_janus(tmp_path / "hf", mesh=make_mesh(devices=jax.devices()[:1])))
+  for k in a:
+    np.testing.assert_array_equal(a[k], c[k], err_msg=k)
 
 
 def test_model_rewards_run_in_the_stage(tmp_path, world):
