@@ -90,8 +90,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if bad or not _get(cfg, "sft.trainable"):
       raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {known}")
   if "grpo" in stages or "eval" in stages:
+    from pgen_jax.rewards import clip, dino
+    from pgen_jax.rewards.models import RANDOM, random_preset
+    for key, presets in (("grpo.clip", clip.PRESETS), ("grpo.dino", dino.PRESETS)):
+      random_preset(_get(cfg, key), presets, key)  # an unknown preset name raises, naming the key
     for model in ("grpo.clip", "grpo.dino", "grpo.lpips_vgg", "grpo.lpips_heads"):
-      if _get(cfg, model) and not Path(_get(cfg, model)).exists():
+      if _get(cfg, model) and not _get(cfg, model).startswith(RANDOM) and not Path(_get(cfg, model)).exists():
         raise ConfigError(f"{model}: {_get(cfg, model)} does not exist; download the model there or clear the key")
   if "grpo" in stages:
     _check_grpo(cfg)

@@ -201,3 +201,16 @@ def test_scorer_latency_hides_behind_the_next_rollout(tmp_path, world, backends)
   profile = logged(run.stderr, "reward/profile_mean")
   assert sorted(profile) == [1, 2, 3, 4] and all(0.0 <= v <= 1.0 for v in profile.values()), profile
   assert (tmp_path / "grpo" / "grids" / "step_0000004.png").exists()
+
+
+def test_benchmark_config_runs_at_small_shapes(tmp_path):
+  """configs/bench_grpo_1b.py, shrunk to CPU size: random CLIP/DINO presets load and the split is logged."""
+  run = run_main(ROOT, "--config=configs/bench_grpo_1b.py", f"--config.workdir={tmp_path}",
+                 f"--config.data.root={tmp_path}/world", "--config.model.preset=demo", "--config.data.image_size=32",
+                 "--config.data.history_len=2", "--config.grpo.clip=random:tiny", "--config.grpo.dino=random:tiny",
+                 "--config.grpo.dino_size=28", "--config.grpo.num_steps=2", "--config.grpo.prompts_per_step=2",
+                 "--config.grpo.group_size=2", "--config.data.workers=0")
+  assert run.returncode == 0, run.stderr[-3000:]
+  for key in ("time/rollout", "time/reward", "time/scorer_wait", "time/update", "reward/clip_history_mean",
+              "reward/dino_target_mean"):
+    assert sorted(logged(run.stderr, key)) == [1, 2], key

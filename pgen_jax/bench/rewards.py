@@ -17,38 +17,24 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from pgen_jax.models import make_mesh, param_shardings
-from pgen_jax.rewards.clip import CLIP, CLIPConfig, TowerConfig
+from pgen_jax.models import make_mesh, place_on_mesh
+from pgen_jax.rewards.clip import CLIP, PRESETS as CLIP_PRESETS
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
-from pgen_jax.rewards.dino import Dino, DinoConfig
-
-CLIPS = {
-    "vit-h-14": CLIPConfig(vision=TowerConfig(1280, 5120, 32, 16, "gelu", image_size=224, patch_size=14),
-                           text=TowerConfig(1024, 4096, 24, 16, "gelu"), projection_dim=1024),
-    "tiny": CLIPConfig(vision=TowerConfig(32, 64, 2, 4, "gelu", image_size=28, patch_size=14),
-                       text=TowerConfig(32, 64, 2, 4, "gelu", vocab_size=100), projection_dim=16),
-}
-DINOS = {"dinov2-large": DinoConfig(), "tiny": DinoConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                                          image_size=28)}
+from pgen_jax.rewards.dino import PRESETS as DINO_PRESETS, Dino
 
 _IMAGES = flags.DEFINE_integer("images", 64, "generated images per call")
 _SIZE = flags.DEFINE_integer("size", 384, "generated image size")
-_CLIP = flags.DEFINE_enum("clip", "vit-h-14", list(CLIPS), "CLIP shape")
-_DINO = flags.DEFINE_enum("dino", "dinov2-large", list(DINOS), "DINO shape")
+_CLIP = flags.DEFINE_enum("clip", "vit-h-14", list(CLIP_PRESETS), "CLIP shape")
+_DINO = flags.DEFINE_enum("dino", "dinov2-large", list(DINO_PRESETS), "DINO shape")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls")
-
-
-def place(module, mesh):
-  graphdef, state = nnx.split(module)
-  return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
 
 
 def main(argv):
   del argv
   mesh = make_mesh()
-  ccfg, dcfg = CLIPS[_CLIP.value], DINOS[_DINO.value]
-  clip = place(CLIP(ccfg, nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), mesh)
-  dino = place(Dino(dcfg, nnx.Rngs(1), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), mesh)
+  ccfg, dcfg = CLIP_PRESETS[_CLIP.value], DINO_PRESETS[_DINO.value]
+  clip = place_on_mesh(CLIP(ccfg, nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), mesh)
+  dino = place_on_mesh(Dino(dcfg, nnx.Rngs(1), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), mesh)
   cfg = RewardConfig(weights=(("clip_history", 1.0), ("clip_target", 1.0), ("clip_future", 1.0), ("dino_target", 1.0)),
                      clip_size=ccfg.vision.image_size, dino_resize=dcfg.image_size, dino_crop=dcfg.image_size)
   n, s = _IMAGES.value, _SIZE.value

@@ -21,7 +21,7 @@ from absl import app, flags
 from flax import nnx
 
 from pgen_jax import distributed
-from pgen_jax.models import Janus, make_mesh, param_shardings, preset
+from pgen_jax.models import Janus, make_mesh, place_on_mesh, preset
 from pgen_jax.train import sft, update
 from pgen_jax.train.setup import to_device
 
@@ -58,8 +58,7 @@ def main(argv):
   mesh = make_mesh()
   model = Janus(cfg, nnx.Rngs(0), dtype=jnp.dtype(_DTYPE.value), param_dtype=jnp.float32)
   model.language_model.remat = _REMAT.value
-  graphdef, state = nnx.split(model)
-  model = nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+  model = place_on_mesh(model, mesh)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
   tx = update.make_optimizer(1e-5, 10, 1000, 0.9, 0.95, 0.0, 1.0)
   state = update.init_state(params, tx)

@@ -73,6 +73,13 @@ def path_str(path: tuple) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
+def place_on_mesh(module, mesh: Mesh):
+  """An NNX module with its parameters moved to their shardings on `mesh` (spec_for's rules)."""
+  from flax import nnx
+  graphdef, state = nnx.split(module)
+  return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+
+
 def param_shardings(abstract_state, mesh: Mesh):
   """A pytree like `abstract_state` (of ShapeDtypeStructs or arrays) holding NamedShardings."""
   return jax.tree_util.tree_map_with_path(

@@ -181,3 +181,15 @@ def normalize(x):
 def similarity(a, b):
   """100 x cosine similarity of embeddings, row by row."""
   return 100.0 * jnp.sum(normalize(a) * normalize(b), -1)
+
+
+# Architectures for random-weight runs ("random:<name>" in grpo.clip): timing and memory at the real
+# shapes before anything is downloaded.
+PRESETS = {
+    "vit-h-14": CLIPConfig(vision=TowerConfig(1280, 5120, 32, 16, "gelu", image_size=224, patch_size=14),
+                           text=TowerConfig(1024, 4096, 24, 16, "gelu"), projection_dim=1024),
+    "vit-l-14": CLIPConfig(vision=TowerConfig(1024, 4096, 24, 16, "quick_gelu", image_size=224, patch_size=14),
+                           text=TowerConfig(768, 3072, 12, 12, "quick_gelu"), projection_dim=768),
+    "tiny": CLIPConfig(vision=TowerConfig(32, 64, 2, 4, "gelu", image_size=28, patch_size=14),
+                       text=TowerConfig(32, 64, 2, 4, "gelu", vocab_size=100), projection_dim=16),
+}

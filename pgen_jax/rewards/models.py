@@ -9,6 +9,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
@@ -46,14 +47,38 @@ class RewardModels:
     return np.asarray(self.clip.get_image_features(x))
 
 
+RANDOM = "random:"  # grpo.clip / grpo.dino = "random:<preset>": random weights of that architecture
+
+
+def random_preset(spec: str, presets: dict, key: str):
+  """The preset a "random:<name>" spec names (None for a path); an unknown name is a ValueError naming `key`."""
+  if not spec.startswith(RANDOM):
+    return None
+  name = spec[len(RANDOM):]
+  if name not in presets:
+    raise ValueError(f"{key}: {spec!r}; random presets are {', '.join(RANDOM + p for p in presets)}")
+  return presets[name]
+
+
 def load_reward_models(g, mesh, dtype) -> RewardModels:
-  """The models named in a config section `g` (grpo.clip, grpo.dino, grpo.lpips_vgg + grpo.lpips_heads)."""
+  """The models named in a config section `g` (grpo.clip, grpo.dino, grpo.lpips_vgg + grpo.lpips_heads):
+  directories of weights, or "random:<preset>" for random weights at a real shape (benchmarks)."""
+  from pgen_jax.models import place_on_mesh
+  from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
   kw = dict(mesh=mesh, dtype=dtype, param_dtype=dtype)
   out = RewardModels(dino_size=g.dino_size)
-  if g.clip:
+  if random_preset(g.clip, clip_lib.PRESETS, "grpo.clip"):
+    logging.warning("grpo.clip is %s: random CLIP weights, for timing only", g.clip)
+    out.clip = place_on_mesh(clip_lib.CLIP(random_preset(g.clip, clip_lib.PRESETS, "grpo.clip"), nnx.Rngs(0),
+                                           dtype=dtype, param_dtype=dtype), mesh)
+  elif g.clip:
     from converters.clip import load_clip
     out.clip = load_clip(g.clip, **kw)
-  if g.dino:
+  if random_preset(g.dino, dino_lib.PRESETS, "grpo.dino"):
+    logging.warning("grpo.dino is %s: random DINO weights, for timing only", g.dino)
+    cfg = dataclasses.replace(random_preset(g.dino, dino_lib.PRESETS, "grpo.dino"), image_size=g.dino_size)
+    out.dino = place_on_mesh(dino_lib.Dino(cfg, nnx.Rngs(1), dtype=dtype, param_dtype=dtype), mesh)
+  elif g.dino:
     from converters.dino import load_dino
     out.dino = load_dino(g.dino, image_size=g.dino_size, **kw)
   if g.lpips_vgg:

@@ -11,7 +11,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pgen_jax.models import Janus, load_janus, make_mesh, param_shardings, preset
+from pgen_jax.models import Janus, load_janus, make_mesh, place_on_mesh, preset
 from pgen_jax.models.sharding import BATCH
 from pgen_jax.sampling.prompts import HistoryItem, PromptBatch, PromptTemplate, build_batch, max_prompt_len
 from pgen_jax.sampling.tokenizers import load_tokenizer
@@ -28,9 +28,8 @@ def model_from_config(cfg, mesh, checkpoint: str | Path | None = None) -> Janus:
   if path:
     return load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
   logging.warning("model.checkpoint is empty: using a randomly initialised %s (seed %d)", cfg.model.preset, cfg.seed)
-  model = Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype, param_dtype=param_dtype)
-  graphdef, state = nnx.split(model)
-  return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+  return place_on_mesh(Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype, param_dtype=param_dtype),
+                       mesh)
 
 
 def trained_checkpoint(cfg, stages=("grpo", "sft")) -> Path | None:
