@@ -20,7 +20,6 @@ the first windows (grids/, history | samples | target) and tb/.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -28,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from PIL import Image
+from clu import metric_writers
 
 from pgen_jax.data.pipeline import loader_from_config
+from pgen_jax.eval.grids import png_bytes, save_grid
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train.hacking import cross_user_similarity
@@ -69,17 +69,13 @@ def test_windows(cfg, batch_size: int, per_user: int, limit: int = 0, with_futur
       return
 
 
-def _png(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="PNG")
-  return buf.getvalue()
-
-
 def run_eval(cfg) -> dict:
   out, e = eval_dir(cfg), cfg.eval
   if out.exists():
     logging.info("eval already done: %s", out)
     return json.loads((out / "metrics.json").read_text())
+  if jax.process_count() > 1:  # every host would write the same directory; gathering is not built yet
+    raise ValueError("eval: runs on one host only for now; run it with a single process")
   from pgen_jax.rewards.models import load_reward_models
   mesh = mesh_from_config(cfg)
   source = trained_checkpoint(cfg)
@@ -118,11 +114,11 @@ def run_eval(cfg) -> dict:
       users.append(rep(b["user"]))
       for i in range(len(b["user"])):
         window = len(rows) // e.samples
-        (tmp / "images" / f"{window:05d}_target.png").write_bytes(_png(b["target"][i]))
+        (tmp / "images" / f"{window:05d}_target.png").write_bytes(png_bytes(b["target"][i]))
         for k in range(e.samples):
           j = i * e.samples + k
           name = f"images/{window:05d}_s{k}.png"
-          (tmp / name).write_bytes(_png(images[j]))
+          (tmp / name).write_bytes(png_bytes(images[j]))
           rows.append({"window": window, "sample": k, "user": int(b["user"][i]),
                        "item_ids": [int(t) for t in b["item_ids"][i]], "file": name,
                        **{t: float(v[j]) for t, v in terms.items()}})
@@ -139,8 +135,6 @@ def run_eval(cfg) -> dict:
       result["genre_chance"] = 1 / len(synthetic.GENRES)
     (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
-    from pgen_jax.train.loop import save_grid
-    from clu import metric_writers
     writer = metric_writers.create_default_writer(str(tmp / "tb"), just_logging=jax.process_index() > 0)
     save_grid(*grid, tmp, 0, writer)
     writer.write_scalars(0, {f"eval/{k}": v["mean"] if isinstance(v, dict) else v for k, v in metrics.items()})

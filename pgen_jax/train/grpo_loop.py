@@ -36,13 +36,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.data import synthetic
 from pgen_jax.data.pipeline import loader_from_config
+from pgen_jax.eval.grids import save_grid
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import save_janus
 from pgen_jax.models.janus import to_uint8
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import grpo, update
 from pgen_jax.train.checkpoints import Checkpoints
-from pgen_jax.train.loop import save_grid
 from pgen_jax.train.hacking import DefenceConfig, HackingMonitor, diversity_penalty
 from pgen_jax.train.setup import (Prompter, mesh_from_config, model_from_config, prompt_batch, to_device,
                                   trained_checkpoint)

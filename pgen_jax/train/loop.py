@@ -7,7 +7,6 @@ summary.json, and final/ (a pgen_jax checkpoint of the whole model that later st
 from __future__ import annotations
 
 import functools
-import io
 import json
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
-from PIL import Image
 
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
-from pgen_jax.fileio import write_bytes, write_json
+from pgen_jax.eval.grids import save_grid
+from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import sft, update
@@ -151,26 +150,3 @@ def _grid(sampler, graphdef, params, frozen, batch, mesh, out: Path, step: int, 
   pb = prompt_batch({k: v[:rows] for k, v in batch.items()}, cfg.prompt.uncond)
   gen = np.asarray(sampler(pb, jax.random.key(step)).images)
   save_grid(batch["history"][:rows], gen, batch["target"][:rows], out, step, writer)
-
-
-def save_grid(history, generated, target, out: Path, step: int, writer) -> None:
-  """Writes out/grids/step_N.png and a TensorBoard image: one row per example, its history strip |
-  its generated samples | the ground truth. history (R, k, s, s, 3), generated (R * n, s, s, 3),
-  target (R, s, s, 3), all uint8."""
-  rows, k, s = history.shape[:3]
-  n = len(generated) // rows
-  grid = np.full((rows * s, (k + n + 1) * s + 2 * 4, 3), 255, np.uint8)
-  for r in range(rows):
-    tiles = [history[r, j] for j in range(k)] + [None] + list(generated[r * n:(r + 1) * n]) + [None] + [target[r]]
-    x = 0
-    for t in tiles:
-      if t is None:
-        x += 4
-        continue
-      grid[r * s:(r + 1) * s, x:x + s] = t
-      x += s
-  (out / "grids").mkdir(exist_ok=True)
-  png = io.BytesIO()
-  Image.fromarray(grid).save(png, format="PNG")
-  write_bytes(out / "grids" / f"step_{step:07d}.png", png.getvalue())
-  writer.write_images(step, {"samples": grid[None]})
