@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from pgen_jax.scorer.client import ScorerClient, ScorerUnavailable, profile_text
 from pgen_jax.scorer.judge import TEMPLATE
-from pgen_jax.scorer.nima import NIMA
+from pgen_jax.scorer.nima import NIMA, load_nima
 from pgen_jax.scorer.protocol import encode_images
 
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
@@ -177,3 +177,34 @@ def test_profile_text():
       "Liked, oldest first: Heat (1995) | Action, Crime; Up (2009) | Animation."
   assert profile_text(["a", "b", "c"], max_items=2) == "Liked, oldest first: b; c."
   assert profile_text([]) == "No history."
+
+
+def test_nima_has_pyiqa_layout_and_preprocessing(tmp_path):
+  """Parameter names and shapes as pyiqa's NIMA (timm's inception_resnet_v2 trunk as `base_model`, head
+  Flatten/Dropout/Linear/Softmax) stores them, and pyiqa's eval preprocessing (torchvision resize of the
+  shorter side, centre crop) for a non-square image."""
+  state = NIMA().state_dict()
+  expected = {"base_model.conv2d_1a.conv.weight": (32, 3, 3, 3), "base_model.conv2d_1a.bn.running_var": (32,),
+              "base_model.mixed_5b.branch3.1.conv.weight": (64, 192, 1, 1), "base_model.repeat.9.conv2d.bias": (320,),
+              "base_model.repeat_1.19.branch1.2.conv.weight": (192, 160, 7, 1),
+              "base_model.mixed_7a.branch2.2.conv.weight": (320, 288, 3, 3),
+              "base_model.repeat_2.8.branch1.1.conv.weight": (224, 192, 1, 3),
+              "base_model.block8.conv2d.weight": (2080, 448, 1, 1), "base_model.conv2d_7b.conv.weight": (1536, 2080, 1, 1),
+              "classifier.2.weight": (10, 1536), "classifier.2.bias": (10,)}
+  for k, shape in expected.items():
+    assert tuple(state[k].shape) == shape, k
+  assert sorted(k for k in state if k.startswith("classifier")) == ["classifier.2.bias", "classifier.2.weight"]
+  old = {k.replace("classifier.2", "classifier.1"): v for k, v in state.items()}
+  torch.save({"params": old}, tmp_path / "old.pth")
+  with pytest.raises(ValueError, match="classifier"):
+    load_nima(tmp_path / "old.pth")
+
+  torch.manual_seed(0)
+  model = NIMA().eval()
+  image = torch.randint(0, 256, (1, 320, 400, 3), dtype=torch.uint8)
+  x = image.permute(0, 3, 1, 2).float() / 255
+  x = torch.nn.functional.interpolate(x, size=(299, 373), mode="bilinear", antialias=True)  # 373 = int(299 * 400 / 320)
+  x = (x[..., :, 37:37 + 299] - 0.5) / 0.5  # left = round((373 - 299) / 2)
+  with torch.no_grad():
+    dist = model.classifier(torch.nn.functional.adaptive_avg_pool2d(model.base_model(x), 1))
+    np.testing.assert_allclose(model(image).numpy(), (dist * torch.arange(1, 11)).sum(-1).numpy(), rtol=1e-6)

@@ -2,7 +2,8 @@
 
 The backbone is written here with timm's module names (conv2d_1a, mixed_5b, repeat, ..., conv2d_7b),
 so pyiqa's weight files load as they are, without timm or torchvision (which the CPU torch builds we
-target cannot import). Input: uint8 images, resized to 299 and normalised with mean/std 0.5.
+target cannot import). Input: uint8 images, shorter side resized to 299, centre-cropped, normalised
+with mean/std 0.5, as pyiqa does in eval mode.
 Score = sum_i p_i * i over i = 1..10.
 """
 
@@ -146,14 +147,20 @@ class NIMA(nn.Module):
   def __init__(self):
     super().__init__()
     self.base_model = InceptionResNetV2()
-    self.classifier = nn.Sequential(nn.Dropout(0.0), nn.Linear(1536, 10), nn.Softmax(dim=-1))
+    # pyiqa's head: Flatten, Dropout, Linear, Softmax (so its weights are classifier.2.*)
+    self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.0), nn.Linear(1536, 10), nn.Softmax(dim=-1))
 
   def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> mean opinion score in [1, 10]."""
     x = images_uint8.permute(0, 3, 1, 2).float() / 255.0
-    x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bilinear", align_corners=False, antialias=True)
-    x = (x - 0.5) / 0.5
-    feats = F.adaptive_avg_pool2d(self.base_model(x), 1).flatten(1)
+    # pyiqa's eval preprocessing: shorter side to 299 (bilinear, antialiased), centre crop 299, mean/std 0.5.
+    h, w = x.shape[-2:]
+    s = self.SIZE
+    nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+    x = (x[..., top:top + s, left:left + s] - 0.5) / 0.5
+    feats = F.adaptive_avg_pool2d(self.base_model(x), 1)
     dist = self.classifier(feats)
     return (dist * torch.arange(1, 11, dtype=dist.dtype)).sum(-1)
 
