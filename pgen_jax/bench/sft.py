@@ -61,7 +61,7 @@ def main(argv):
   model = place_on_mesh(model, mesh)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
   tx = update.make_optimizer(1e-5, 10, 1000, 0.9, 0.95, 0.0, 1.0)
-  state = update.init_state(params, tx)
+  state = update.init_state(params, tx, mesh=mesh)
   n, k, s = cfg.num_image_tokens, _HISTORY.value, cfg.vision.image_size
   rng = np.random.default_rng(0)
   block = [cfg.text.vocab_size - 3] + [cfg.image_token_id] * n + [cfg.text.vocab_size - 2]

@@ -161,7 +161,7 @@ def run_grpo(cfg) -> dict:
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
   ref_params = jax.tree.map(jnp.copy, params) if g.beta else None
   tx = update.make_optimizer(g.lr, g.warmup_steps, g.num_steps, cfg.sft.b1, cfg.sft.b2, 0.0, cfg.sft.clip)
-  state = update.init_state(params, tx, cfg.seed)
+  state = update.init_state(params, tx, cfg.seed, mesh)
   step_cfg = grpo.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
                              logprobs=g.logprobs, cfg_weight=g.cfg_weight, temperature=g.temperature,
                              uncond_images=cfg.prompt.uncond == "keep_images")

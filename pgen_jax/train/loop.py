@@ -56,7 +56,7 @@ def run_sft(cfg) -> dict:
   per_epoch = len(source_from_config(cfg, "train", with_future=False)) // c.batch_size
   total = c.num_steps or max(1, int(c.epochs * per_epoch))
   tx = update.make_optimizer(c.lr, c.warmup_steps, total, c.b1, c.b2, c.weight_decay, c.clip)
-  state = update.init_state(params, tx, cfg.seed)
+  state = update.init_state(params, tx, cfg.seed, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   replicated = NamedSharding(mesh, P())

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 class RunStopped(RuntimeError):
   """A training stage stopped on purpose (non-finite steps, reward hacking); the message says why."""
@@ -28,11 +29,19 @@ def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, wei
                      optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
 
 
-def init_state(params, tx, seed: int = 0) -> dict[str, Any]:
-  """Everything a resumed run needs besides the data iterator: the PRNG key is part of it."""
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-          "rng": jax.random.key_data(jax.random.key(seed)), "lr_scale": jnp.ones((), jnp.float32),
-          "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
+def init_state(params, tx, seed: int = 0, mesh=None) -> dict[str, Any]:
+  """Everything a resumed run needs besides the data iterator: the PRNG key is part of it.
+
+  With a mesh, the leaves that are not on it yet (counters, the key, optimizer step counts) are
+  replicated over it: they come back from a jitted update that way, and a first call that saw them
+  otherwise would compile the update a second time."""
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+           "rng": jax.random.key_data(jax.random.key(seed)), "lr_scale": jnp.ones((), jnp.float32),
+           "skipped": jnp.zeros((), jnp.int32), "bad_streak": jnp.zeros((), jnp.int32)}
+  if mesh is None:
+    return state
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), state)
 
 
 def guarded_update(tx, state: dict, loss, grads) -> tuple[dict, dict]:
