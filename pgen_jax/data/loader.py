@@ -65,6 +65,13 @@ class HistorySource(grain.RandomAccessDataSource):
   def __len__(self) -> int:
     return self._len
 
+  def users(self) -> set[int]:
+    """The users with a window in this split, from the window records alone (no item is read)."""
+    with self._lock:
+      if self._windows is None:
+        self._open()
+    return {int(self._windows[i]["user"]) for i in range(self._len)}
+
   def __getitem__(self, index: int) -> dict:
     with self._lock:
       if self._windows is None:

@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from pgen_jax.data.pipeline import loader_from_config
+from pgen_jax.data.pipeline import loader_from_config, source_from_config
 from pgen_jax.eval.grids import png_bytes, save_grid
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.sampling import Sampler, SamplingConfig
@@ -48,10 +48,7 @@ def test_windows(cfg, batch_size: int, per_user: int, limit: int = 0, with_futur
   """Batches of test windows (see the module doc for which), the last one possibly smaller."""
   held_out = None
   if cfg.data.holdout_users:
-    train_users = set()
-    for b in loader_from_config(cfg, "train", batch_size=1, seed=0, shuffle=False, num_epochs=1, with_future=False,
-                                workers=0):
-      train_users.add(int(b["user"][0]))
+    train_users = source_from_config(cfg, "train", with_future=False).users()
     held_out = lambda u: u not in train_users
   seen, taken = {}, 0
   for b in loader_from_config(cfg, "test", batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
