@@ -67,24 +67,26 @@ class Janus(nnx.Module):
       pixel_values = pixel_values.reshape(-1, *pixel_values.shape[2:])
     return self.aligner(self.vision_model(pixel_values))
 
-  def embed_inputs(self, input_ids, pixel_values=None):
+  def embed_inputs(self, input_ids, pixel_values=None, *, image_features=None):
     """Token embeddings with image features spliced, in order, into the image placeholders.
 
     pixel_values (N, H, W, C): the k-th placeholder of the whole batch (row-major) takes image k's
     features. (B, n, H, W, C): row b's placeholders take row b's images, so a row whose
     placeholders were blanked (an unconditional CFG row) simply leaves its images unused.
+    image_features: instead of (N, H, W, C) pixels, their `get_image_features` (N, 576, D), so
+    that rows sharing images (a CFG pair) encode them once.
     """
     embeds = self.language_model.embed_tokens(input_ids)
-    if pixel_values is None:
+    if pixel_values is None and image_features is None:
       return embeds
-    if pixel_values.ndim == 5:
+    if pixel_values is not None and pixel_values.ndim == 5:
       b, n = pixel_values.shape[:2]
       feats = self.get_image_features(pixel_values).reshape(b, -1, embeds.shape[-1]).astype(embeds.dtype)
       is_image = input_ids == self.config.image_token_id
       idx = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, feats.shape[1] - 1)
       spliced = jnp.take_along_axis(feats, idx[..., None], axis=1)
       return jnp.where(is_image[..., None], spliced, embeds)
-    feats = self.get_image_features(pixel_values)
+    feats = self.get_image_features(pixel_values) if image_features is None else image_features
     feats = feats.reshape(-1, feats.shape[-1]).astype(embeds.dtype)
     is_image = (input_ids == self.config.image_token_id).reshape(-1)
     if not isinstance(is_image, jax.core.Tracer) and int(is_image.sum()) != feats.shape[0]:

@@ -1,19 +1,42 @@
 """The LLaMA-style decoder of Janus-Pro (DeepSeek-LLM): RMSNorm, RoPE, SwiGLU, grouped-query attention.
 
-An optional KV cache (a tuple (k, v) per layer of shape (B, S, KVH, D)) is written at `cache_index`,
-so the same module serves full forwards, prefill and one-token decode steps.
+Keys and values are kept heads-major, (B, KVH, S, D), the layout the attention dots read, so a KV
+cache is never transposed. - a full forward, or prefill / one-token decode against a preallocated cache;
+- `return_kv=True` hands back each layer's keys and values: a prompt's prefix, to share;
+- `prefixes=`: continuation rows that attend to shared prefixes' keys and values plus their own
+  (causal); rows are laid out per prefix, then per prompt, then per sample, so G samples of one
+  prompt read its prefix once and nothing of it is copied. Teacher-forced (the GRPO update) or one
+  token at a time against a cache of the rows' own positions (the sampler).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pgen_jax.models import attention as attn
 from pgen_jax.models.config import TextConfig
-from pgen_jax.models.layers import RMSNorm, attention, linear
+from pgen_jax.models.layers import RMSNorm, linear
 
-KVCache = tuple[jax.Array, jax.Array]
+KVCache = tuple[jax.Array, jax.Array]  # (B, KVH, S, D) each
+
+# Decoder-layer rematerialisation policies: what the backward pass keeps instead of recomputing.
+REMAT = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass
+class Prefix:
+  """A shared prompt prefix: per layer (k, v) of shape (B, KVH, P, D), and its key mask (B, P)."""
+  kv: list
+  mask: jax.Array
 
 
 def rope_tables(positions, head_dim: int, theta: float):
@@ -25,11 +48,11 @@ def rope_tables(positions, head_dim: int, theta: float):
 
 
 def apply_rope(x, cos, sin):
-  """x: (B, T, H, D); rotate-half convention (first and second halves pair up)."""
+  """x: (B, H, T, D); rotate-half convention (first and second halves pair up)."""
   half = x.shape[-1] // 2
   xf = x.astype(jnp.float32)
   rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-  return (xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+  return (xf * cos[:, None] + rotated * sin[:, None]).astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -42,20 +65,56 @@ class Attention(nnx.Module):
     self.v_proj = linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, rngs, **kw)
     self.o_proj = linear(self.num_heads * self.head_dim, cfg.hidden_size, rngs, **kw)
 
-  def __call__(self, x, cos, sin, mask, cache: KVCache | None = None, cache_index=0):
+  def __call__(self, x, cos, sin, ctx: "Context", cache: KVCache | None = None, prefix_kv=None):
     b, t, _ = x.shape
-    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-    k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    heads = lambda y, n: y.reshape(b, t, n, self.head_dim).transpose(0, 2, 1, 3)
+    q = apply_rope(heads(self.q_proj(x), self.num_heads), cos, sin)
+    k = apply_rope(heads(self.k_proj(x), self.num_kv_heads), cos, sin)
+    v = heads(self.v_proj(x), self.num_kv_heads)
     if cache is not None:
       ck, cv = cache
-      start = (0, cache_index, 0, 0)
+      start = (0, 0, ctx.cache_index, 0)
       k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
       v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
-      cache = (k, v)
-    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-    return self.o_proj(out.reshape(b, t, -1)), cache
+    kv = (k, v)
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    causal_q = ctx.cache_index + jnp.arange(t)
+    if prefix_kv is None:
+      out = attn.attend(q, k, v, key_mask=ctx.key_mask, causal_q=causal_q, impl=ctx.impl)
+    else:
+      out = self._with_prefixes(q, k, v, causal_q, prefix_kv, ctx)
+    return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1)), kv
+
+  def _with_prefixes(self, q, k, v, causal_q, prefix_kv, ctx):
+    """Rows grouped as (prefix, prompt, sample): each group's queries see that prompt's prefix (read
+    once for its samples) and their own keys, merged by log-sum-exp."""
+    r, h, t, d = q.shape
+    own = attn.attend(q, k, v, key_mask=ctx.key_mask, causal_q=causal_q, impl=ctx.impl, return_lse=True)
+    outs, lses, per_group = [], [], r // len(prefix_kv)
+    for g, ((pk, pv), pmask) in enumerate(zip(prefix_kv, ctx.prefix_masks)):
+      nb = pk.shape[0]
+      n = per_group // nb
+      qg = q[g * per_group:(g + 1) * per_group].reshape(nb, n, h, t, d)
+      qg = qg.transpose(0, 2, 1, 3, 4).reshape(nb, h, n * t, d)
+      o, lse = attn.attend(qg, pk.astype(q.dtype), pv.astype(q.dtype), key_mask=pmask, causal_q=None,
+                           impl=ctx.impl, return_lse=True)
+      outs.append(o.reshape(nb, h, n, t, d).transpose(0, 2, 1, 3, 4).reshape(per_group, h, t, d))
+      lses.append(lse.reshape(nb, h, n, t).transpose(0, 2, 1, 3).reshape(per_group, h, t))
+    shared = (jnp.concatenate(outs), jnp.concatenate(lses))
+    return attn.merge([shared, own])[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What every layer of one forward needs besides its input: key masks, cache index, kernel."""
+  key_mask: jax.Array | None
+  cache_index: jax.Array | int
+  impl: str
+  prefix_masks: tuple = ()
+
+
+jax.tree_util.register_dataclass(Context, data_fields=["key_mask", "cache_index", "prefix_masks"],
+                                 meta_fields=["impl"])
 
 
 class MLP(nnx.Module):
@@ -76,17 +135,20 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
     self.mlp = MLP(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, x, cos, sin, mask, cache=None, cache_index=0):
-    h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+  def __call__(self, x, cos, sin, ctx: Context, cache=None, prefix_kv=None):
+    h, kv = self.self_attn(self.input_layernorm(x), cos, sin, ctx, cache, prefix_kv)
     x = x + h
-    return x + self.mlp(self.post_attention_layernorm(x)), cache
+    return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class LlamaModel(nnx.Module):
   def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
     self.cfg = cfg
     self.dtype = dtype
-    self.remat = False  # recompute each layer's activations in the backward pass (saves memory)
+    # Set by the training stages: the decoder-layer remat policy (a key of REMAT; True = "full") and
+    # the attention kernel (pgen_jax.models.attention.IMPLS).
+    self.remat: str | bool = "none"
+    self.attention_impl = "auto"
     self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                   embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     self.layers = nnx.List([DecoderLayer(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
@@ -94,30 +156,43 @@ class LlamaModel(nnx.Module):
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
 
   def init_cache(self, batch: int, max_len: int, dtype=None) -> list[KVCache]:
-    shape = (batch, max_len, self.cfg.num_key_value_heads, self.cfg.dim_per_head)
     dtype = dtype or self.dtype or jnp.float32
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.layers]
+    return [(jnp.zeros(self.cache_shape(batch, max_len), dtype),) * 2 for _ in self.layers]
+
+  def cache_shape(self, batch: int, length: int) -> tuple[int, ...]:
+    return (batch, self.cfg.num_key_value_heads, length, self.cfg.dim_per_head)
+
+  def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None):
+    cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
+    x = x if self.dtype is None else x.astype(self.dtype)
+    policy = REMAT["full" if self.remat is True else (self.remat or "none")]
+    call = DecoderLayer.__call__ if policy is None else nnx.remat(DecoderLayer.__call__, policy=policy)
+    kvs = []
+    for i, layer in enumerate(self.layers):
+      layer_prefix = None if prefix is None else [p.kv[i] for p in prefix]
+      x, kv = call(layer, x, cos, sin, ctx, None if cache is None else cache[i], layer_prefix)
+      kvs.append(kv)
+    return self.norm(x), kvs
 
   def __call__(self, inputs_embeds, positions=None, attention_mask=None,
-               cache: list[KVCache] | None = None, cache_index=0):
-    """inputs_embeds (B, T, D) -> last hidden state (B, T, D), updated cache.
+               cache: list[KVCache] | None = None, cache_index=0, *, return_kv: bool = False,
+               prefixes: list[Prefix] | None = None):
+    """inputs_embeds (B, T, D) -> last hidden state (B, T, D), and the updated cache (or, with
+    return_kv, each layer's keys and values) or None.
 
     positions: (B, T) RoPE positions, default arange. attention_mask: (B, S) booleans over keys
     (S = T, or the cache length when a cache is given); False marks padding.
+
+    prefixes: the rows continue shared prefixes. They are laid out [prefix 0: prompt 0 samples
+    0..n-1, prompt 1 ...; prefix 1: ...] (B = len(prefixes) * prompts * n) and attend to their
+    prompt's prefix plus their own positions: causally among the T given (teacher forcing), or,
+    with a cache of their own positions, to those <= cache_index.
     """
     b, t, _ = inputs_embeds.shape
     if positions is None:
       positions = jnp.broadcast_to(cache_index + jnp.arange(t), (b, t))
-    s = t if cache is None else cache[0][0].shape[1]
-    q_idx = cache_index + jnp.arange(t)
-    mask = (jnp.arange(s)[None, :] <= q_idx[:, None])[None, None]  # (1, 1, T, S) causal
-    if attention_mask is not None:
-      mask = mask & attention_mask.astype(bool)[:, None, None, :]
-    cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
-    x = inputs_embeds if self.dtype is None else inputs_embeds.astype(self.dtype)
-    new_cache = []
-    call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
-    for i, layer in enumerate(self.layers):
-      x, c = call(layer, x, cos, sin, mask, None if cache is None else cache[i], cache_index)
-      new_cache.append(c)
-    return self.norm(x), (new_cache if cache is not None else None)
+    masks = () if prefixes is None else tuple(p.mask.astype(bool) for p in prefixes)
+    ctx = Context(None if attention_mask is None else attention_mask.astype(bool), cache_index,
+                  self.attention_impl, masks)
+    hidden, kvs = self._layers(inputs_embeds, positions, ctx, cache, prefixes)
+    return hidden, (kvs if cache is not None or return_kv else None)

@@ -122,6 +122,18 @@ def uncond_ids(ids: np.ndarray, mask: np.ndarray, special: SpecialTokens, mode: 
   return out
 
 
+def compact_rows(ids: np.ndarray, mask: np.ndarray, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded rows holding only the tokens mask keeps, as narrow as the longest such row."""
+  width = max(int(mask.sum(axis=1).max()), 1)
+  out = np.full((ids.shape[0], width), pad, ids.dtype)
+  out_mask = np.zeros((ids.shape[0], width), mask.dtype)
+  for i in range(ids.shape[0]):
+    kept = ids[i][mask[i].astype(bool)]
+    out[i, width - len(kept):] = kept
+    out_mask[i, width - len(kept):] = 1
+  return out, out_mask
+
+
 @dataclasses.dataclass
 class PromptBatch:
   ids: np.ndarray       # (B, T) left-padded, conditional rows
@@ -129,12 +141,23 @@ class PromptBatch:
   uncond: np.ndarray    # (B, T) unconditional rows
   images: np.ndarray    # (N, H, W, 3) float32 in [-1, 1], all history images in prompt order
   uncond_has_images: bool
+  # Which tokens the unconditional rows attend (None: the same as `mask`, the blanked tokens
+  # included, as transformers' generate does). uncond_pads="drop" keeps only their real tokens.
+  uncond_mask: np.ndarray | None = None
+
+  def uncond_rows(self) -> tuple[np.ndarray, np.ndarray]:
+    """The unconditional rows at their true length: only the tokens they attend, left-padded."""
+    mask = self.mask if self.uncond_mask is None else self.uncond_mask
+    return compact_rows(self.uncond, mask)
 
 
 def build_batch(histories: Sequence[Sequence[HistoryItem]], tok: Tokenizer, special: SpecialTokens,
                 num_image_tokens: int, *, template: PromptTemplate = PromptTemplate(),
-                uncond: str = "official", pad_to: int | None = None,
+                uncond: str = "official", uncond_pads: str = "attend", pad_to: int | None = None,
                 max_text_tokens: int | None = None) -> PromptBatch:
+  """uncond_pads: "attend" (the blanked tokens stay in the unconditional row, as the official code
+  and transformers do) or "drop" (the row holds its real tokens only: BOS and <begin_of_image>, plus
+  the image blocks with keep_images; a 3k-token history costs it nothing)."""
   rows, images = [], []
   for h in histories:
     ids, imgs = prompt_ids(h, tok, special, num_image_tokens, template, max_text_tokens)
@@ -152,8 +175,19 @@ def build_batch(histories: Sequence[Sequence[HistoryItem]], tok: Tokenizer, spec
     mask[i, length - len(r):] = 1
   pixels = (np.stack([normalize_image(x) for x in images]) if images
             else np.zeros((0, 1, 1, 3), np.float32))
-  return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, special, uncond), images=pixels,
-                     uncond_has_images=uncond == "keep_images")
+  un = uncond_ids(ids, mask, special, uncond)
+  return PromptBatch(ids=ids, mask=mask, uncond=un, images=pixels, uncond_has_images=uncond == "keep_images",
+                     uncond_mask=uncond_attended(ids, un, mask, uncond_pads))
+
+
+def uncond_attended(ids: np.ndarray, uncond: np.ndarray, mask: np.ndarray, pads: str) -> np.ndarray | None:
+  """The unconditional rows' attention mask: None ("attend": as `mask`) or the unblanked tokens."""
+  if pads == "attend":
+    return None
+  if pads != "drop":
+    raise ValueError(f"uncond_pads {pads!r} unknown; use 'attend' or 'drop'")
+  # A blanked token is one the unconditional row changed to pad; real pads of the prompt stay 0.
+  return (mask.astype(bool) & (uncond == ids)).astype(mask.dtype)
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:

@@ -1,9 +1,12 @@
-"""History-conditioned image generation with classifier-free guidance and a preallocated KV cache.
+"""History-conditioned image generation with classifier-free guidance, prompts shared by their samples.
 
 One jitted call does the prefill and every decode step (lax.fori_loop, no host round trip per
-token). Rows are laid out per sample as (cond, uncond) pairs, so a pair always sits on the same
-device and CFG needs no communication. Each sample has its own PRNG key, folded with the step, so
-the result does not depend on the batch composition or on the mesh.
+token). Each prompt's conditional row and its unconditional row (at its true length: only the
+tokens it attends) are prefilled once; their keys and values are the shared prefix that all G
+samples of the prompt attend to while decoding, next to a cache of their own generated positions
+(`LlamaModel.__call__(prefixes=...)`). History images go through SigLIP once. Each sample has its
+own PRNG key, folded with the step, so the result does not depend on the batch composition or on
+the mesh. The caches live inside the call: nothing stays allocated between rollouts.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.models.janus import Janus, to_uint8
+from pgen_jax.models.llama import Prefix
 from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings
 from pgen_jax.sampling.prompts import PromptBatch
 
@@ -68,84 +72,81 @@ def choose(logits, keys, step, cfg: SamplingConfig):
   return tok.astype(jnp.int32), logp
 
 
-def generate(model: Janus, ids, uncond, mask, images, keys, cache, *, cfg: SamplingConfig,
+def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, cfg: SamplingConfig,
              uncond_images: bool, mesh=None):
-  """The whole sampler as one traceable function; see `Sampler` for the jitted, sharded entry."""
+  """The whole sampler as one traceable function; see `Sampler` for the jitted, sharded entry.
+
+  ids/mask (B, T): conditional prompts; uncond/uncond_mask (B, U): the unconditional rows as they are
+  attended (U may be shorter than T); images (N, H, W, 3) in [-1, 1]; keys (B * n,).
+  """
   n = cfg.num_samples
   num_tokens = cfg.num_tokens or model.config.num_image_tokens
-  b, t = ids.shape
-  has_images = images.shape[0] > 0
-  cond_emb = model.embed_inputs(ids, images if has_images else None)
-  uncond_emb = model.embed_inputs(uncond, images if has_images and uncond_images else None)
-  rows = 2 * b * n
-
-  def pairs(x):  # (B, ...) x2 -> (B*n*2, ...) as [p0s0 cond, p0s0 uncond, p0s1 cond, ...]
-    return jnp.repeat(x, n, axis=0).reshape(rows, *x.shape[2:])
-
-  emb = pairs(jnp.stack([cond_emb, uncond_emb], axis=1))
-  row_mask = pairs(jnp.stack([mask, mask], axis=1))
-  if mesh is not None:
-    emb = jax.lax.with_sharding_constraint(emb, NamedSharding(mesh, fit_spec(emb.shape, (BATCH,), mesh)))
-  positions = jnp.maximum(jnp.cumsum(row_mask, axis=1) - 1, 0)
-  full_mask = jnp.concatenate([row_mask, jnp.ones((rows, num_tokens), row_mask.dtype)], axis=1)
+  b = ids.shape[0]
   lm = model.language_model
+  feats = model.get_image_features(images) if images.shape[0] else None
+  cond_emb = model.embed_inputs(ids, image_features=feats)
+  uncond_emb = model.embed_inputs(uncond, image_features=feats if uncond_images else None)
+  constrain = lambda x: x if mesh is None else jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, fit_spec(x.shape, (BATCH,), mesh)))
 
-  def next_token(hidden, step):
-    logits = model.image_logits(hidden).reshape(b * n, 2, -1)
-    return choose(guided_logits(logits[:, 0], logits[:, 1], cfg), keys, step, cfg)
+  def prefill(emb, m):
+    positions = jnp.maximum(jnp.cumsum(m, axis=1) - 1, 0)
+    hidden, kv = lm(constrain(emb), positions, m, return_kv=True)
+    return model.image_logits(hidden[:, -1]), Prefix(kv, m)
 
-  hidden, cache = lm(emb, positions, full_mask, cache, 0)  # prefill
-  tok, logp = next_token(hidden[:, -1], 0)
+  if ids.shape[1] == uncond.shape[1]:  # one prefill, and one prefix of 2B prompts: [cond; uncond]
+    logits, prefix = prefill(jnp.concatenate([cond_emb, uncond_emb]), jnp.concatenate([mask, uncond_mask]))
+    prefixes, first_c, first_u = [prefix], logits[:b], logits[b:]
+  else:
+    (first_c, pc), (first_u, pu) = prefill(cond_emb, mask), prefill(uncond_emb, uncond_mask)
+    prefixes = [pc, pu]
+  per_sample = lambda x: jnp.repeat(x, n, axis=0)  # (B, ...) -> (B * n, ...), a prompt's samples adjacent
+  tok, logp = choose(guided_logits(per_sample(first_c), per_sample(first_u), cfg), keys, 0, cfg)
   tokens = jnp.zeros((b * n, num_tokens), jnp.int32).at[:, 0].set(tok)
   logps = jnp.zeros((b * n, num_tokens), jnp.float32).at[:, 0].set(logp)
-  last_pos = positions[:, -1:]
+  # Rows [cond samples; uncond samples]; each continues its prompt's prefix from its length on.
+  start = jnp.concatenate([per_sample(mask.sum(1)), per_sample(uncond_mask.sum(1))])[:, None]
+  dtype = lm.dtype or jnp.float32
+  cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, max(num_tokens - 1, 1)), dtype)) for _ in "kv")
+           for _ in lm.layers]
 
   def step(i, carry):
     cache, tokens, logps, tok = carry
-    e = jnp.repeat(model.prepare_embeddings_for_image_generation(tok[:, None]), 2, axis=0)
-    hidden, cache = lm(e, last_pos + i, full_mask, cache, t + i - 1)
-    tok, logp = next_token(hidden[:, 0], i)
+    e = model.prepare_embeddings_for_image_generation(tok[:, None])
+    hidden, cache = lm(jnp.concatenate([e, e]), start + i - 1, None, cache, i - 1, prefixes=prefixes)
+    logits = model.image_logits(hidden[:, 0])
+    tok, logp = choose(guided_logits(logits[:b * n], logits[b * n:], cfg), keys, i, cfg)
     return cache, tokens.at[:, i].set(tok), logps.at[:, i].set(logp), tok
 
-  cache, tokens, logps, _ = jax.lax.fori_loop(1, num_tokens, step, (cache, tokens, logps, tok))
+  _, tokens, logps, _ = jax.lax.fori_loop(1, num_tokens, step, (cache, tokens, logps, tok))
   images_out = None
   if cfg.decode_images and num_tokens == model.config.num_image_tokens:
     images_out = to_uint8(model.decode_image_tokens(tokens))
-  return tokens, logps, images_out, cache
+  return tokens, logps, images_out
 
 
 class Sampler:
-  """Jitted, sharded sampler; keeps its KV cache buffer and donates it to each call."""
+  """Jitted, sharded sampler. `num_samples` images per prompt, the prompt prefilled once for them."""
 
   def __init__(self, model: Janus, mesh, cfg: SamplingConfig = SamplingConfig()):
     self.mesh, self.cfg, self.config = mesh, cfg, model.config
-    self.compute_dtype = model.language_model.dtype or model.lm_head.kernel[...].dtype
     self.graphdef, state = nnx.split(model)
     self.state_shardings = param_shardings(state, mesh)
     self.state = jax.device_put(state, self.state_shardings)
-    self._cache = None
     self._fns: dict = {}
 
-  def _cache_for(self, rows: int, length: int, dtype):
-    cfg = self.config.text
-    shape = (rows, length, cfg.num_key_value_heads, cfg.dim_per_head)
-    sharding = NamedSharding(self.mesh, fit_spec(shape, (BATCH, None, "tensor", None), self.mesh))
-    if self._cache is None or self._cache[0][0].shape != shape:
-      zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
-      self._cache = [(zeros(), zeros()) for _ in range(cfg.num_hidden_layers)]
-    return self._cache, sharding
-
-  def __call__(self, batch: PromptBatch, key: jax.Array) -> SampleOutput:
+  def inputs(self, batch: PromptBatch, key: jax.Array) -> list[np.ndarray]:
+    """The jitted function's host inputs: ids, mask, uncond rows at their true length, images, keys."""
     n_ph = int((batch.ids == self.config.image_token_id).sum())
     if n_ph != batch.images.shape[0] * self.config.num_image_tokens:
       raise ValueError(f"prompts hold {n_ph} image placeholders but {batch.images.shape[0]} images were given")
-    b, t = batch.ids.shape
-    num_tokens = self.cfg.num_tokens or self.config.num_image_tokens
-    cache, cache_sharding = self._cache_for(2 * b * self.cfg.num_samples, t + num_tokens, self.compute_dtype)
-    keys = np.asarray(jax.random.key_data(jax.random.split(key, b * self.cfg.num_samples)))
-    fn = self._compiled(batch.uncond_has_images, cache_sharding)
-    host = [batch.ids, batch.uncond, batch.mask, batch.images.astype(np.float32), keys]
-    tokens, logps, images, self._cache = fn(self.state, *map(self._replicate, host), cache)
+    uncond, uncond_mask = batch.uncond_rows()
+    keys = np.asarray(jax.random.key_data(jax.random.split(key, batch.ids.shape[0] * self.cfg.num_samples)))
+    return [batch.ids, batch.mask, uncond, uncond_mask, batch.images.astype(np.float32), keys]
+
+  def __call__(self, batch: PromptBatch, key: jax.Array) -> SampleOutput:
+    fn = self.compiled(batch.uncond_has_images)
+    tokens, logps, images = fn(self.state, *map(self._replicate, self.inputs(batch, key)))
     return SampleOutput(tokens=tokens, logprobs=logps, images=images)
 
   def _replicate(self, x: np.ndarray) -> jax.Array:
@@ -153,20 +154,19 @@ class Sampler:
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P()), lambda idx: x[idx])
 
-  def _compiled(self, uncond_images: bool, cache_sharding):
-    if (uncond_images, cache_sharding) in self._fns:
-      return self._fns[uncond_images, cache_sharding]
+  def compiled(self, uncond_images: bool):
+    """The jitted sampler (also lowered ahead of time by pgen_jax.bench.memory)."""
+    if uncond_images in self._fns:
+      return self._fns[uncond_images]
     graphdef, cfg, mesh = self.graphdef, self.cfg, self.mesh
 
-    def run(state, ids, uncond, mask, images, key_data, cache):
+    def run(state, ids, mask, uncond, uncond_mask, images, key_data):
       keys = jax.random.wrap_key_data(key_data)
-      return generate(nnx.merge(graphdef, state), ids, uncond, mask, images, keys, cache, cfg=cfg,
+      return generate(nnx.merge(graphdef, state), ids, mask, uncond, uncond_mask, images, keys, cfg=cfg,
                       uncond_images=uncond_images, mesh=mesh)
 
     replicated = NamedSharding(mesh, P())
-    fn = jax.jit(run, donate_argnums=(6,),
-                 in_shardings=(self.state_shardings, replicated, replicated, replicated, replicated,
-                               replicated, cache_sharding),
-                 out_shardings=(replicated, replicated, replicated, cache_sharding))
-    self._fns[uncond_images, cache_sharding] = fn
+    fn = jax.jit(run, in_shardings=(self.state_shardings,) + (replicated,) * 6,
+                 out_shardings=(replicated, replicated, replicated))
+    self._fns[uncond_images] = fn
     return fn

@@ -1,0 +1,176 @@
+"""The language model's attention kernels, chosen per platform.
+
+Layout is heads-major throughout: q (B, H, T, D), k and v (B, KVH, S, D) with H % KVH == 0 (GQA).
+That is the layout of the KV cache too, so a decode step's dots read the cache as it lies (no
+per-step transpose or copy of the cache).
+
+Which keys a query sees is given by `key_mask` (B, S), False for padding, and `causal_q` (T,): the
+index of each query in key coordinates (query t sees keys s <= causal_q[t]); None for no causal
+limit (a continuation attending its shared prefix). A query that sees no key at all (left padding)
+gets the uniform average over all keys, as the plain softmax over large negative logits gives: its
+output is never read, but it stays finite.
+
+- xla: materialises fp32 (B, H, T, S) logits; right for short queries (decode steps).
+- blockwise: online softmax over key blocks (and query blocks), each block recomputed in the
+  backward pass, so neither pass holds (T, S) logits. Portable: CPU, and the fallback anywhere.
+- cudnn: `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused flash attention (GPU,
+  bf16/fp16).
+- pallas: the Pallas TPU flash-attention kernel, padding as segment ids (TPU, self-attention).
+- auto: cudnn on GPU and pallas on TPU where they apply, xla for short queries, else blockwise.
+
+With `return_lse`, the log-sum-exp of each query's logits (B, H, T) comes back too, so that partial
+attentions over disjoint key sets (a shared prefix and a sample's own tokens) merge exactly
+(`merge`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "blockwise", "cudnn", "pallas")
+NEG = float(jnp.finfo(jnp.float32).min)
+# Below this many logits per (batch, head), 'auto' keeps the plain kernel: blocks would only add loops.
+SMALL = 1 << 16
+
+
+def attend(q, k, v, *, key_mask=None, causal_q=None, impl: str = "auto", block_q: int = 512,
+           block_k: int = 512, return_lse: bool = False):
+  """Softmax attention; returns out (B, H, T, D) in q's dtype, and lse (B, H, T) fp32 if asked."""
+  if impl not in IMPLS:
+    raise ValueError(f"attention implementation {impl!r}: use one of {', '.join(IMPLS)}")
+  if impl == "auto":
+    impl = choose(q, k, causal_q, return_lse)
+  if impl == "xla":
+    return _xla(q, k, v, key_mask, causal_q, return_lse)
+  if impl == "blockwise":
+    return _blockwise(q, k, v, key_mask, causal_q, return_lse, block_q, block_k)
+  if impl == "cudnn":
+    return _cudnn(q, k, v, key_mask, causal_q, return_lse)
+  return _pallas(q, k, v, key_mask, causal_q, return_lse)
+
+
+def choose(q, k, causal_q, return_lse: bool) -> str:
+  t, s = q.shape[2], k.shape[2]
+  if t * s <= SMALL or t == 1:
+    return "xla"
+  platform = jax.devices()[0].platform
+  if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128:
+    return "cudnn"
+  if platform == "tpu" and not return_lse and causal_q is not None and t == s and t % 128 == 0:
+    return "pallas"
+  return "blockwise"
+
+
+def visible(key_mask, causal_q, b: int, t: int, s: int, k_start=0):
+  """Boolean (B or 1, 1, T, S') mask of the keys k_start .. k_start + s - 1."""
+  m = jnp.ones((1, 1, 1, s), bool)
+  if key_mask is not None:
+    m = m & key_mask.astype(bool)[:, None, None, :]
+  if causal_q is not None:
+    m = m & ((k_start + jnp.arange(s))[None, :] <= causal_q[:, None])[None, None]
+  return m
+
+
+def _grouped(q, kvh):
+  b, h, t, d = q.shape
+  return q.reshape(b, kvh, h // kvh, t, d)
+
+
+def _xla(q, k, v, key_mask, causal_q, return_lse):
+  b, h, t, d = q.shape
+  kvh, s = k.shape[1], k.shape[2]
+  logits = jnp.einsum("bkgtd,bksd->bkgts", _grouped(q, kvh), k,
+                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  mask = visible(key_mask, causal_q, b, t, s)[:, :, None]
+  logits = jnp.where(mask, logits, NEG)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  probs = jnp.exp(logits - lse[..., None]).astype(v.dtype)
+  out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(b, h, t, d).astype(q.dtype)
+  return (out, lse.reshape(b, h, t)) if return_lse else out
+
+
+def _blockwise(q, k, v, key_mask, causal_q, return_lse, block_q, block_k):
+  b, h, t, d = q.shape
+  kvh, s = k.shape[1], k.shape[2]
+  bq, bk = min(block_q, t), min(block_k, s)
+  nq, nk = -(-t // bq), -(-s // bk)
+  pad_t, pad_s = nq * bq - t, nk * bk - s
+  qg = jnp.pad(_grouped(q, kvh), ((0, 0),) * 3 + ((0, pad_t), (0, 0)))
+  kp = jnp.pad(k, ((0, 0), (0, 0), (0, pad_s), (0, 0)))
+  vp = jnp.pad(v, ((0, 0), (0, 0), (0, pad_s), (0, 0)))
+  km = jnp.ones((1, s), bool) if key_mask is None else key_mask.astype(bool)
+  km = jnp.pad(km, ((0, 0), (0, pad_s)))
+  real = jnp.arange(nk * bk) < s  # keys past S are padding of the blocks: weight exactly 0
+  cq = None if causal_q is None else jnp.pad(causal_q, (0, pad_t))
+  scale = d ** -0.5
+
+  def one_query_block(i):
+    qi = jax.lax.dynamic_slice_in_dim(qg, i * bq, bq, axis=3)
+    ci = None if cq is None else jax.lax.dynamic_slice_in_dim(cq, i * bq, bq)
+
+    @jax.checkpoint  # the backward pass recomputes each block's logits instead of storing them
+    def key_block(carry, j):
+      m, l, acc = carry
+      kj = jax.lax.dynamic_slice_in_dim(kp, j * bk, bk, axis=2)
+      vj = jax.lax.dynamic_slice_in_dim(vp, j * bk, bk, axis=2)
+      mj = jax.lax.dynamic_slice_in_dim(km, j * bk, bk, axis=1)
+      rj = jax.lax.dynamic_slice_in_dim(real, j * bk, bk)
+      logits = jnp.einsum("bkgtd,bksd->bkgts", qi, kj, preferred_element_type=jnp.float32) * scale
+      mask = visible(mj, ci, b, bq, bk, j * bk)[:, :, None]
+      logits = jnp.where(mask, logits, NEG)
+      m_new = jnp.maximum(m, logits.max(-1))
+      p = jnp.exp(logits - m_new[..., None]) * rj
+      corr = jnp.exp(m - m_new)
+      l = l * corr + p.sum(-1)
+      acc = acc * corr[..., None] + jnp.einsum("bkgts,bksd->bkgtd", p.astype(v.dtype), vj,
+                                               preferred_element_type=jnp.float32)
+      return (m_new, l, acc), None
+
+    shape = qi.shape[:-1]
+    init = (jnp.full(shape, NEG, jnp.float32), jnp.zeros(shape, jnp.float32),
+            jnp.zeros(qi.shape, jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
+    return acc / l[..., None], m + jnp.log(l)
+
+  out, lse = jax.lax.map(one_query_block, jnp.arange(nq))  # (nq, B, K, G, bq, ...)
+  out = jnp.moveaxis(out, 0, 3).reshape(b, kvh, h // kvh, nq * bq, d)[..., :t, :]
+  lse = jnp.moveaxis(lse, 0, 3).reshape(b, kvh, h // kvh, nq * bq)[..., :t]
+  out = out.reshape(b, h, t, d).astype(q.dtype)
+  return (out, lse.reshape(b, h, t)) if return_lse else out
+
+
+def _cudnn(q, k, v, key_mask, causal_q, return_lse):
+  b, h, t, d = q.shape
+  s = k.shape[2]
+  # cuDNN takes (B, T, N, D); the mask covers left padding, which sequence lengths cannot say.
+  mask = visible(key_mask, causal_q, b, t, s)
+  out = jax.nn.dot_product_attention(
+      q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+      mask=jnp.broadcast_to(mask, (mask.shape[0], 1, t, s)), implementation="cudnn",
+      return_residual=return_lse)
+  if return_lse:
+    out, lse = out
+    return out.transpose(0, 2, 1, 3), lse.astype(jnp.float32).reshape(b, h, t)
+  return out.transpose(0, 2, 1, 3)
+
+
+def _pallas(q, k, v, key_mask, causal_q, return_lse):
+  from jax.experimental.pallas.ops.tpu import flash_attention as fa  # TPU-only kernel, imported on use
+  if return_lse or causal_q is None:
+    raise ValueError("the pallas kernel covers causal self-attention without lse; use blockwise")
+  b, h, t, d = q.shape
+  kvh = k.shape[1]
+  k, v = jnp.repeat(k, h // kvh, axis=1), jnp.repeat(v, h // kvh, axis=1)
+  seg = (jnp.ones((b, t), jnp.int32) if key_mask is None else key_mask.astype(jnp.int32))
+  # Left padding: a pad query (segment 0) sees the pad keys before it, so it stays finite.
+  return fa.flash_attention(q, k, v, segment_ids=fa.SegmentIds(q=seg, kv=seg), causal=True,
+                            sm_scale=d ** -0.5)
+
+
+def merge(parts):
+  """Exact softmax attention over the union of disjoint key sets from [(out, lse), ...] parts."""
+  lses = jnp.stack([lse for _, lse in parts])
+  total = jax.nn.logsumexp(lses, axis=0)
+  out = sum(o.astype(jnp.float32) * jnp.exp(lse - total)[..., None] for o, lse in parts)
+  return out.astype(parts[0][0].dtype), total
