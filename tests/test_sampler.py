@@ -1,5 +1,8 @@
 """The KV-cache CFG sampler against transformers and against a reference loop of its modules."""
 
+import dataclasses
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +69,8 @@ def test_greedy_cfg_equals_transformers_generate(models):
 
 
 def reference_loop(hf, batch: PromptBatch, w: float, steps: int):
-  """Greedy CFG with history images, written with transformers' modules and its DynamicCache."""
+  """Greedy CFG with history images, written with transformers' modules and its DynamicCache; the
+  unconditional rows attend the tokens batch.uncond_mask keeps (default: batch.mask)."""
   m = hf.model
   with torch.no_grad():
     def embed(ids, with_images):
@@ -77,7 +81,8 @@ def reference_loop(hf, batch: PromptBatch, w: float, steps: int):
         e = e.masked_scatter(mask, feats.reshape(-1, e.shape[-1]))
       return e
     emb = torch.cat([embed(batch.ids, True), embed(batch.uncond, batch.uncond_has_images)])
-    mask = torch.tensor(np.concatenate([batch.mask, batch.mask]), dtype=torch.long)
+    umask = batch.mask if batch.uncond_mask is None else batch.uncond_mask
+    mask = torch.tensor(np.concatenate([batch.mask, umask]), dtype=torch.long)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = T.DynamicCache(config=hf.config.text_config)
     out = m.language_model(inputs_embeds=emb, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
@@ -176,3 +181,77 @@ def test_decode_steps_feed_one_token_each(models, monkeypatch):
     Sampler(ours, one_device(), SamplingConfig(temperature=0.0, num_tokens=6, decode_images=False))(
         batch, jax.random.key(0))
   assert seen == [9, 1, 1, 1, 1, 1]
+
+
+def test_uncond_rows_at_their_true_length_equal_the_reference_loop(models):
+  """uncond_pads=drop: the unconditional row holds only its real tokens; the reference attends the
+  same tokens through a full-width mask, our sampler prefills the compacted row."""
+  hf, ours = models
+  batch = history_batch(np.random.default_rng(6), uncond="keep_images")
+  batch.uncond_mask = (batch.mask.astype(bool) & (batch.uncond == batch.ids)).astype(np.int32)
+  assert batch.uncond_rows()[0].shape[1] < batch.ids.shape[1]  # text blanked, images kept: shorter
+  ref = reference_loop(hf, batch, 5.0, 16)
+  out = Sampler(ours, one_device(), SamplingConfig(temperature=0.0))(batch, jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+
+
+def test_shared_prefix_samples_equal_separately_prefilled_ones(models):
+  """G samples attending one prefill of their prompt draw the same tokens, with the same log-probs,
+  as G copies of the prompt each prefilled on its own (the same per-sample keys)."""
+  _, ours = models
+  batch = history_batch(np.random.default_rng(7), uncond="official")
+  n = 3
+  cfg = SamplingConfig(temperature=1.0, num_samples=n, decode_images=False)
+  shared = Sampler(ours, one_device(), cfg)(batch, jax.random.key(5))
+  per_image = np.repeat(np.arange(len(batch.ids)), [2, 1])  # images of prompt 0, then of prompt 1
+  copies = PromptBatch(ids=np.repeat(batch.ids, n, 0), mask=np.repeat(batch.mask, n, 0),
+                       uncond=np.repeat(batch.uncond, n, 0),
+                       images=np.concatenate([batch.images[per_image == i] for i in range(2) for _ in range(n)]),
+                       uncond_has_images=False)
+  single = Sampler(ours, one_device(), dataclasses.replace(cfg, num_samples=1))(copies, jax.random.key(5))
+  np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(single.tokens))
+  np.testing.assert_allclose(np.asarray(shared.logprobs), np.asarray(single.logprobs), rtol=1e-5, atol=1e-5)
+  assert len(np.unique(np.asarray(shared.tokens)[:n], axis=0)) == n  # the samples do differ
+
+
+def hlo_computations(hlo: str) -> dict[str, list[str]]:
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{$", line)
+    if head:
+      name, comps[head.group(1)] = head.group(1), []
+    elif line.startswith("}"):
+      name = None
+    elif name:
+      comps[name].append(line)
+  return comps
+
+
+def loop_instructions(hlo: str) -> list[str]:
+  """Every instruction of the while bodies and of the computations they call (fusions included)."""
+  comps = hlo_computations(hlo)
+  todo, seen = re.findall(r"body=%?([\w.\-]+)", hlo), set()
+  while todo:
+    name = todo.pop()
+    if name not in seen and name in comps:
+      seen.add(name)
+      todo += [c for line in comps[name] for c in re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", line)]
+  return [line for name in seen for line in comps[name]]
+
+
+def test_decode_loop_never_copies_the_kv_cache(models):
+  """The compiled decode loop reads and writes the cache in place: no transpose or copy of a
+  cache-sized array inside the while body or anything it calls."""
+  _, ours = models
+  batch = history_batch(np.random.default_rng(8))
+  sampler = Sampler(ours, one_device(), SamplingConfig(temperature=1.0, num_samples=2, decode_images=False))
+  args = [sampler.state, *map(sampler._replicate, sampler.inputs(batch, jax.random.key(0)))]
+  hlo = sampler.compiled(False).lower(*args).compile().as_text()
+  size = int(np.prod(ours.language_model.cache_shape(2 * 2 * 2, 15)))  # 2 prompts x 2 samples x cond/uncond
+  ops = []
+  for line in loop_instructions(hlo):
+    m = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = \w+\[([\d,]+)\]\S* ([\w\-]+)\(", line)
+    if m and int(np.prod([int(d) for d in m.group(1).split(",")])) == size:
+      ops.append(m.group(2))
+  assert "dynamic-update-slice" in ops  # the loop does carry and write the cache
+  assert not {"transpose", "copy"} & set(ops), ops
