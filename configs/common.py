@@ -15,6 +15,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"           # compute
   c.model.param_dtype = "float32"      # master weights
   c.model.tokenizer = ""               # "": the checkpoint's own; "bytes": byte-level, for tiny models
+  c.model.attention = "auto"           # auto | xla | blockwise | cudnn | pallas (pgen_jax.models.attention)
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: all remaining devices
 
@@ -40,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.prompt.item = "{image}{text}\n"    # one history item
   c.prompt.max_text_tokens = 32        # item texts are cut to this many tokens
   c.prompt.uncond = "official"         # CFG's unconditional row: official | keep_images
+  c.prompt.uncond_pads = "drop"        # the row's blanked tokens: drop (its real tokens only) | attend (as HF)
 
   c.sft = ml_collections.ConfigDict()
   c.sft.batch_size = 64                # global, per optimizer step
@@ -53,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.weight_decay = 0.0
   c.sft.clip = 1.0
   c.sft.trainable = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
-  c.sft.remat = False
+  c.sft.remat = "none"                 # decoder layers: none | full | dots_saveable | dots_with_no_batch_dims_saveable
   c.sft.uncond_prob = 0.1              # prompts blanked to the CFG row, so guidance has a model
   c.sft.log_every = 50
   c.sft.eval_every = 500
@@ -81,6 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.cfg_weight = 5.0
   c.grpo.temperature = 1.0
   c.grpo.inner_updates = 1             # optimizer updates per rollout, with stored old log-probs
+  c.grpo.micro_batch = 0               # prompts per gradient-accumulation slice (with their G samples); 0: all
+  c.grpo.remat = "none"                # as sft.remat, for the GRPO update
   c.grpo.sample_ahead = True           # sample batch t+1 (pre-update params) while the scorer scores batch t
   c.grpo.reward = "models"             # models | genre (synthetic world) | fixed (a hackable test reward)
   c.grpo.reward_weights = ml_collections.ConfigDict(

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import ml_collections
 
+from pgen_jax.models.attention import IMPLS
 from pgen_jax.models.config import PRESETS, ConfigError
+from pgen_jax.models.llama import REMAT, remat_policy
 
 STAGES = ("prepare", "sft", "grpo", "eval", "export")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -71,6 +73,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                       f"image size {PRESETS[preset]().vision.image_size}")
   if _get(cfg, "prompt.uncond") not in ("official", "keep_images"):
     raise ConfigError(f"prompt.uncond: {_get(cfg, 'prompt.uncond')!r}; use 'official' or 'keep_images'")
+  if _get(cfg, "prompt.uncond_pads") not in ("drop", "attend"):
+    raise ConfigError(f"prompt.uncond_pads: {_get(cfg, 'prompt.uncond_pads')!r}; use 'drop' or 'attend'")
+  if _get(cfg, "model.attention") not in IMPLS:
+    raise ConfigError(f"model.attention: {_get(cfg, 'model.attention')!r}; use one of {', '.join(IMPLS)}")
+  for key in ("sft.remat", "grpo.remat"):
+    if remat_policy(_get(cfg, key)) not in REMAT:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r}; use one of {', '.join(REMAT)}")
   if "{history}" not in _get(cfg, "prompt.template"):
     raise ConfigError("prompt.template: must contain {history}")
   if "sft" in stages:
@@ -115,6 +124,10 @@ def _check_grpo(cfg) -> None:
               "grpo.grid_every", "grpo.defence_window", "grpo.defence_patience"):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
       raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a positive integer")
+  micro, prompts = _get(cfg, "grpo.micro_batch"), _get(cfg, "grpo.prompts_per_step")
+  if not isinstance(micro, int) or micro < 0 or (micro and prompts % micro):
+    raise ConfigError(f"grpo.micro_batch: {micro!r} must be 0 (all prompts at once) or divide "
+                      f"grpo.prompts_per_step ({prompts})")
   if not isinstance(_get(cfg, "grpo.group_size"), int) or _get(cfg, "grpo.group_size") < 2:
     raise ConfigError(f"grpo.group_size: {_get(cfg, 'grpo.group_size')!r}; group advantages need at least 2 samples")
   for key, choices in (("grpo.reward", ("models", "genre", "fixed")), ("grpo.aggregation", ("token", "sequence")),

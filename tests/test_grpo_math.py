@@ -110,3 +110,87 @@ def test_update_moves_log_probs_with_the_advantages(mode):
                                   **({"uncond": batch["uncond"], "cfg_weight": 2.0} if mode == "cfg" else {}))
   delta = np.asarray(new - old).sum(1)
   assert delta[0] > 0 > delta[1]  # the sample with the positive advantage became more likely
+
+
+def unshared_logprobs(model, ids, mask, images, tokens, uncond=None, cfg_weight=0.0, temperature=1.0):
+  """The definition, one row per sample: its prompt (repeated) and its tokens in one plain forward."""
+  def logits_of(prompt_ids, imgs):
+    prompt = model.embed_inputs(prompt_ids, imgs)
+    fed = model.prepare_embeddings_for_image_generation(tokens[:, :-1])
+    full = jnp.concatenate([mask, jnp.ones_like(tokens[:, :-1])], 1)
+    hidden, _ = model.language_model(jnp.concatenate([prompt, fed], 1), jnp.cumsum(full, 1) - 1, full)
+    return model.image_logits(hidden[:, prompt_ids.shape[1] - 1:])
+
+  logits = logits_of(ids, images)
+  if uncond is not None:
+    u = logits_of(uncond, None)
+    logits = u + cfg_weight * (logits - u)
+  return jnp.take_along_axis(jax.nn.log_softmax(logits / temperature, -1), tokens[..., None], -1)[..., 0]
+
+
+@pytest.mark.parametrize("mode", ["cond", "cfg"])
+def test_shared_prefix_loss_and_gradients_equal_the_unshared_computation(mode):
+  """One prefix pass per prompt with its G continuations gives the loss and gradients of G separate
+  full-length rows; gradients reach the prefix (the LM's weights, SigLIP frozen) from all G."""
+  from pgen_jax.train import update
+  model = Janus(tiny(), nnx.Rngs(6))
+  model.language_model.attention_impl = "blockwise"  # the kernel long prompts use; small blocks below
+  rng = np.random.default_rng(3)
+  ids, mask, uncond, images = batch_with_history(model, rng)
+  g = 3
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  ref_params = jax.tree.map(lambda p: p + 0.01 * jnp.sin(p * 7.0), params)  # a reference that differs
+  tokens = jnp.asarray(rng.integers(0, 64, (2 * g, 16)), jnp.int32)
+  uint8 = ((images + 1) * 127.5).round().astype(np.uint8)
+  cfg = grpo.GRPOConfig(logprobs=mode, cfg_weight=2.0, beta=0.05, temperature=1.3)
+  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+           "images": jnp.asarray(uint8), "tokens": tokens,
+           "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (2 * g, 16)), jnp.float32),
+           "advantages": jnp.asarray(rng.normal(size=2 * g), jnp.float32)}
+  (loss, metrics), grads = jax.value_and_grad(grpo.grpo_loss, argnums=1, has_aux=True)(
+      graphdef, params, frozen, ref_params, batch, cfg)
+
+  rows = lambda x: jnp.repeat(jnp.asarray(x), g, axis=0)
+  unit = rows(jnp.asarray(uint8, jnp.float32) / 127.5 - 1.0)
+  kw = dict(uncond=rows(uncond), cfg_weight=2.0) if mode == "cfg" else {}
+
+  def reference_loss(p):
+    logp = unshared_logprobs(nnx.merge(graphdef, p, frozen), rows(ids), rows(mask), unit, tokens,
+                             temperature=1.3, **kw)
+    ref = jax.lax.stop_gradient(unshared_logprobs(nnx.merge(graphdef, ref_params, frozen), rows(ids), rows(mask),
+                                                  unit, tokens, temperature=1.3, **kw))
+    per_token, _ = grpo.clipped_surrogate(logp, batch["old_logp"], batch["advantages"])
+    return grpo.aggregate(per_token) + 0.05 * grpo.aggregate(grpo.kl_k3(logp, ref))
+
+  want_loss, want = jax.value_and_grad(reference_loss)(params)
+  np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * np.abs(b).max(),
+                               err_msg=jax.tree_util.keystr(path))
+  assert float(jnp.abs(grads["language_model"]["layers"][0]["self_attn"]["k_proj"]["kernel"]).max()) > 0
+
+
+def test_micro_batched_update_equals_the_whole_batch():
+  import optax
+  from pgen_jax.train import update
+  model = Janus(tiny(), nnx.Rngs(7))
+  rng = np.random.default_rng(4)
+  ids, mask, uncond, images = batch_with_history(model, rng, prompts=4)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  g = 2
+  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+           "images": jnp.asarray(((images + 1) * 127.5).round().astype(np.uint8)),
+           "tokens": jnp.asarray(rng.integers(0, 64, (4 * g, 16)), jnp.int32),
+           "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (4 * g, 16)), jnp.float32),
+           "advantages": jnp.asarray(rng.normal(size=4 * g), jnp.float32)}
+  tx = optax.sgd(0.1)
+  cfg = grpo.GRPOConfig(beta=0.05)
+  ref_params = jax.tree.map(lambda p: p * 0.99, params)
+  run = lambda m: jax.jit(lambda s, b: grpo.update_step(graphdef, tx, cfg, s, frozen, ref_params, b,
+                                                        micro_batches=m))(update.init_state(params, tx), batch)
+  whole, m1 = run(1)
+  micro, m2 = run(2)
+  np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(micro["params"]), jax.tree.leaves(whole["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -32,6 +32,11 @@ REMAT = {
 }
 
 
+def remat_policy(value) -> str:
+  """A config's remat value (a REMAT key, or a bool as older configs have it) -> a REMAT key."""
+  return {True: "full", False: "none"}.get(value, value) if isinstance(value, bool) else str(value)
+
+
 @dataclasses.dataclass
 class Prefix:
   """A shared prompt prefix: per layer (k, v) of shape (B, KVH, P, D), and its key mask (B, P)."""
@@ -145,9 +150,9 @@ class LlamaModel(nnx.Module):
   def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
     self.cfg = cfg
     self.dtype = dtype
-    # Set by the training stages: the decoder-layer remat policy (a key of REMAT; True = "full") and
+    # Set by the training stages: the decoder-layer remat policy (a key of REMAT) and
     # the attention kernel (pgen_jax.models.attention.IMPLS).
-    self.remat: str | bool = "none"
+    self.remat = "none"
     self.attention_impl = "auto"
     self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                   embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
@@ -165,7 +170,7 @@ class LlamaModel(nnx.Module):
   def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None):
     cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
     x = x if self.dtype is None else x.astype(self.dtype)
-    policy = REMAT["full" if self.remat is True else (self.remat or "none")]
+    policy = REMAT[remat_policy(self.remat)]
     call = DecoderLayer.__call__ if policy is None else nnx.remat(DecoderLayer.__call__, policy=policy)
     kvs = []
     for i, layer in enumerate(self.layers):

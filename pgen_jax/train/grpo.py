@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgen_jax.models.janus import Janus
+from pgen_jax.models.llama import Prefix
+from pgen_jax.train.sft import to_unit
 from pgen_jax.train.update import guarded_update
 
 
@@ -55,24 +57,36 @@ def aggregate(per_token, mask=None, *, mode: str = "token"):
   raise ValueError(f"aggregation {mode!r}: use 'token' or 'sequence'")
 
 
-def image_token_logprobs(model: Janus, ids, mask, images, tokens, *, uncond=None, cfg_weight: float = 0.0,
-                         temperature: float = 1.0, uncond_images: bool = False):
-  """Log-probs (N, T) of image tokens (N, T) given prompts, by teacher forcing.
+def image_token_logprobs(model: Janus, ids, mask, images, tokens, *, uncond=None, uncond_mask=None,
+                         cfg_weight: float = 0.0, temperature: float = 1.0, uncond_images: bool = False):
+  """Log-probs (B * G, T) of sampled image tokens (B * G, T) given their B prompts, by teacher forcing.
 
-  With `uncond` rows and cfg_weight > 0: of the CFG-combined distribution softmax((u + w (c - u)) / T),
-  the one the sampler draws from (AR-GRPO). Without: of the conditional branch (T2I-R1).
+  Shared like the sampler: each prompt (ids/mask (B, P); images (B * k, H, W, 3) in [-1, 1], each
+  through SigLIP once) is one prefix pass; its G samples (rows b*G .. b*G+G-1 of `tokens`) continue
+  it, attending to its keys and values, so gradients reach the prefix from all G. The prefix's last
+  position predicts token 0 for all G.
+
+  With `uncond` rows (B, U) and cfg_weight > 0: of the CFG-combined distribution
+  softmax((u + w (c - u)) / T), the one the sampler draws from (AR-GRPO). Without: of the
+  conditional branch (T2I-R1).
   """
-  def logits_of(prompt_ids, imgs):
-    prompt = model.embed_inputs(prompt_ids, imgs)
-    fed = model.prepare_embeddings_for_image_generation(tokens[:, :-1]).astype(prompt.dtype)
-    full = jnp.concatenate([mask, jnp.ones_like(tokens[:, :-1])], 1)
-    positions = jnp.maximum(jnp.cumsum(full, 1) - 1, 0)
-    hidden, _ = model.language_model(jnp.concatenate([prompt, fed], 1), positions, full)
-    return model.image_logits(hidden[:, prompt_ids.shape[1] - 1:])
+  lm = model.language_model
+  g = tokens.shape[0] // ids.shape[0]
+  feats = model.get_image_features(images) if images.shape[0] else None
+  fed = model.prepare_embeddings_for_image_generation(tokens[:, :-1])
 
-  logits = logits_of(ids, images)
+  def logits_of(prompt_ids, pmask, use_images):
+    emb = model.embed_inputs(prompt_ids, image_features=feats if use_images else None)
+    hidden, kv = lm(emb, jnp.maximum(jnp.cumsum(pmask, 1) - 1, 0), pmask, return_kv=True)
+    first = model.image_logits(hidden[:, -1])  # (B, V): token 0 of every sample of the prompt
+    start = jnp.repeat(pmask.sum(1), g)[:, None]
+    cont, _ = lm(fed.astype(emb.dtype), start + jnp.arange(tokens.shape[1] - 1), None,
+                 prefixes=[Prefix(kv, pmask)])
+    return jnp.concatenate([jnp.repeat(first, g, axis=0)[:, None], model.image_logits(cont)], axis=1)
+
+  logits = logits_of(ids, mask, True)
   if uncond is not None and cfg_weight:
-    u = logits_of(uncond, images if uncond_images else None)
+    u = logits_of(uncond, mask if uncond_mask is None else uncond_mask, uncond_images)
     logits = u + cfg_weight * (logits - u)
   logits = logits / temperature
   return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[..., None], -1)[..., 0]
@@ -93,16 +107,18 @@ class GRPOConfig:
 def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig):
   """Clipped surrogate + beta KL for a batch of sampled images.
 
-  batch: ids, mask, uncond (N, P); images (N, k, H, W, 3) uint8; tokens, old_logp (N, T); advantages (N,).
+  batch, per prompt: ids, mask (B, P); uncond, uncond_mask (B, U); images (B, k, H, W, 3) uint8.
+  Per sample (a prompt's G adjacent): tokens, old_logp (B * G, T); advantages (B * G,).
   """
-  images = batch["images"].astype(jnp.float32) / 127.5 - 1.0
+  images = to_unit(batch["images"].reshape(-1, *batch["images"].shape[2:]))
   kw = dict(temperature=cfg.temperature)
   if cfg.logprobs == "cfg":
-    kw.update(uncond=batch["uncond"], cfg_weight=cfg.cfg_weight, uncond_images=cfg.uncond_images)
+    kw.update(uncond=batch["uncond"], uncond_mask=batch.get("uncond_mask"), cfg_weight=cfg.cfg_weight,
+              uncond_images=cfg.uncond_images)
 
   def logprobs(p):
-    return image_token_logprobs(nnx.merge(graphdef, p, frozen), batch["ids"], batch["mask"], images, batch["tokens"],
-                                **kw)
+    return image_token_logprobs(nnx.merge(graphdef, p, frozen), batch["ids"], batch["mask"], images,
+                                batch["tokens"], **kw)
 
   logp = logprobs(params)
   per_token, clipped = clipped_surrogate(logp, batch["old_logp"], batch["advantages"], eps_low=cfg.eps_low,
@@ -118,10 +134,28 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
   return loss, metrics
 
 
-def update_step(graphdef, tx, cfg: GRPOConfig, state: dict, frozen, ref_params, batch: dict):
-  """One guarded optimizer update; call it again on the same batch for further inner updates (the
-  stored old log-probs make later ones off-policy corrected)."""
-  (loss, metrics), grads = jax.value_and_grad(grpo_loss, argnums=1, has_aux=True)(
-      graphdef, state["params"], frozen, ref_params, batch, cfg)
+def split_prompts(batch: dict, parts: int) -> dict:
+  """(B, ...) per-prompt and (B * G, ...) per-sample arrays -> (parts, ...) micro-batches of whole
+  groups (a prompt's samples stay with it, so its prefix is still shared)."""
+  return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), batch)
+
+
+def update_step(graphdef, tx, cfg: GRPOConfig, state: dict, frozen, ref_params, batch: dict, *,
+                micro_batches: int = 1):
+  """One guarded optimizer update, gradients accumulated over `micro_batches` slices of the prompts;
+  call it again on the same batch for further inner updates (the stored old log-probs make later
+  ones off-policy corrected). Token and sequence means over equal micro-batches average exactly."""
+  def grads_of(b):
+    return jax.value_and_grad(grpo_loss, argnums=1, has_aux=True)(graphdef, state["params"], frozen, ref_params,
+                                                                  b, cfg)
+
+  if micro_batches == 1:
+    (loss, metrics), grads = grads_of(batch)
+  else:
+    micro = split_prompts(batch, micro_batches)
+    accumulate = lambda carry, b: (jax.tree.map(jnp.add, carry, grads_of(b)), None)
+    shapes = jax.eval_shape(grads_of, jax.tree.map(lambda x: x[0], micro))
+    total, _ = jax.lax.scan(accumulate, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), micro)
+    (loss, metrics), grads = jax.tree.map(lambda x: x / micro_batches, total)
   state, guard = guarded_update(tx, state, loss, grads)
   return state, {**guard, **metrics}

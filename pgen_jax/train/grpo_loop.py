@@ -41,7 +41,9 @@ from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import save_janus
 from pgen_jax.models.janus import to_uint8
 from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.models.llama import remat_policy
 from pgen_jax.train import grpo, update
+from pgen_jax.train.sft import to_unit
 from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.train.hacking import DefenceConfig, HackingMonitor, diversity_penalty
 from pgen_jax.train.setup import (Prompter, mesh_from_config, model_from_config, prompt_batch, to_device,
@@ -157,6 +159,7 @@ def run_grpo(cfg) -> dict:
   g = cfg.grpo
   mesh = mesh_from_config(cfg)
   model = model_from_config(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)))
+  model.language_model.remat = remat_policy(g.remat)
   prompter = Prompter(cfg, model.config)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
   ref_params = jax.tree.map(jnp.copy, params) if g.beta else None
@@ -166,10 +169,12 @@ def run_grpo(cfg) -> dict:
                              logprobs=g.logprobs, cfg_weight=g.cfg_weight, temperature=g.temperature,
                              uncond_images=cfg.prompt.uncond == "keep_images")
   replicated = NamedSharding(mesh, P())
-  update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg), donate_argnums=(0,),
+  micro_batches = g.prompts_per_step // g.micro_batch if g.micro_batch else 1
+  update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro_batches),
+                      donate_argnums=(0,),
                       out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated))
   old_logp_fn = jax.jit(lambda p, b: grpo.image_token_logprobs(
-      nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], b["images"].astype(jnp.float32) / 127.5 - 1.0,
+      nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], to_unit(b["images"].reshape(-1, *b["images"].shape[2:])),
       b["tokens"], temperature=g.temperature))
   decode_fn = jax.jit(lambda p, t: to_uint8(nnx.merge(graphdef, p, frozen).decode_image_tokens(t)))
   sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=g.cfg_weight, temperature=g.temperature,
@@ -203,13 +208,16 @@ def run_grpo(cfg) -> dict:
     x = prompter(raw)
     sampler.state = jax.device_put(nnx.state(nnx.merge(graphdef, state["params"], frozen)), sampler.state_shardings)
     t = time.perf_counter()
-    roll = sampler(prompt_batch(x, cfg.prompt.uncond), jax.random.fold_in(jax.random.key(cfg.seed + 1), at))
+    pb = prompt_batch(x, cfg.prompt.uncond)
+    roll = sampler(pb, jax.random.fold_in(jax.random.key(cfg.seed + 1), at))
     tokens = np.asarray(roll.tokens)
     seconds = time.perf_counter() - t
     job = rewards.submit(tokens, None if roll.images is None else np.asarray(roll.images), rows(raw["user"]), raw,
                          g.group_size)
-    dev = to_device({"ids": rows(x["ids"]), "mask": rows(x["mask"]), "uncond": rows(x["uncond"]),
-                     "images": rows(x["history"]), "tokens": tokens}, mesh)
+    # Per prompt (its G samples share it in the update) and per sample.
+    uncond, uncond_mask = pb.uncond_rows()  # at their true length, as the sampler prefilled them
+    dev = to_device({"ids": x["ids"], "mask": x["mask"], "uncond": uncond, "uncond_mask": uncond_mask,
+                     "images": x["history"], "tokens": tokens}, mesh)
     # Old log-probs under the sampling parameters, computed now: the update may come a step later.
     # Waited for, as the update donates these parameters.
     dev["old_logp"] = jax.block_until_ready(roll.logprobs if g.logprobs == "cfg" else old_logp_fn(state["params"], dev))

@@ -21,6 +21,7 @@ from pgen_jax.data.pipeline import loader_from_config, source_from_config
 from pgen_jax.eval.grids import save_grid
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
+from pgen_jax.models.llama import remat_policy
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import sft, update
 from pgen_jax.train.checkpoints import Checkpoints
@@ -48,7 +49,7 @@ def run_sft(cfg) -> dict:
     raise ValueError(f"sft.batch_size: {c.batch_size} / grad_accum {c.grad_accum} must split evenly over the "
                      f"{shards} data-parallel devices and {jax.process_count()} hosts")
   model = model_from_config(cfg, mesh)
-  model.language_model.remat = bool(c.remat)
+  model.language_model.remat = remat_policy(c.remat)
   prompter = Prompter(cfg, model.config)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(c.trainable)), ...)
   train_loader = loader_from_config(cfg, "train", batch_size=c.batch_size // jax.process_count(), seed=cfg.seed,

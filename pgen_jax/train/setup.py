@@ -26,10 +26,14 @@ def model_from_config(cfg, mesh, checkpoint: str | Path | None = None) -> Janus:
   dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
   path = checkpoint or cfg.model.checkpoint
   if path:
-    return load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
-  logging.warning("model.checkpoint is empty: using a randomly initialised %s (seed %d)", cfg.model.preset, cfg.seed)
-  return place_on_mesh(Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype, param_dtype=param_dtype),
-                       mesh)
+    model = load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+  else:
+    logging.warning("model.checkpoint is empty: using a randomly initialised %s (seed %d)", cfg.model.preset,
+                    cfg.seed)
+    model = place_on_mesh(Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype,
+                                param_dtype=param_dtype), mesh)
+  model.language_model.attention_impl = cfg.model.attention
+  return model
 
 
 def trained_checkpoint(cfg, stages=("grpo", "sft")) -> Path | None:
@@ -54,6 +58,7 @@ class Prompter:
     self.n_img = model_config.num_image_tokens
     self.max_text = cfg.prompt.max_text_tokens
     self.uncond = cfg.prompt.uncond
+    self.uncond_pads = cfg.prompt.uncond_pads
     self.length = max_prompt_len(self.tok, cfg.data.history_len, self.n_img, self.template, self.max_text)
     if self.length + self.n_img > model_config.text.max_position_embeddings:
       raise ValueError(f"prompt.max_text_tokens / data.history_len: prompts of up to {self.length} tokens plus "
@@ -66,14 +71,17 @@ class Prompter:
 
   def __call__(self, batch) -> dict[str, np.ndarray]:
     pb = build_batch(self.histories(batch), self.tok, self.special, self.n_img, template=self.template,
-                     uncond=self.uncond, pad_to=self.length, max_text_tokens=self.max_text)
-    return {"ids": pb.ids, "uncond": pb.uncond, "mask": pb.mask, "history": np.asarray(batch["history"]),
+                     uncond=self.uncond, uncond_pads=self.uncond_pads, pad_to=self.length,
+                     max_text_tokens=self.max_text)
+    uncond_mask = pb.mask if pb.uncond_mask is None else pb.uncond_mask
+    return {"ids": pb.ids, "uncond": pb.uncond, "mask": pb.mask, "uncond_mask": uncond_mask,
+            "history": np.asarray(batch["history"]),
             "target": np.asarray(batch["target"])}
 
 
 def prompt_batch(x: dict[str, np.ndarray], uncond: str) -> PromptBatch:
   """The sampler's input from a Prompter output; history images scaled to [-1, 1]."""
-  return PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"],
+  return PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"], uncond_mask=x.get("uncond_mask"),
                      images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
                      uncond_has_images=uncond == "keep_images")
 

@@ -43,11 +43,12 @@ class StepConfig:
 def batch_loss(graphdef, params, frozen, batch, key, cfg: StepConfig):
   model = nnx.merge(graphdef, params, frozen)
   targets = jax.lax.stop_gradient(model.get_image_tokens(to_unit(batch["target"])))
-  ids = batch["ids"]
-  if cfg.uncond_prob > 0:
+  ids, mask = batch["ids"], batch["mask"]
+  if cfg.uncond_prob > 0:  # the CFG row exactly as the sampler attends it
     drop = jax.random.bernoulli(key, cfg.uncond_prob, (ids.shape[0], 1))
     ids = jnp.where(drop, batch["uncond"], ids)
-  return image_loss(model, ids, batch["mask"], to_unit(batch["history"]), targets)
+    mask = jnp.where(drop, batch.get("uncond_mask", mask), mask)
+  return image_loss(model, ids, mask, to_unit(batch["history"]), targets)
 
 
 def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
