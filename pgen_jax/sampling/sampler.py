@@ -155,18 +155,20 @@ class Sampler:
     return jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P()), lambda idx: x[idx])
 
   def compiled(self, uncond_images: bool):
-    """The jitted sampler (also lowered ahead of time by pgen_jax.bench.memory)."""
-    if uncond_images in self._fns:
-      return self._fns[uncond_images]
-    graphdef, cfg, mesh = self.graphdef, self.cfg, self.mesh
+    """The jitted sampler for this model, mesh and config."""
+    if uncond_images not in self._fns:
+      self._fns[uncond_images] = jit_generate(self.graphdef, self.state_shardings, self.mesh, self.cfg, uncond_images)
+    return self._fns[uncond_images]
 
-    def run(state, ids, mask, uncond, uncond_mask, images, key_data):
-      keys = jax.random.wrap_key_data(key_data)
-      return generate(nnx.merge(graphdef, state), ids, mask, uncond, uncond_mask, images, keys, cfg=cfg,
-                      uncond_images=uncond_images, mesh=mesh)
 
-    replicated = NamedSharding(mesh, P())
-    fn = jax.jit(run, in_shardings=(self.state_shardings,) + (replicated,) * 6,
+def jit_generate(graphdef, state_shardings, mesh, cfg: SamplingConfig, uncond_images: bool):
+  """`generate` jitted over the mesh: (state, ids, mask, uncond, uncond_mask, images, key_data) ->
+  (tokens, logprobs, images). Also lowered ahead of time, on abstract inputs, by pgen_jax.bench.memory."""
+  def run(state, ids, mask, uncond, uncond_mask, images, key_data):
+    keys = jax.random.wrap_key_data(key_data)
+    return generate(nnx.merge(graphdef, state), ids, mask, uncond, uncond_mask, images, keys, cfg=cfg,
+                    uncond_images=uncond_images, mesh=mesh)
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(run, in_shardings=(state_shardings,) + (replicated,) * 6,
                  out_shardings=(replicated, replicated, replicated))
-    self._fns[uncond_images] = fn
-    return fn

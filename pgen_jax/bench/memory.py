@@ -1,0 +1,296 @@
+"""Memory and cost of every jitted hot path at the real shape, without allocating anything.
+
+  python -m pgen_jax.bench.memory --config=configs/movielens.py --stage=rollout
+  python -m pgen_jax.bench.memory --config=configs/movielens.py --stage=grpo --preset=janus-pro-7b --devices=8
+
+Each stage's jitted functions are lowered for the configured mesh with abstract inputs (shapes,
+dtypes and shardings; no checkpoint is read) and compiled ahead of time; XLA's memory and cost
+analyses give, per device, the bytes of arguments, outputs and temporaries and the FLOPs and bytes
+accessed. `--devices=N` models a mesh of N devices with fake CPU devices. One JSON line per
+function:
+  {"stage", "function", "preset", "devices", "argument_gb", "output_gb", "temp_gb", "alias_gb",
+   "peak_gb", "flops", "bytes_accessed", "compile_s"}   peak_gb = argument + output + temp - alias
+then {"stage", "peak_gb"}: the stage's largest peak. The rollout also reports `decode_step`: one
+decode step on its own, with `floor_gb`, the bytes it cannot avoid reading (weights, shared prefix
+KV and the samples' own KV).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _fake_devices(argv: list[str]) -> None:
+  # XLA reads the device count when JAX starts: set it before anything imports jax.
+  for i, arg in enumerate(argv):
+    if arg.startswith("--devices"):
+      n = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+      os.environ["JAX_PLATFORMS"] = "cpu"
+      flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count", "--_unused")
+      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
+
+
+if __name__ == "__main__":
+  _fake_devices(sys.argv)
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from pgen_jax.models import Janus, make_mesh, preset  # noqa: E402
+from pgen_jax.models.llama import Prefix, remat_policy  # noqa: E402
+from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings  # noqa: E402
+from pgen_jax.sampling.prompts import PromptTemplate  # noqa: E402
+from pgen_jax.sampling.sampler import SamplingConfig, jit_generate  # noqa: E402
+from pgen_jax.train import grpo, sft, update  # noqa: E402
+
+STAGES = ("rollout", "sft", "grpo", "eval")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/movielens.py", "experiment config")
+_STAGE = flags.DEFINE_enum("stage", "rollout", STAGES, "which stage's jitted functions")
+_PRESET = flags.DEFINE_string("preset", "", "model preset (default: the config's model.preset)")
+_DEVICES = flags.DEFINE_integer("devices", 0, "model a mesh of this many fake CPU devices (0: the real ones)")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 0, "prompt tokens (0: estimated from the template)")
+
+GB = 1e9
+
+
+def prompt_len(cfg, num_image_tokens: int) -> int:
+  """The configured prompt length: the template's text at ~4 characters a token (no tokenizer is
+  loaded), history_len items of image block + max_text_tokens, BOS and <begin_of_image>."""
+  if _PROMPT_LEN.value:
+    return _PROMPT_LEN.value
+  t = PromptTemplate(prompt=cfg.prompt.template, item=cfg.prompt.item)
+  literal = lambda s: -(-len(s) // 4)
+  item = literal(t.item.replace("{image}", "").replace("{text}", "")) + num_image_tokens + 2 + cfg.prompt.max_text_tokens
+  return 2 + literal(t.prompt.replace("{history}", "")) + cfg.data.history_len * item
+
+
+def spec(shape, dtype, mesh, axes=()) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, fit_spec(shape, axes, mesh)))
+
+
+def abstract_model(cfg, mesh):
+  """(graphdef, abstract sharded state, model config) of the configured architecture."""
+  config = preset(_PRESET.value or cfg.model.preset)
+  model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype),
+                                       param_dtype=jnp.dtype(cfg.model.param_dtype)))
+  model.language_model.attention_impl = cfg.model.attention
+  graphdef, state = nnx.split(model)
+  shardings = param_shardings(state, mesh)
+  return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                                shardings), config
+
+
+def measure(stage: str, name: str, fn, *args) -> dict:
+  t = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  seconds = time.perf_counter() - t
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  arg, out, temp, alias = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes,
+                           mem.alias_size_in_bytes)
+  return {"stage": stage, "function": name, "preset": _PRESET.value or "", "devices": jax.device_count(),
+          "argument_gb": arg / GB, "output_gb": out / GB, "temp_gb": temp / GB, "alias_gb": alias / GB,
+          "peak_gb": (arg + out + temp - alias) / GB, "flops": float(cost.get("flops", 0.0)),
+          "bytes_accessed": float(cost.get("bytes accessed", 0.0)), "compile_s": round(seconds, 1)}
+
+
+def sampler_inputs(cfg, mesh, config, prompts: int, samples: int, length: int):
+  n_img = cfg.data.history_len
+  size = config.vision.image_size
+  uncond_len = 2 if cfg.prompt.uncond_pads == "drop" and cfg.prompt.uncond == "official" else length
+  if cfg.prompt.uncond == "keep_images" and cfg.prompt.uncond_pads == "drop":
+    uncond_len = 2 + n_img * (config.num_image_tokens + 2)
+  i32 = jnp.int32
+  return [spec((prompts, length), i32, mesh), spec((prompts, length), i32, mesh),
+          spec((prompts, uncond_len), i32, mesh), spec((prompts, uncond_len), i32, mesh),
+          spec((prompts * n_img, size, size, 3), jnp.float32, mesh),
+          spec((prompts * samples, 2), jnp.uint32, mesh)]
+
+
+def rollout(cfg, mesh, graphdef, state, config, stage="rollout", prompts=None, samples=None, cfg_weight=None):
+  prompts = prompts or cfg.grpo.prompts_per_step
+  samples = samples or cfg.grpo.group_size
+  length = prompt_len(cfg, config.num_image_tokens)
+  scfg = SamplingConfig(cfg_weight=cfg_weight or cfg.grpo.cfg_weight, temperature=cfg.grpo.temperature,
+                        num_samples=samples)
+  fn = jit_generate(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh, scfg,
+                    cfg.prompt.uncond == "keep_images")
+  rows = [measure(stage, "sampler", fn, state, *sampler_inputs(cfg, mesh, config, prompts, samples, length))]
+  if stage == "rollout":
+    rows.append(decode_step(cfg, mesh, graphdef, state, config, prompts, samples, length))
+  return rows
+
+
+def decode_step(cfg, mesh, graphdef, state, config, prompts, samples, length):
+  """One decode step of the sampler's loop body alone: what each of the 575 steps reads."""
+  lm_cfg, dtype = config.text, jnp.dtype(cfg.model.dtype)
+  kvh, hd, layers = lm_cfg.num_key_value_heads, lm_cfg.dim_per_head, lm_cfg.num_hidden_layers
+  rows, own = 2 * prompts * samples, config.num_image_tokens - 1
+  uncond_len = sampler_inputs(cfg, mesh, config, prompts, samples, length)[2].shape[1]
+  kv = lambda b, s: spec((b, kvh, s, hd), dtype, mesh, (BATCH, "tensor"))
+  prefix_c = [(kv(prompts, length), kv(prompts, length)) for _ in range(layers)]
+  prefix_u = [(kv(prompts, uncond_len), kv(prompts, uncond_len)) for _ in range(layers)]
+  cache = [(kv(rows, own), kv(rows, own)) for _ in range(layers)]
+
+  def step(state, tok, prefix_c, mask_c, prefix_u, mask_u, cache, i):
+    model = nnx.merge(graphdef, state)
+    e = model.prepare_embeddings_for_image_generation(tok[:, None])
+    start = jnp.concatenate([jnp.repeat(mask_c.sum(1), samples), jnp.repeat(mask_u.sum(1), samples)])[:, None]
+    hidden, cache = model.language_model(jnp.concatenate([e, e]), start + i, None, cache, i,
+                                         prefixes=[Prefix(prefix_c, mask_c), Prefix(prefix_u, mask_u)])
+    return model.image_logits(hidden[:, 0]), cache
+
+  fn = jax.jit(step, donate_argnums=(6,))
+  args = (state, spec((prompts * samples,), jnp.int32, mesh), prefix_c, spec((prompts, length), jnp.int32, mesh),
+          prefix_u, spec((prompts, uncond_len), jnp.int32, mesh), cache, jax.ShapeDtypeStruct((), jnp.int32))
+  row = measure("rollout", "decode_step", fn, *args)
+  lm_state = nnx.split(nnx.merge(graphdef, state).language_model)[1]
+  weight_bytes = sum(x.size * dtype.itemsize for x in jax.tree.leaves(lm_state))  # read in the compute dtype
+  heads = sum(x.size * dtype.itemsize for part in ("generation_head", "generation_aligner")
+              for x in jax.tree.leaves(state[part]))
+  kv_bytes = 2 * layers * kvh * hd * dtype.itemsize * (prompts * (length + uncond_len) + rows * own)
+  row["floor_gb"] = (weight_bytes + heads + kv_bytes) / GB / jax.device_count()
+  return row
+
+
+def train_state(graphdef, state, cfg, section, mesh):
+  """Abstract training state (params, optimizer, counters) with the shardings the real run gets."""
+  flt = update.trainable_filter(tuple(cfg.sft.trainable))
+  params = state.filter(flt)
+  frozen = state.filter(lambda path, x: not flt(path, x))
+  tx = update.make_optimizer(section.lr, max(section.warmup_steps, 1), 1000, cfg.sft.b1, cfg.sft.b2, 0.0, 1.0)
+  init = jax.jit(lambda p: update.init_state(p, tx))
+  compiled = init.lower(params).compile()
+  shapes = jax.eval_shape(lambda p: update.init_state(p, tx), params)
+  full = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                      compiled.output_shardings)
+  return params, frozen, tx, full
+
+
+def sft_stage(cfg, mesh, graphdef, state, config):
+  b, length = cfg.sft.batch_size, prompt_len(cfg, config.num_image_tokens)
+  graphdef = set_remat(graphdef, state, cfg.sft.remat)
+  params, frozen, tx, full = train_state(graphdef, state, cfg, cfg.sft, mesh)
+  size = config.vision.image_size
+  batch = {"ids": spec((b, length), jnp.int32, mesh, (BATCH,)), "uncond": spec((b, length), jnp.int32, mesh, (BATCH,)),
+           "mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
+           "uncond_mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
+           "history": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+           "target": spec((b, size, size, 3), jnp.uint8, mesh, (BATCH,))}
+  step_cfg = sft.StepConfig(grad_accum=cfg.sft.grad_accum, uncond_prob=cfg.sft.uncond_prob)
+  fn = jax.jit(functools.partial(sft.train_step, graphdef, tx, step_cfg), donate_argnums=(0,))
+  return [measure("sft", "train_step", fn, full, frozen, batch)]
+
+
+def set_remat(graphdef, state, policy):
+  model = nnx.merge(graphdef, state)
+  model.language_model.remat = remat_policy(policy)
+  return nnx.split(model)[0]
+
+
+def grpo_stage(cfg, mesh, graphdef, state, config):
+  g = cfg.grpo
+  rows = rollout(cfg, mesh, graphdef, state, config, stage="grpo")
+  graphdef = set_remat(graphdef, state, g.remat)
+  params, frozen, tx, full = train_state(graphdef, state, cfg, g, mesh)
+  b, n = g.prompts_per_step, g.group_size
+  length = prompt_len(cfg, config.num_image_tokens)
+  ins = sampler_inputs(cfg, mesh, config, b, n, length)
+  size, tokens = config.vision.image_size, config.num_image_tokens
+  batch = {"ids": ins[0], "mask": ins[1], "uncond": ins[2], "uncond_mask": ins[3],
+           "images": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+           "tokens": spec((b * n, tokens), jnp.int32, mesh, (BATCH,)),
+           "old_logp": spec((b * n, tokens), jnp.float32, mesh, (BATCH,)),
+           "advantages": spec((b * n,), jnp.float32, mesh, (BATCH,))}
+  step_cfg = grpo.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
+                             logprobs=g.logprobs, cfg_weight=g.cfg_weight, temperature=g.temperature,
+                             uncond_images=cfg.prompt.uncond == "keep_images")
+  micro = b // g.micro_batch if g.micro_batch else 1
+  update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro),
+                      donate_argnums=(0,))
+  ref = params if g.beta else None
+  rows.append(measure("grpo", "update_step", update_fn, full, frozen, ref, batch))
+  old_logp = jax.jit(lambda p, fr, bt: grpo.image_token_logprobs(
+      nnx.merge(graphdef, p, fr), bt["ids"], bt["mask"], sft.to_unit(bt["images"].reshape(-1, size, size, 3)),
+      bt["tokens"], temperature=g.temperature))
+  if g.logprobs == "cond":
+    rows.append(measure("grpo", "old_logprobs", old_logp, params, frozen, batch))
+  rows += reward_models(cfg, mesh, "grpo", b * n, b)
+  return rows
+
+
+def reward_models(cfg, mesh, stage, images: int, prompts: int):
+  """The CLIP/DINO terms of the reward (or the eval metrics) on a batch of generated images."""
+  from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
+  from pgen_jax.rewards.models import RANDOM, RewardModels
+  dtype = jnp.dtype(cfg.model.dtype)
+
+  def abstract(make):
+    module = nnx.eval_shape(make)
+    gd, st = nnx.split(module)
+    st = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), st, param_shardings(st, mesh))
+    return gd, st
+
+  # "random:<preset>" names the architecture; a directory is taken to hold the paper's models.
+  arch = lambda spec, presets, default: presets[spec[len(RANDOM):]] if spec.startswith(RANDOM) else presets[default]
+  clip_cfg = arch(cfg.grpo.clip, clip_lib.PRESETS, "vit-h-14")
+  dino_cfg = dataclasses.replace(arch(cfg.grpo.dino, dino_lib.PRESETS, "dinov2-large"), image_size=cfg.grpo.dino_size)
+  weights = {k: v for k, v in cfg.grpo.reward_weights.items()
+             if v and (k.startswith("clip") and cfg.grpo.clip or k.startswith("dino") and cfg.grpo.dino)}
+  if stage == "eval":  # the eval stage measures every CLIP/DINO metric its models allow
+    weights = {f"{m}_{w}": 1.0 for m in ("clip", "dino") if cfg.grpo[m] for w in ("history", "target", "future")}
+  if not weights:
+    return []
+  clip_gd, clip_st = abstract(lambda: clip_lib.CLIP(clip_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
+  dino_gd, dino_st = abstract(lambda: dino_lib.Dino(dino_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
+  holder = RewardModels(dino_size=cfg.grpo.dino_size)
+  holder.clip = nnx.merge(clip_gd, clip_st)
+  rcfg = holder.config(tuple(weights.items()))
+  from pgen_jax.rewards.compose import in_jit_terms
+
+  def terms(clip_st, dino_st, d):
+    return in_jit_terms(rcfg, d["generated"], history=d["history"], target=d["target"], future=d.get("future"),
+                        clip=nnx.merge(clip_gd, clip_st), dino=nnx.merge(dino_gd, dino_st))
+
+  size = cfg.data.image_size
+  data = {"generated": spec((images, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "history": spec((images, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "target": spec((images, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "future": spec((images, cfg.data.future_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
+  return [measure(stage, "reward_terms", jax.jit(terms), clip_st, dino_st, data)]
+
+
+def eval_stage(cfg, mesh, graphdef, state, config):
+  e = cfg.eval
+  rows = rollout(cfg, mesh, graphdef, state, config, stage="eval", prompts=e.batch_size, samples=e.samples,
+                 cfg_weight=e.cfg_weight)
+  return rows + reward_models(cfg, mesh, "eval", e.batch_size * e.samples, e.batch_size)
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  graphdef, state, config = abstract_model(cfg, mesh)
+  run = {"rollout": rollout, "sft": sft_stage, "grpo": grpo_stage, "eval": eval_stage}[_STAGE.value]
+  rows = run(cfg, mesh, graphdef, state, config)
+  for row in rows:
+    row["preset"] = _PRESET.value or cfg.model.preset
+    print(json.dumps(row), flush=True)
+  print(json.dumps({"stage": _STAGE.value, "peak_gb": max(r["peak_gb"] for r in rows)}), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
