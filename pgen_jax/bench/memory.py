@@ -18,6 +18,7 @@ KV and the samples' own KV).
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 
@@ -27,7 +28,7 @@ def _fake_devices(argv: list[str]) -> None:
     if arg.startswith("--devices"):
       n = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
       os.environ["JAX_PLATFORMS"] = "cpu"
-      flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count", "--_unused")
+      flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
       os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
 
 

@@ -1,0 +1,64 @@
+"""pgen_jax.bench.memory compiles every stage ahead of time at a tiny preset and reports XLA's figures."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from pgen_jax.models import abstract_janus, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"stage", "function", "preset", "devices", "argument_gb", "output_gb", "temp_gb", "alias_gb", "peak_gb",
+        "flops", "bytes_accessed", "compile_s"}
+# A tiny preset at a small shape: 2 prompts x 2 samples, one 16px history image, fp32 everywhere.
+SHAPE = ["--preset=tiny", "--config.data.image_size=16", "--config.data.history_len=1",
+         "--config.grpo.prompts_per_step=2", "--config.grpo.group_size=2", "--config.grpo.micro_batch=1",
+         "--config.sft.batch_size=2", "--config.eval.batch_size=2", "--config.eval.samples=2",
+         "--config.grpo.clip=random:tiny", "--config.grpo.dino=random:tiny", "--config.model.dtype=float32",
+         "--config.prompt.max_text_tokens=4", "--config.grpo.dino_size=16"]
+
+
+def bench(stage: str, devices: int) -> list[dict]:
+  run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.memory", "--config=configs/demo.py",
+                        f"--stage={stage}", f"--devices={devices}", *SHAPE],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert run.returncode == 0, run.stderr[-3000:]
+  return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
+def test_rollout_arguments_are_the_weights_and_the_prompts():
+  rows = bench("rollout", 1)
+  sampler, step, last = rows
+  assert set(sampler) >= KEYS and sampler["function"] == "sampler" and sampler["devices"] == 1
+  # By hand: the fp32 parameters generation reads (not the text head, nor the VQ encoder), then ids,
+  # mask (2 x T int32), uncond rows (2 x 2: BOS, BOI), one 16px float32 image per prompt, and 4 PRNG
+  # keys (2 x uint32).
+  unused = ("lm_head", "vqmodel/encoder", "vqmodel/quant_conv")
+  params = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_flatten_with_path(abstract_janus(tiny())[1])[0]
+               if not "/".join(str(getattr(k, "key", k)) for k in path).startswith(unused))
+  t = 2 + 1 * (1 + 16 + 2 + 4)  # BOS + BOI; one item: its "\n" literal, 16 image tokens + 2 tags, 4 text tokens
+  inputs = 2 * t * 4 * 2 + 2 * 2 * 4 * 2 + 2 * 16 * 16 * 3 * 4 + 4 * 2 * 4
+  assert sampler["argument_gb"] * 1e9 == pytest.approx(4 * params + inputs, abs=64)
+  for row in rows[:2]:
+    assert row["peak_gb"] == pytest.approx(row["argument_gb"] + row["output_gb"] + row["temp_gb"] - row["alias_gb"])
+    assert row["flops"] > 0 and row["bytes_accessed"] > 0
+  assert step["function"] == "decode_step" and 0 < step["floor_gb"] * 1e9 <= step["bytes_accessed"]
+  assert last == {"stage": "rollout", "peak_gb": max(r["peak_gb"] for r in rows[:2])}
+
+
+@pytest.mark.parametrize("stage,functions", [("sft", {"train_step"}),
+                                             ("grpo", {"sampler", "update_step", "old_logprobs", "reward_terms"}),
+                                             ("eval", {"sampler", "reward_terms"})])
+def test_every_stage_on_two_fake_devices(stage, functions):
+  rows = bench(stage, 2)
+  *fns, last = rows
+  assert {r["function"] for r in fns} == functions
+  for r in fns:
+    assert set(r) >= KEYS and r["devices"] == 2 and r["stage"] == stage
+    assert r["peak_gb"] == pytest.approx(r["argument_gb"] + r["output_gb"] + r["temp_gb"] - r["alias_gb"])
+  assert last["peak_gb"] == max(r["peak_gb"] for r in fns)
