@@ -53,9 +53,9 @@ def prepare(cfg) -> None:
   import json
   from pgen_jax.data.pipeline import prepare_from_config, store_dir
   stats = prepare_from_config(cfg)
-  logging.info("prepared data in %s:\n%s", store_dir(cfg), json.dumps(
-      {"splits": stats["splits"], "dropped": stats["dropped"]}, indent=2))
-  print(json.dumps({"splits": stats["splits"], "dropped": stats["dropped"]}))
+  summary = {"splits": stats["splits"], "dropped": stats["dropped"], "users": stats.get("user_counts")}
+  logging.info("prepared data in %s:\n%s", store_dir(cfg), json.dumps(summary, indent=2))
+  print(json.dumps(summary))
 
 
 def grpo(cfg) -> None:
