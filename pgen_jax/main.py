@@ -62,7 +62,11 @@ def grpo(cfg) -> None:
   """Online GRPO from the SFT result; resumes from <workdir>/grpo/latest."""
   import json
   from pgen_jax.train.grpo_loop import run_grpo
-  summary = run_grpo(cfg)
+  try:
+    summary = run_grpo(cfg)
+  finally:  # a scorer this stage started is not needed by the next ones
+    if "pgen_jax.scorer.launch" in sys.modules:
+      sys.modules["pgen_jax.scorer.launch"].stop_all()
   print(json.dumps({k: v for k, v in summary.items() if k != "rewards"}))
 
 
