@@ -176,6 +176,8 @@ def check_against_model(cfg) -> None:
   stages = tuple(_get(cfg, "stages"))
   if not any(s in stages for s in ("sft", "grpo", "eval")):
     return
+  if "grpo" in stages:
+    _check_scorer(cfg)
   mc = model_config(cfg)
   if _get(cfg, "data.image_size") != mc.vision.image_size:
     raise ConfigError(f"data.image_size: {_get(cfg, 'data.image_size')} differs from the model's image size "
@@ -195,3 +197,24 @@ def check_against_model(cfg) -> None:
     raise ConfigError(f"prompt.max_text_tokens / data.history_len: prompts of up to {length} tokens plus "
                       f"{mc.num_image_tokens} image tokens exceed the model's {mc.text.max_position_embeddings} "
                       "positions; shorten the history, the item texts or the template")
+
+
+def _check_scorer(cfg) -> None:
+  """The scorer terms need a scorer answering at grpo.scorer_url, or what the job needs to start one."""
+  weights = _get(cfg, "grpo.reward_weights")
+  need = [t for t in ("profile", "nima") if _get(cfg, "grpo.reward") == "models" and weights.get(t, 0)]
+  if not need:
+    return
+  from pgen_jax.scorer.launch import answers
+  url = _get(cfg, "grpo.scorer_url")
+  if answers(url):
+    return
+  if not _get(cfg, "grpo.scorer_start"):
+    raise ConfigError(f"grpo.scorer_start: False and nothing answers at grpo.scorer_url {url}, but "
+                      f"grpo.reward_weights gives {need} a weight; start the scorer or set grpo.scorer_start=True")
+  for term in need:
+    key = "grpo.scorer_qwen" if term == "profile" else "grpo.scorer_nima"
+    if not _get(cfg, key) or not Path(_get(cfg, key)).exists():
+      raise ConfigError(f"{key}: {_get(cfg, key) or 'empty'} is not there, and nothing answers at {url}, "
+                        f"but grpo.reward_weights.{term} is {weights[term]}; download it (the fetch stage) "
+                        "or start a scorer there")

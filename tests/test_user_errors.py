@@ -97,6 +97,17 @@ def test_cross_stage_checks_run_before_the_first_stage(tmp_path):
   assert not (tmp_path / "world").exists() and not (tmp_path / "data").exists()  # prepare never started
 
 
+def test_scorer_terms_without_a_scorer_fail_before_the_first_stage(tmp_path):
+  from fake_sites import closed_port_url
+  args = ["--config=configs/demo.py", "--config.stages=('prepare','grpo')", f"--config.workdir={tmp_path}",
+          f"--config.data.root={tmp_path}/world", "--config.grpo.dino=",
+          "--config.grpo.reward_weights.dino_target=0", "--config.grpo.reward_weights.clip_history=0",
+          "--config.grpo.reward_weights.clip_future=0", "--config.grpo.reward_weights.nima=1.0",
+          f"--config.grpo.scorer_url={closed_port_url()}"]
+  one_line(run_main(*args), 2, "config error: grpo.scorer_nima: empty is not there, and nothing answers at")
+  assert not (tmp_path / "world").exists()
+
+
 def test_file_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, movielens):
   (tmp_path / "store").write_text("a file where the store's folder should be")
   args = prepare_args(tmp_path, movielens, f"--config.data.store={tmp_path}/store/data")
