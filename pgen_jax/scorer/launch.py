@@ -178,9 +178,13 @@ def scorer_client(g, workdir: str | Path) -> ScorerClient:
   """The client of the scorer at g.scorer_url: the one answering there, else one this job starts (when
   g.scorer_start), health-checked before it is returned."""
   if answers(g.scorer_url):
-    client = ScorerClient(g.scorer_url, token=g.scorer_token)
-    client.health()  # a wrong token is a one-line error now, not at the first step
-    return client
+    try:  # a wrong token is a one-line error now, not at the first step
+      ScorerClient(g.scorer_url, token=g.scorer_token, timeout=10.0, retries=0).health()
+    except ScorerUnavailable as e:
+      if "(401)" in str(e):
+        raise ScorerUnavailable(f"{e}; set grpo.scorer_token to the scorer's token") from None
+      logging.warning("the scorer at %s answers, but not its health check: %s", g.scorer_url, e)
+    return ScorerClient(g.scorer_url, token=g.scorer_token)
   if not g.scorer_start:
     raise ScorerUnavailable(f"nothing answers at grpo.scorer_url {g.scorer_url}; start the scorer "
                             "(python -m pgen_jax.scorer serve ...) or set grpo.scorer_start=True")
