@@ -58,6 +58,16 @@ def test_hub_download_resumes_a_broken_file_and_keeps_to_the_allow_patterns(tmp_
   assert len(sites.requests) == n
 
 
+def test_one_file_of_a_repository(tmp_path, weights):
+  sites = FakeSites(repos={"org/weights": {"nima.pth": weights[:1000], "other.pth": b"x"}})
+  try:
+    path = hub.download_file("org/weights", "main", "nima.pth", tmp_path / "ckpt" / "nima.pth", hf_endpoint=sites.url)
+  finally:
+    sites.close()
+  assert path.read_bytes() == weights[:1000]
+  assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if not p.name.endswith(".lock")) == ["nima.pth"]
+
+
 def test_hub_404_names_the_repository(tmp_path):
   sites = FakeSites(repos={})
   try:
@@ -96,7 +106,8 @@ def test_movielens_archive_resumes_and_unpacks(tmp_path, movielens_zip):
     assert (root / name).read_bytes() == (SMALL / name).read_bytes()
   ranges = [r[2] for r in sites.requests if r[1] == "/ml/ml-latest-small.zip"]
   assert ranges[0] is None and 0 < int(ranges[1].split("=")[1].rstrip("-")) < len(movielens_zip)
-  assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["movielens"]  # no .part, no temp folder
+  # No .part, no temporary folder (the lock file stays).
+  assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["movielens", "movielens.lock"]
   assert oct(root.stat().st_mode & 0o777) == oct(0o777 & ~umask())
 
 
@@ -113,7 +124,7 @@ def test_wrong_checksum_leaves_nothing(tmp_path, movielens_zip):
       archive.fetch_movielens("ml-1m", tmp_path / "movielens", base_url=sites.url + "/ml")
   finally:
     sites.close()
-  assert list(tmp_path.iterdir()) == []
+  assert [p.name for p in tmp_path.iterdir()] == ["movielens.lock"]
 
 
 def test_archive_404_names_the_url(tmp_path):
@@ -123,7 +134,7 @@ def test_archive_404_names_the_url(tmp_path):
       archive.fetch_movielens("ml-25m", tmp_path / "movielens", base_url=sites.url + "/ml")
   finally:
     sites.close()
-  assert list(tmp_path.iterdir()) == []
+  assert [p.name for p in tmp_path.iterdir()] == ["movielens.lock"]
 
 
 def test_no_network_fails_within_seconds_with_one_line(tmp_path):

@@ -20,6 +20,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import filelock
+
 from pgen_jax.fetch import FetchError
 from pgen_jax.fileio import follow_umask
 
@@ -109,6 +111,13 @@ def fetch_movielens(version: str, root: str | Path, *, base_url: str = BASE_URL,
     raise FetchError(f"data.version: {version!r} unknown; choose one of {VERSIONS}")
   url = f"{base_url.rstrip('/')}/{version}.zip"
   root.parent.mkdir(parents=True, exist_ok=True)
+  with filelock.FileLock(str(root) + ".lock"):  # two processes must not append to one .part
+    if root.exists():
+      return root
+    return _fetch(url, root, checksum)
+
+
+def _fetch(url: str, root: Path, checksum: str) -> Path:
   want = expected_md5(url, checksum)
   part = Path(str(root) + ".zip.part")
   logging.info("downloading %s to %s", url, root)
