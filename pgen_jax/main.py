@@ -138,15 +138,20 @@ def run(cfg, only: tuple[str, ...] | None = None) -> None:
 def main(argv, only: tuple[str, ...] | None = None) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed.initialize()
   try:
+    distributed.initialize()
     run(_CONFIG.value, only)
+  except KeyboardInterrupt:
+    if _DEBUG.value:
+      raise
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
   except Exception as e:  # one line for the user; the traceback only with --debug
     if _DEBUG.value:
       raise
     code, kind = _exit_code(e)
     where = f"{flags.FLAGS['config'].config_filename}: " if code == 2 else ""
-    print(f"{where}{kind}: {e}", file=sys.stderr)
+    print(f"{where}{kind}: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(code)
 
 
