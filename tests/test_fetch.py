@@ -151,3 +151,32 @@ def test_no_network_fails_within_seconds_with_one_line(tmp_path):
   assert "Traceback" not in run.stderr
   assert took < 30, took  # python start and imports included
   assert not (tmp_path / "ckpt" / "Janus").exists()
+
+
+def test_ml1m_posters_come_from_tmdb_through_ml_latest_links(tmp_path, monkeypatch):
+  from configs.movielens import get_config
+  from pgen_jax.fetch.stage import fetch_from_config, plan
+  from test_tmdb import FakeTMDB
+  small = tmp_path / "small-src"
+  small.mkdir()
+  (small / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0000001,1\n2,0000002,2\n3,0000003,4\n")
+  files = {"/ml/ml-latest-small.zip": zip_folder(small, "ml-latest-small")}
+  files["/ml/ml-latest-small.zip.md5"] = hashlib.md5(files["/ml/ml-latest-small.zip"]).hexdigest().encode()
+  root = tmp_path / "data" / "ml-1m"  # ml-1m as unpacked: no links.csv
+  root.mkdir(parents=True)
+  (root / "movies.dat").write_text("1::A (2000)::Drama\n2::B (2000)::Drama\n3::C (2000)::Drama\n")
+  (root / "ratings.dat").write_text("1::1::5::1\n")
+  sites, tmdb_site = FakeSites(files=files), FakeTMDB()
+  cfg = get_config()
+  cfg.stages = ("fetch", "prepare")
+  cfg.data.root, cfg.data.version = str(root), "ml-1m"
+  cfg.fetch.movielens_url, cfg.fetch.tmdb_api, cfg.fetch.tmdb_images = sites.url + "/ml", tmdb_site.api, tmdb_site.images
+  monkeypatch.setenv("TMDB_API_KEY", "good-key")
+  try:
+    assert [what for what, _, _ in plan(cfg)] == ["posters"]  # prepare alone: no model is fetched
+    fetch_from_config(cfg)
+  finally:
+    sites.close()
+    tmdb_site.close()
+  assert sorted(p.name for p in (root / "posters").glob("*.jpg")) == ["1.jpg", "2.jpg"]  # tmdb 4 has no poster
+  assert (tmp_path / "data" / "ml-latest-small" / "links.csv").exists()
