@@ -22,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic"            # movielens | pixelrec | synthetic
   c.data.root = ""                     # raw files; synthetic: where the world is generated
+  c.data.version = ""                  # MovieLens release the fetch stage downloads into root: ml-latest-small,
+                                       # ml-1m, ml-25m, ml-32m
   c.data.images = ""                   # posters/covers folder; default root/posters or root/covers
   c.data.store = ""                    # prepared store; default <workdir>/data
   c.data.image_size = 384              # must match the model's image size
@@ -96,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.lpips_heads = ""              # lpips' weights/v0.1/vgg.pth
   c.grpo.scorer_url = "http://127.0.0.1:8765"
   c.grpo.scorer_token = ""
+  c.grpo.scorer_nima = ""              # NIMA weights (pyiqa's file): the job's own scorer loads them
+  c.grpo.scorer_qwen = ""              # Qwen2.5-VL directory (transformers layout), for the profile term
+  c.grpo.scorer_start = True           # start the scorer when profile/nima have weight and none answers
+  c.grpo.scorer_device = ""            # torch device of a started scorer: "" = cuda when present, else cpu
   c.grpo.diversity_weight = 0.0        # penalty for resembling other users' images
   c.grpo.fixed_seed = 0
   c.grpo.log_every = 10
@@ -121,4 +127,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.seed = 0
 
   c.export = ml_collections.ConfigDict(dict(dir=""))
+
+  # The fetch stage: what to download into the paths above when they are missing. Revisions are pinned
+  # per repository; "main" follows the repository.
+  c.fetch = ml_collections.ConfigDict()
+  c.fetch.hf_endpoint = ""             # "": $HF_ENDPOINT, else https://huggingface.co
+  c.fetch.janus = ml_collections.ConfigDict(dict(  # -> model.checkpoint
+      repo="deepseek-community/Janus-Pro-1B", revision="main",
+      allow=("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")))
+  c.fetch.clip = ml_collections.ConfigDict(dict(   # -> grpo.clip (open_clip layout and its tokenizer)
+      repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", revision="main",
+      allow=("open_clip_config.json", "open_clip_model.safetensors", "tokenizer*", "vocab.json", "merges.txt",
+             "special_tokens_map.json")))
+  c.fetch.dino = ml_collections.ConfigDict(dict(   # -> grpo.dino
+      repo="facebook/dinov2-large", revision="main", allow=("config.json", "model.safetensors",
+                                                             "preprocessor_config.json")))
+  c.fetch.qwen = ml_collections.ConfigDict(dict(   # -> grpo.scorer_qwen, when reward_weights.profile > 0
+      repo="Qwen/Qwen2.5-VL-7B-Instruct", revision="main", allow=("*.json", "*.safetensors", "*.txt", "*.jinja")))
+  c.fetch.nima = ml_collections.ConfigDict(dict(   # -> grpo.scorer_nima, when reward_weights.nima > 0
+      repo="chaofengc/IQA-PyTorch-Weights", revision="main", file="NIMA_InceptionV2_ava-b0c77c00.pth"))
+  c.fetch.movielens_url = "https://files.grouplens.org/datasets/movielens"  # <url>/<data.version>.zip(.md5)
+  c.fetch.movielens_md5 = ""           # "": the .md5 published beside the zip
+  c.fetch.posters = "tmdb"             # tmdb: fetch with $TMDB_API_KEY; or a folder of <movieId>.jpg to use
+  c.fetch.tmdb_api = "https://api.themoviedb.org/3"
+  c.fetch.tmdb_images = "https://image.tmdb.org/t/p"
+  c.fetch.lock_timeout = 3600.0        # seconds to wait for another process fetching the same thing
   return c

@@ -1,8 +1,8 @@
 """Janus-Pro-1B fine-tuned on MovieLens posters (the paper's main setting).
 
-Put the Janus-Pro-1B checkpoint (transformers layout, e.g. deepseek-community/Janus-Pro-1B, or the
-original deepseek-ai/Janus-Pro-1B) in checkpoints/Janus-Pro-1B, and the raw MovieLens files
-(ml-1m, ml-latest-small, ml-25m or ml-32m) plus a posters/ folder in data/movielens, or override:
+The fetch stage downloads what is missing: Janus-Pro-1B (transformers layout) to checkpoints/Janus-Pro-1B,
+CLIP ViT-H-14 and DINOv2-large, the MovieLens release data.version to data/movielens, and posters from TMDB
+($TMDB_API_KEY) or from the folder fetch.posters names. Or put them there yourself, or override:
   python -m pgen_jax.main --config=configs/movielens.py \
       --config.model.checkpoint=/path/Janus-Pro-1B --config.data.root=/path/ml-latest-small
 """
@@ -12,12 +12,16 @@ from configs.common import base_config
 
 def get_config():
   c = base_config()
+  c.stages = ("fetch", "prepare", "sft", "grpo", "eval", "export")
   c.workdir = "runs/movielens"
   c.model.preset = "janus-pro-1b"
   c.model.checkpoint = "checkpoints/Janus-Pro-1B"
   c.data.name = "movielens"
   c.data.root = "data/movielens"
+  c.data.version = "ml-latest-small"
   c.grpo.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout
   c.grpo.dino = "checkpoints/dinov2-large"
+  c.grpo.scorer_nima = "checkpoints/NIMA_InceptionV2_ava.pth"
+  c.grpo.scorer_qwen = "checkpoints/Qwen2.5-VL-7B-Instruct"
   c.export.dir = "runs/movielens/hf"
   return c

@@ -1,4 +1,8 @@
-"""Writing outputs so that a crash never leaves a half-written one: temporary sibling, then rename."""
+"""Writing outputs so that a crash never leaves a half-written one: temporary sibling, then rename.
+
+tempfile creates its files 0600 and directories 0700 whatever the umask; outputs are made to follow
+the umask (as open() and mkdir() would), so that others in the group can read a shared run.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,17 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+  """Gives a file or directory created by tempfile the mode open()/mkdir() would have given it."""
+  os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask())
 
 
 @contextlib.contextmanager
@@ -24,6 +39,7 @@ def atomic_directory(dst: str | os.PathLike) -> Iterator[Path]:
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
   try:
+    follow_umask(tmp)
     yield tmp
     os.rename(tmp, dst)
   except BaseException:
@@ -37,6 +53,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
+    follow_umask(tmp)
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

@@ -1,7 +1,11 @@
 """The pgen_jax job: `python -m pgen_jax.main --config=configs/<name>.py [--config.key=value ...]`.
 
-The config names the stages to run in order (prepare, sft, grpo, eval, export); each stage can
+The config names the stages to run in order (fetch, prepare, sft, grpo, eval, export); each stage can
 also be run alone with --config.stages=<name>,.
+
+Failures a user can cause (config, data, missing files, network, scorer) end in one line on stderr
+naming the key, file or URL, and an exit code: 2 config, 3 run stopped, 4 data or files, 5 download,
+6 scorer. Anything else prints one line and exits 1; --debug shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pgen_jax import distributed, run_config
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 flags.mark_flags_as_required(["config"])
+_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
 
 
 def export(cfg) -> None:
@@ -48,16 +53,20 @@ def prepare(cfg) -> None:
   import json
   from pgen_jax.data.pipeline import prepare_from_config, store_dir
   stats = prepare_from_config(cfg)
-  logging.info("prepared data in %s:\n%s", store_dir(cfg), json.dumps(
-      {"splits": stats["splits"], "dropped": stats["dropped"]}, indent=2))
-  print(json.dumps({"splits": stats["splits"], "dropped": stats["dropped"]}))
+  summary = {"splits": stats["splits"], "dropped": stats["dropped"], "users": stats.get("user_counts")}
+  logging.info("prepared data in %s:\n%s", store_dir(cfg), json.dumps(summary, indent=2))
+  print(json.dumps(summary))
 
 
 def grpo(cfg) -> None:
   """Online GRPO from the SFT result; resumes from <workdir>/grpo/latest."""
   import json
   from pgen_jax.train.grpo_loop import run_grpo
-  summary = run_grpo(cfg)
+  try:
+    summary = run_grpo(cfg)
+  finally:  # a scorer this stage started is not needed by the next ones
+    if "pgen_jax.scorer.launch" in sys.modules:
+      sys.modules["pgen_jax.scorer.launch"].stop_all()
   print(json.dumps({k: v for k, v in summary.items() if k != "rewards"}))
 
 
@@ -69,7 +78,15 @@ def evaluate(cfg) -> None:
   print(json.dumps(result))
 
 
+def fetch(cfg) -> None:
+  """Downloads the models, dataset and posters the config names and lacks (see pgen_jax/fetch)."""
+  import json
+  from pgen_jax.fetch.stage import fetch_from_config
+  print(json.dumps(fetch_from_config(cfg)))
+
+
 STAGES = {
+    "fetch": fetch,
     "prepare": prepare,
     "sft": sft,
     "grpo": grpo,
@@ -78,24 +95,64 @@ STAGES = {
 }
 
 
-def main(argv) -> None:
+def _exit_code(e: BaseException) -> tuple[int, str]:
+  """(exit code, what kind of error) for a failure, by what the user has to fix."""
+  from pgen_jax.data.tables import DataError
+  from pgen_jax.fetch import FetchError
+  from pgen_jax.models.config import ConfigError
+  from pgen_jax.scorer.client import ScorerUnavailable
+  from pgen_jax.train.update import RunStopped
+  for cls, code, kind in ((ConfigError, 2, "config error"), (RunStopped, 3, "stopped"), (DataError, 4, "data error"),
+                          (FileNotFoundError, 4, "missing file"), (PermissionError, 4, "permission denied"),
+                          (FetchError, 5, "download failed"), (ScorerUnavailable, 6, "scorer unavailable"),
+                          (OSError, 4, "file error"), (MemoryError, 1, "out of memory")):
+    if isinstance(e, cls):
+      return code, kind
+  return 1, f"internal error ({type(e).__name__}; rerun with --debug for the traceback)"
+
+
+def run(cfg, only: tuple[str, ...] | None = None) -> None:
+  """Checks the config, then runs its stages (or `only` these); files the fetch stage brings are checked
+  after it."""
+  from pgen_jax.models.config import ConfigError
+
+  def check(fn, **kw):
+    try:
+      fn(cfg, **kw)
+    except ValueError as e:  # every ValueError of the config checks is about the config
+      raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
+
+  stages = tuple(cfg.stages)
+  check(run_config.validate, files="fetch" not in stages + tuple(only or ()))
+  checked = False
+  for stage in only or stages:
+    if stage != "fetch" and not checked:
+      if "fetch" in stages:
+        check(run_config.validate)
+      check(run_config.check_against_model)
+      checked = True
+    logging.info("stage %s", stage)
+    STAGES[stage](cfg)
+
+
+def main(argv, only: tuple[str, ...] | None = None) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed.initialize()
-  cfg = _CONFIG.value
   try:
-    run_config.validate(cfg)
-  except ValueError as e:
-    print(f"{flags.FLAGS['config'].config_filename}: config error: {e}", file=sys.stderr)
-    sys.exit(2)
-  for stage in cfg.stages:
-    logging.info("stage %s", stage)
-    from pgen_jax.train.update import RunStopped
-    try:
-      STAGES[stage](cfg)
-    except RunStopped as e:
-      print(f"stopped: {e}", file=sys.stderr)
-      sys.exit(3)
+    distributed.initialize()
+    run(_CONFIG.value, only)
+  except KeyboardInterrupt:
+    if _DEBUG.value:
+      raise
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+  except Exception as e:  # one line for the user; the traceback only with --debug
+    if _DEBUG.value:
+      raise
+    code, kind = _exit_code(e)
+    where = f"{flags.FLAGS['config'].config_filename}: " if code == 2 else ""
+    print(f"{where}{kind}: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Checks an experiment config (configs/*.py) before any work starts; errors name the key."""
+"""Checks an experiment config (configs/*.py) before any work starts; errors name the key.
+
+`validate` checks the config alone (and, with files=True, that the files it names exist; a run that
+fetches first checks them after the fetch stage). `check_against_model` is the cross-stage check run
+before the first stage that spends time: the prompts fit the model's positions and the prepared image
+size is the model's.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from pgen_jax.models.attention import IMPLS
 from pgen_jax.models.config import PRESETS, ConfigError
 from pgen_jax.models.llama import REMAT, remat_policy
 
-STAGES = ("prepare", "sft", "grpo", "eval", "export")
+STAGES = ("fetch", "prepare", "sft", "grpo", "eval", "export")
+MODEL_STAGES = ("sft", "grpo", "eval", "export")  # the stages that load model.checkpoint
 DTYPES = ("float32", "bfloat16", "float16")
 DATASETS = ("synthetic", "movielens", "pixelrec")
 
@@ -24,7 +31,8 @@ def _get(cfg, dotted: str):
   return node
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
+def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
+  """files=False skips the checks that named files exist (the fetch stage is about to download them)."""
   stages = tuple(_get(cfg, "stages"))
   if not stages:
     raise ConfigError("stages: empty; name at least one of " + ", ".join(STAGES))
@@ -40,7 +48,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if preset not in PRESETS:
     raise ConfigError(f"model.preset: {preset!r} unknown; choose one of {sorted(PRESETS)}")
   ckpt = _get(cfg, "model.checkpoint")
-  if ckpt and not Path(ckpt).is_dir():
+  uses_model = any(s in stages for s in MODEL_STAGES)
+  if files and uses_model and ckpt and not Path(ckpt).is_dir():
     raise ConfigError(f"model.checkpoint: {ckpt} is not a directory. Download Janus-Pro "
                       "(HF layout) there, or point it at a pgen_jax checkpoint")
   for key in ("model.dtype", "model.param_dtype"):
@@ -59,7 +68,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"data.name: {data!r} unknown; choose one of {DATASETS}")
   if data == "synthetic" and not _get(cfg, "data.root"):
     raise ConfigError("data.root: empty; set where the synthetic world is written")
-  if data != "synthetic" and any(s in stages for s in ("prepare", "sft", "grpo", "eval")):
+  if files and data != "synthetic" and any(s in stages for s in ("prepare", "sft", "grpo", "eval")):
     root = _get(cfg, "data.root")
     if not root or not Path(root).is_dir():
       raise ConfigError(f"data.root: {root!r} is not a directory; put the raw {data} files there")
@@ -68,7 +77,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     value = _get(cfg, key)
     if not isinstance(value, int) or value < low:
       raise ConfigError(f"{key}: {value!r} must be an integer >= {low}")
-  if not ckpt and _get(cfg, "data.image_size") != PRESETS[preset]().vision.image_size:
+  if uses_model and not ckpt and _get(cfg, "data.image_size") != PRESETS[preset]().vision.image_size:
     raise ConfigError(f"data.image_size: {_get(cfg, 'data.image_size')} differs from the {preset} model's "
                       f"image size {PRESETS[preset]().vision.image_size}")
   if _get(cfg, "prompt.uncond") not in ("official", "keep_images"):
@@ -104,7 +113,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for key, presets in (("grpo.clip", clip.PRESETS), ("grpo.dino", dino.PRESETS)):
       random_preset(_get(cfg, key), presets, key)  # an unknown preset name raises, naming the key
     for model in ("grpo.clip", "grpo.dino", "grpo.lpips_vgg", "grpo.lpips_heads"):
-      if _get(cfg, model) and not _get(cfg, model).startswith(RANDOM) and not Path(_get(cfg, model)).exists():
+      if (files and _get(cfg, model) and not _get(cfg, model).startswith(RANDOM)
+          and not Path(_get(cfg, model)).exists()):
         raise ConfigError(f"{model}: {_get(cfg, model)} does not exist; download the model there or clear the key")
   if "grpo" in stages:
     _check_grpo(cfg)
@@ -151,3 +161,73 @@ def _check_grpo(cfg) -> None:
       if any(weights[k] for k in weights if k.startswith(term + "_")) and not _get(cfg, model):
         raise ConfigError(f"{model}: empty, but grpo.reward_weights gives {term}_* terms a weight")
 
+
+
+def model_config(cfg):
+  """The Janus architecture the model stages will load: model.checkpoint's, else the preset's."""
+  import json
+
+  from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
+  from pgen_jax.models.config import JanusConfig, preset
+  ckpt = _get(cfg, "model.checkpoint")
+  if not ckpt:
+    return preset(_get(cfg, "model.preset"))
+  if is_pgen_checkpoint(ckpt):
+    return JanusConfig.from_dict(json.loads((Path(ckpt) / CONFIG_FILE).read_text())["model"])
+  path = Path(ckpt) / "config.json"
+  if not path.is_file():
+    raise ConfigError(f"model.checkpoint: {path} not found; is {ckpt} a Janus checkpoint directory?")
+  try:
+    return JanusConfig.from_hf(json.loads(path.read_text()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"model.checkpoint: {path} is not a Janus config ({e})") from None
+
+
+def check_against_model(cfg) -> None:
+  """Cross-stage checks, before the first stage spends time: what prepare writes and what the training
+  and eval stages build must fit the model they load."""
+  stages = tuple(_get(cfg, "stages"))
+  if not any(s in stages for s in ("sft", "grpo", "eval")):
+    return
+  if "grpo" in stages:
+    _check_scorer(cfg)
+  mc = model_config(cfg)
+  if _get(cfg, "data.image_size") != mc.vision.image_size:
+    raise ConfigError(f"data.image_size: {_get(cfg, 'data.image_size')} differs from the model's image size "
+                      f"{mc.vision.image_size} (model.checkpoint {_get(cfg, 'model.checkpoint') or 'empty'}); set "
+                      f"--config.data.image_size={mc.vision.image_size}")
+  from pgen_jax.sampling.prompts import PromptTemplate, max_prompt_len
+  from pgen_jax.sampling.tokenizers import load_tokenizer
+  try:
+    tok, _ = load_tokenizer(_get(cfg, "model.tokenizer"), mc, _get(cfg, "model.checkpoint"))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"model.tokenizer: cannot load a tokenizer from "
+                      f"{_get(cfg, 'model.tokenizer') or _get(cfg, 'model.checkpoint')!r} ({e})") from None
+  template = PromptTemplate(prompt=_get(cfg, "prompt.template"), item=_get(cfg, "prompt.item"))
+  length = max_prompt_len(tok, _get(cfg, "data.history_len"), mc.num_image_tokens, template,
+                          _get(cfg, "prompt.max_text_tokens"))
+  if length + mc.num_image_tokens > mc.text.max_position_embeddings:
+    raise ConfigError(f"prompt.max_text_tokens / data.history_len: prompts of up to {length} tokens plus "
+                      f"{mc.num_image_tokens} image tokens exceed the model's {mc.text.max_position_embeddings} "
+                      "positions; shorten the history, the item texts or the template")
+
+
+def _check_scorer(cfg) -> None:
+  """The scorer terms need a scorer answering at grpo.scorer_url, or what the job needs to start one."""
+  weights = _get(cfg, "grpo.reward_weights")
+  need = [t for t in ("profile", "nima") if _get(cfg, "grpo.reward") == "models" and weights.get(t, 0)]
+  if not need:
+    return
+  from pgen_jax.scorer.launch import answers
+  url = _get(cfg, "grpo.scorer_url")
+  if answers(url):
+    return
+  if not _get(cfg, "grpo.scorer_start"):
+    raise ConfigError(f"grpo.scorer_start: False and nothing answers at grpo.scorer_url {url}, but "
+                      f"grpo.reward_weights gives {need} a weight; start the scorer or set grpo.scorer_start=True")
+  for term in need:
+    key = "grpo.scorer_qwen" if term == "profile" else "grpo.scorer_nima"
+    if not _get(cfg, key) or not Path(_get(cfg, key)).exists():
+      raise ConfigError(f"{key}: {_get(cfg, key) or 'empty'} is not there, and nothing answers at {url}, "
+                        f"but grpo.reward_weights.{term} is {weights[term]}; download it (the fetch stage) "
+                        "or start a scorer there")

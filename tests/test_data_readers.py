@@ -59,6 +59,19 @@ def test_bad_lines_are_counted_with_file_and_line(tmp_path):
   assert got == [(1, 1, 50), (1, 3, 200), (2, 1, 10)]
 
 
+def test_non_finite_ratings_are_malformed(tmp_path):
+  write(tmp_path / "movies.csv", "movieId,title,genres\n1,Heat (1995),Action\n2,Up (2009),Animation\n")
+  write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,1,nan,100\n1,2,NaN,101\n2,1,inf,102\n"
+        "2,2,-Infinity,103\n" + "".join(f"{u},1,4.5,104\n" for u in range(3, 8)))
+  _, inter, report = movielens.read(tmp_path)
+  assert inter.rating.tolist() == [4.5] * 5 and inter.user.tolist() == [3, 4, 5, 6, 7]
+  assert report.skipped["malformed"] == 4 and "ratings.csv:2" in report.examples["malformed"][0]
+  (tmp_path / "ratings.dat").write_text("1::1::nan::5\n1::2::5::6\n2::2::4::7\n")
+  (tmp_path / "movies.dat").write_text("1::Heat (1995)::Action\n2::Up (2009)::Animation\n")
+  _, inter, report = movielens.read(tmp_path)
+  assert inter.item.tolist() == [2, 2] and report.skipped["malformed"] == 1
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "no MovieLens files"),
     ("empty", "empty file"),

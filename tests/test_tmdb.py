@@ -8,9 +8,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
+
+from fake_sites import closed_port_url
 
 from pgen_jax.data import tmdb
 
@@ -99,9 +105,9 @@ def client(server, key="good-key"):
 def test_fetch_resume_and_manifest(server, links, tmp_path):
   out = tmp_path / "posters"
   counts = tmdb.fetch(links, out, client(server), limit=3)  # interrupted after three movies
-  assert counts == {"ok": 3}
+  assert counts == {"ok": 3, "this_run": {"ok": 3}}
   counts = tmdb.fetch(links, out, client(server))
-  assert counts == {"ok": 6, "missing": 2, "error": 1}
+  assert counts == {"ok": 6, "missing": 2, "error": 1, "this_run": {"ok": 3, "missing": 2, "error": 1}}
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["4"]["status"] == "missing" and manifest["5"]["status"] == "missing"
   assert manifest["9"]["status"] == "error" and "UnidentifiedImageError" in manifest["9"]["error"]
@@ -124,9 +130,38 @@ def test_bad_key_stops_the_run(server, links, tmp_path):
     tmdb.fetch(links, tmp_path / "p", client(server, key="wrong"))
 
 
-def test_server_down_is_recorded_as_errors(links, tmp_path):
-  dead = tmdb.Client("k", api="http://127.0.0.1:9/3", images="http://127.0.0.1:9/t/p", rate=0, retries=1,
-                     timeout=0.2, backoff=0.01)
-  counts = tmdb.fetch(links, tmp_path / "p", dead, limit=2)
-  assert counts == {"error": 2}
-  assert "gave up after 2 tries" in json.loads((tmp_path / "p" / "manifest.json").read_text())["1"]["error"]
+def test_unreachable_host_stops_the_run_after_a_few_movies(links, tmp_path):
+  dead = closed_port_url()
+  slow_retries = tmdb.Client("k", api=dead + "/3", images=dead + "/t/p", rate=0, retries=5, timeout=0.2,
+                             backoff=0.05)
+  start = time.monotonic()
+  with pytest.raises(tmdb.Unreachable, match=f"{dead}/3/movie/3: cannot connect.*3 movies in a row"):
+    tmdb.fetch(links, tmp_path / "p", slow_retries)
+  # Two tries per movie (one back-off of 0.05 s), not six tries with back-offs of 0.05 * (1+2+4+8+16) s.
+  assert time.monotonic() - start < 1.0
+  manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+  assert sorted(manifest) == ["1", "2"] and all(e["status"] == "error" for e in manifest.values())
+
+
+def cli(links, out, api, images, key="good-key"):
+  return subprocess.run([sys.executable, "-m", "pgen_jax.data.tmdb", f"--links={links}", f"--out={out}",
+                         f"--api_key={key}", f"--api_base={api}", f"--image_base={images}", "--rate=0"],
+                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_cli_without_network_exits_5_in_seconds_with_one_line(links, tmp_path):
+  dead = closed_port_url()
+  start = time.monotonic()
+  run = cli(links, tmp_path / "p", dead + "/3", dead + "/t/p")
+  assert run.returncode == 5 and "Traceback" not in run.stderr
+  assert run.stderr.strip().splitlines()[-1].startswith(f"error: {dead}/3/movie/")
+  assert time.monotonic() - start < 15  # 3 movies x (2 tries, 1 s back-off), plus python's start
+
+
+def test_cli_exits_1_when_every_fetch_failed(server, tmp_path):
+  links = tmp_path / "links.csv"
+  links.write_text("movieId,imdbId,tmdbId\n9,0000009,9\n")  # tmdb 9 serves a corrupt image
+  run = cli(links, tmp_path / "p", server.api, server.images)
+  assert run.returncode == 1 and "none of the 1 posters could be fetched" in run.stderr
+  links.write_text("movieId,imdbId,tmdbId\n1,0000001,1\n9,0000009,9\n")
+  assert cli(links, tmp_path / "q", server.api, server.images).returncode == 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def _ratings_dat(path: Path, report: Report) -> Interactions:
     try:
       if len(parts) != 4:
         raise ValueError
-      rows.append((int(parts[0]), int(parts[1]), float(parts[2]), int(parts[3])))
+      rows.append((int(parts[0]), int(parts[1]), _rating(parts[2]), int(parts[3])))
     except ValueError:
       report.skip("malformed", f"{path.name}:{n}: expected UserID::MovieID::Rating::Timestamp")
   check_mostly_valid(path, len(rows), report)
@@ -94,11 +95,19 @@ def _ratings_csv(path: Path, report: Report) -> Interactions:
   rows = []
   for n, row in csv_rows(path, ("userId", "movieId", "rating", "timestamp"), report):
     try:
-      rows.append((int(row["userId"]), int(row["movieId"]), float(row["rating"]), int(row["timestamp"])))
+      rows.append((int(row["userId"]), int(row["movieId"]), _rating(row["rating"]), int(row["timestamp"])))
     except ValueError:
-      report.skip("malformed", f"{path.name}:{n}: non-numeric field in {list(row.values())}")
+      report.skip("malformed", f"{path.name}:{n}: non-numeric or non-finite field in {list(row.values())}")
   check_mostly_valid(path, len(rows), report)
   return _interactions(rows)
+
+
+def _rating(text: str) -> float:
+  """float() also reads nan and inf; an explicit rating must be a finite number (NaN means implicit feedback)."""
+  value = float(text)
+  if not math.isfinite(value):
+    raise ValueError(text)
+  return value
 
 
 def _interactions(rows) -> Interactions:

@@ -15,8 +15,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
+import filelock
 import numpy as np
 
 from pgen_jax.data import histories, images, movielens, pixelrec, synthetic
@@ -82,12 +84,18 @@ def make_plan(spec: DataSpec) -> Plan:
     if n % 1000 == 0:
       logging.info("checked %d/%d images", n, len(found))
   seqs = histories.sequences(inter, spec.windows, set(usable), counts)
+  n_users = int(len(np.unique(inter.user)))
+  counts["users_without_usable_positive"] = n_users - len(seqs)  # no positive rating of an item with an image
   windows = histories.make_windows(seqs, spec.windows, counts)
   used = sorted(set(np.concatenate([w.reshape(-1) for w in windows.items.values()]).tolist()))
   if not used:
     raise DataError(f"{spec.root}: no window of {spec.windows.length} positive items with images for any "
                     f"user ({dict(counts)}; {report.summary()['skipped']})")
-  stats = {"splits": windows.stats, "interactions": len(inter), "users": int(len(np.unique(inter.user))),
+  in_windows = len(set().union(*(set(u.tolist()) for u in windows.users.values())))
+  # Every user with a valid interaction is in exactly one of these.
+  users = {"total": n_users, "in_windows": in_windows, "too_short": counts["users_too_short"],
+           "without_usable_positive": counts["users_without_usable_positive"]}
+  stats = {"splits": windows.stats, "interactions": len(inter), "users": n_users, "user_counts": users,
            "items_with_usable_image": len(usable), "items_in_windows": len(used),
            "dropped": {**dict(counts), **dict(report.skipped)}, "examples": report.examples}
   return Plan(item_ids=used, texts=[catalog.text(i) for i in used], paths=[usable[i] for i in used],
@@ -106,15 +114,34 @@ def prepare(spec: DataSpec, data_dir: str | Path) -> dict:
   if stats_path.exists() and all(b.is_prepared() for b in builders):
     logging.info("prepared data %s already in %s", fp, data_dir)
     return json.loads(stats_path.read_text())
-  plan = make_plan(spec)
-  dl_config = __import__("tensorflow_datasets").download.DownloadConfig(manual_dir=spec.root)
-  for part in ("items", "windows"):
-    b = cls(spec=spec, part=part, plan=plan, data_dir=str(data_dir), file_format="array_record")
-    b.download_and_prepare(download_config=dl_config)
-  stats = {**plan.stats, "fingerprint": fp, "spec": dataclasses.asdict(spec)}
   data_dir.mkdir(parents=True, exist_ok=True)
-  write_json(stats_path, stats)
+  # One build at a time per store: whoever holds the lock knows every incomplete.* there is a dead build's.
+  with filelock.FileLock(data_dir / ".prepare.lock"):
+    if stats_path.exists() and all(b.is_prepared() for b in builders):  # another process built it meanwhile
+      return json.loads(stats_path.read_text())
+    plan = make_plan(spec)
+    dl_config = __import__("tensorflow_datasets").download.DownloadConfig(manual_dir=spec.root)
+    for part in ("items", "windows"):
+      b = cls(spec=spec, part=part, plan=plan, data_dir=str(data_dir), file_format="array_record")
+      b.download_and_prepare(download_config=dl_config)
+    stats = {**plan.stats, "fingerprint": fp, "spec": dataclasses.asdict(spec)}
+    write_json(stats_path, stats)
+    remove_leftovers(data_dir)
   return stats
+
+
+def remove_leftovers(data_dir: Path) -> list[Path]:
+  """Removes what killed builds left (TFDS's incomplete.* directories, fileio's .*.tmp-*); the caller
+  holds the store's lock, so none of them is in use."""
+  gone = []
+  for pattern in ("*/*/incomplete.*", "*/incomplete.*", "incomplete.*", "**/.*.tmp-*"):
+    for p in data_dir.glob(pattern):
+      if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+        gone.append(p)
+  if gone:
+    logging.info("removed %d leftovers of interrupted builds in %s", len(gone), data_dir)
+  return gone
 
 
 def builders(spec: DataSpec, data_dir: str | Path):

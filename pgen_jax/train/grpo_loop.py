@@ -85,8 +85,8 @@ class Rewards:
     self.terms_fn = self.models.terms_fn(self.rcfg)
     self.scorer = None
     if any(self.rcfg.active.get(k) for k in ("profile", "nima")):
-      from pgen_jax.scorer.client import ScorerClient
-      self.scorer = ScorerClient(g.scorer_url, token=g.scorer_token)
+      from pgen_jax.scorer.launch import scorer_client
+      self.scorer = scorer_client(g, cfg.workdir)  # the one answering at scorer_url, else one started here
 
   def submit(self, tokens: np.ndarray, images: np.ndarray | None, users: np.ndarray, raw: dict,
              samples: int) -> dict:
