@@ -23,7 +23,8 @@ def reference(q, k, v, key_mask, causal_q):
   logits -= logits.max(-1, keepdims=True)
   p = np.exp(logits)
   p /= p.sum(-1, keepdims=True)
-  lse = np.log(np.exp(np.where(mask, np.einsum("bhtd,bhsd->bhts", q, k) / np.sqrt(d), -np.inf)).sum(-1))
+  with np.errstate(divide="ignore"):  # queries that see no key: lse = -inf
+    lse = np.log(np.exp(np.where(mask, np.einsum("bhtd,bhsd->bhts", q, k) / np.sqrt(d), -np.inf)).sum(-1))
   return np.einsum("bhts,bhsd->bhtd", p, v), lse
 
 
@@ -96,6 +97,12 @@ def test_blockwise_holds_no_full_logits():
   temp = lambda impl: f(impl).lower(q, q, q, km).compile().memory_analysis().temp_size_in_bytes
   assert temp("xla") >= 16 * 2 ** 20
   assert temp("blockwise") < 4 * 2 ** 20, temp("blockwise")
+  # Nor does its backward pass: it keeps q, k, v, the output and lse, not per-block carries.
+  grad = lambda impl: jax.jit(jax.grad(lambda q, k, v, m: attn.attend(
+      q, k, v, key_mask=m, causal_q=jnp.arange(2048), impl=impl, block_q=256, block_k=256).sum(), argnums=(0, 1, 2)))
+  grad_temp = lambda impl: grad(impl).lower(q, q, q, km).compile().memory_analysis().temp_size_in_bytes
+  assert grad_temp("xla") >= 16 * 2 ** 20
+  assert grad_temp("blockwise") < 6 * 2 ** 20, grad_temp("blockwise")
 
 
 def test_auto_picks_per_platform_and_shape():
@@ -105,3 +112,20 @@ def test_auto_picks_per_platform_and_shape():
   assert attn.choose(big[0], big[1], jnp.arange(1024), False) == "blockwise"  # CPU
   with pytest.raises(ValueError, match="attention implementation 'flash'"):
     attn.attend(*small, small[1], impl="flash")
+
+
+def test_blockwise_gradients_through_the_lse_of_merged_parts():
+  """The GRPO update merges prefix and own attention by their lse: gradients flow through both."""
+  q, k, v, km = inputs(6, t=10, s=33, left_pad=(0, 4))
+
+  def loss(impl, q, k, v):
+    parts = [attn.attend(q, k[:, :, :20], v[:, :, :20], key_mask=jnp.asarray(km[:, :20]), impl=impl, block_q=4,
+                         block_k=8, return_lse=True),
+             attn.attend(q, k[:, :, 20:], v[:, :, 20:], causal_q=jnp.arange(10) + 3, impl=impl, block_q=4,
+                         block_k=8, return_lse=True)]
+    return jnp.sum(jnp.cos(attn.merge(parts)[0]))
+
+  want = jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2))(*map(jnp.asarray, (q, k, v)))
+  got = jax.grad(lambda *a: loss("blockwise", *a), argnums=(0, 1, 2))(*map(jnp.asarray, (q, k, v)))
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)

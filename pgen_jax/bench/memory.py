@@ -127,7 +127,7 @@ def rollout(cfg, mesh, graphdef, state, config, stage="rollout", prompts=None, s
   scfg = SamplingConfig(cfg_weight=cfg_weight or cfg.grpo.cfg_weight, temperature=cfg.grpo.temperature,
                         num_samples=samples)
   fn = jit_generate(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh, scfg,
-                    cfg.prompt.uncond == "keep_images")
+                    cfg.prompt.uncond == "keep_images", jnp.dtype(cfg.model.dtype))
   rows = [measure(stage, "sampler", fn, state, *sampler_inputs(cfg, mesh, config, prompts, samples, length))]
   if stage == "rollout":
     rows.append(decode_step(cfg, mesh, graphdef, state, config, prompts, samples, length))

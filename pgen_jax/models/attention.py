@@ -11,8 +11,10 @@ gets the uniform average over all keys, as the plain softmax over large negative
 output is never read, but it stays finite.
 
 - xla: materialises fp32 (B, H, T, S) logits; right for short queries (decode steps).
-- blockwise: online softmax over key blocks (and query blocks), each block recomputed in the
-  backward pass, so neither pass holds (T, S) logits. Portable: CPU, and the fallback anywhere.
+- blockwise: flash attention in plain JAX: online softmax over key blocks for each query block;
+  the backward pass (a custom VJP) recomputes each block's probabilities from the saved
+  log-sum-exp, so neither pass holds (T, S) logits and the forward saves only its output and lse.
+  Portable: CPU, and the fallback anywhere.
 - cudnn: `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused flash attention (GPU,
   bf16/fp16).
 - pallas: the Pallas TPU flash-attention kernel, padding as segment ids (TPU, self-attention).
@@ -24,6 +26,8 @@ attentions over disjoint key sets (a shared prefix and a sample's own tokens) me
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -99,45 +103,100 @@ def _blockwise(q, k, v, key_mask, causal_q, return_lse, block_q, block_k):
   qg = jnp.pad(_grouped(q, kvh), ((0, 0),) * 3 + ((0, pad_t), (0, 0)))
   kp = jnp.pad(k, ((0, 0), (0, 0), (0, pad_s), (0, 0)))
   vp = jnp.pad(v, ((0, 0), (0, 0), (0, pad_s), (0, 0)))
+  # Keys padding the last block are masked like padding (a query that sees no real key averages
+  # them too: its output is never read).
   km = jnp.ones((1, s), bool) if key_mask is None else key_mask.astype(bool)
   km = jnp.pad(km, ((0, 0), (0, pad_s)))
-  real = jnp.arange(nk * bk) < s  # keys past S are padding of the blocks: weight exactly 0
-  cq = None if causal_q is None else jnp.pad(causal_q, (0, pad_t))
-  scale = d ** -0.5
+  big = jnp.iinfo(jnp.int32).max
+  cq = jnp.full((nq * bq,), big, jnp.int32) if causal_q is None else jnp.pad(causal_q.astype(jnp.int32), (0, pad_t))
+  out, lse = _flash(qg, kp, vp, km, cq, bq, bk)
+  out = out[..., :t, :].reshape(b, h, t, d).astype(q.dtype)
+  lse = lse[..., :t].reshape(b, h, t)
+  return (out, lse) if return_lse else out
+
+
+def _block_logits(qi, kj, mj, ci, j, bk):
+  scale = qi.shape[-1] ** -0.5
+  logits = jnp.einsum("bkgtd,bksd->bkgts", qi, kj, preferred_element_type=jnp.float32) * scale
+  mask = visible(mj, ci, qi.shape[0], qi.shape[3], bk, j * bk)[:, :, None]
+  return jnp.where(mask, logits, NEG)
+
+
+def _flash_forward(qg, kp, vp, km, cq, bq, bk):
+  """Online softmax over key blocks for each query block: out (B, K, G, T, D) fp32 and lse."""
+  nq, nk = qg.shape[3] // bq, kp.shape[2] // bk
 
   def one_query_block(i):
     qi = jax.lax.dynamic_slice_in_dim(qg, i * bq, bq, axis=3)
-    ci = None if cq is None else jax.lax.dynamic_slice_in_dim(cq, i * bq, bq)
+    ci = jax.lax.dynamic_slice_in_dim(cq, i * bq, bq)
 
-    @jax.checkpoint  # the backward pass recomputes each block's logits instead of storing them
     def key_block(carry, j):
       m, l, acc = carry
       kj = jax.lax.dynamic_slice_in_dim(kp, j * bk, bk, axis=2)
       vj = jax.lax.dynamic_slice_in_dim(vp, j * bk, bk, axis=2)
-      mj = jax.lax.dynamic_slice_in_dim(km, j * bk, bk, axis=1)
-      rj = jax.lax.dynamic_slice_in_dim(real, j * bk, bk)
-      logits = jnp.einsum("bkgtd,bksd->bkgts", qi, kj, preferred_element_type=jnp.float32) * scale
-      mask = visible(mj, ci, b, bq, bk, j * bk)[:, :, None]
-      logits = jnp.where(mask, logits, NEG)
+      logits = _block_logits(qi, kj, jax.lax.dynamic_slice_in_dim(km, j * bk, bk, axis=1), ci, j, bk)
       m_new = jnp.maximum(m, logits.max(-1))
-      p = jnp.exp(logits - m_new[..., None]) * rj
+      p = jnp.exp(logits - m_new[..., None])
       corr = jnp.exp(m - m_new)
-      l = l * corr + p.sum(-1)
-      acc = acc * corr[..., None] + jnp.einsum("bkgts,bksd->bkgtd", p.astype(v.dtype), vj,
+      acc = acc * corr[..., None] + jnp.einsum("bkgts,bksd->bkgtd", p.astype(vp.dtype), vj,
                                                preferred_element_type=jnp.float32)
-      return (m_new, l, acc), None
+      return (m_new, l * corr + p.sum(-1), acc), None
 
     shape = qi.shape[:-1]
-    init = (jnp.full(shape, NEG, jnp.float32), jnp.zeros(shape, jnp.float32),
-            jnp.zeros(qi.shape, jnp.float32))
+    init = (jnp.full(shape, NEG, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(qi.shape, jnp.float32))
     (m, l, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
     return acc / l[..., None], m + jnp.log(l)
 
   out, lse = jax.lax.map(one_query_block, jnp.arange(nq))  # (nq, B, K, G, bq, ...)
-  out = jnp.moveaxis(out, 0, 3).reshape(b, kvh, h // kvh, nq * bq, d)[..., :t, :]
-  lse = jnp.moveaxis(lse, 0, 3).reshape(b, kvh, h // kvh, nq * bq)[..., :t]
-  out = out.reshape(b, h, t, d).astype(q.dtype)
-  return (out, lse.reshape(b, h, t)) if return_lse else out
+  b, kvh, g, _, d = qg.shape
+  return (jnp.moveaxis(out, 0, 3).reshape(b, kvh, g, nq * bq, d), jnp.moveaxis(lse, 0, 3).reshape(b, kvh, g, nq * bq))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _flash(qg, kp, vp, km, cq, bq, bk):
+  return _flash_forward(qg, kp, vp, km, cq, bq, bk)
+
+
+def _flash_fwd(qg, kp, vp, km, cq, bq, bk):
+  out, lse = _flash_forward(qg, kp, vp, km, cq, bq, bk)
+  return (out, lse), (qg, kp, vp, km, cq, out, lse)
+
+
+def _flash_bwd(bq, bk, res, grads):
+  """Flash attention's backward: each block's probabilities recomputed from the saved lse, so
+  only q, k, v, the output and lse are kept from the forward. The lse's own cotangent (merged
+  partial attentions) enters as dlse * p."""
+  qg, kp, vp, km, cq, out, lse = res
+  dout, dlse = grads
+  nq, nk = qg.shape[3] // bq, kp.shape[2] // bk
+  scale = qg.shape[-1] ** -0.5
+  delta = jnp.sum(dout * out, axis=-1)
+  at = lambda x, i, n, axis: jax.lax.dynamic_slice_in_dim(x, i * n, n, axis=axis)
+
+  def key_block(dq, j):
+    kj, vj, mj = at(kp, j, bk, 2), at(vp, j, bk, 2), at(km, j, bk, 1)
+
+    def query_block(carry, i):
+      dk, dv, dq = carry
+      qi, doi = at(qg, i, bq, 3), at(dout, i, bq, 3)
+      p = jnp.exp(_block_logits(qi, kj, mj, at(cq, i, bq, 0), j, bk) - at(lse, i, bq, 3)[..., None])
+      dv = dv + jnp.einsum("bkgts,bkgtd->bksd", p, doi)
+      dp = jnp.einsum("bkgtd,bksd->bkgts", doi, vj.astype(jnp.float32))
+      ds = p * (dp - at(delta, i, bq, 3)[..., None] + at(dlse, i, bq, 3)[..., None])
+      dq_i = at(dq, i, bq, 3) + jnp.einsum("bkgts,bksd->bkgtd", ds, kj.astype(jnp.float32)) * scale
+      dk = dk + jnp.einsum("bkgts,bkgtd->bksd", ds, qi.astype(jnp.float32)) * scale
+      return (dk, dv, jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * bq, axis=3)), None
+
+    zeros = jnp.zeros(kj.shape, jnp.float32)
+    (dk, dv, dq), _ = jax.lax.scan(query_block, (zeros, zeros, dq), jnp.arange(nq))
+    return dq, (dk, dv)
+
+  dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros(qg.shape, jnp.float32), jnp.arange(nk))
+  blocks = lambda x: jnp.moveaxis(x, 0, 2).reshape(kp.shape)  # (nk, B, K, bk, D) -> (B, K, S, D)
+  return dq.astype(qg.dtype), blocks(dk).astype(kp.dtype), blocks(dv).astype(vp.dtype), None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def _cudnn(q, k, v, key_mask, causal_q, return_lse):
