@@ -37,6 +37,19 @@ def test_benchmark_runs(tmp_path):
   assert row["prompts"] == 2 and row["ours_images_per_s"] > 0 and row["hf_images_per_s"] > 0
 
 
+def test_history_benchmark_compares_shared_and_unshared(tmp_path):
+  out = tmp_path / "bench.jsonl"
+  run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.generate", "--preset=tiny", "--history=2",
+                        "--prompts=1", "--samples=3", "--repeats=1", f"--json={out}"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert run.returncode == 0, run.stderr[-2000:]
+  row = __import__("json").loads(out.read_text().splitlines()[0])
+  # BOS + 2 x (BOI + 16 placeholders + EOI + 8 text tokens) + BOI
+  assert row["history"] == 2 and row["prompt_len"] == 1 + 2 * (1 + 16 + 1 + 8) + 1
+  assert row["ours_images_per_s"] > 0 and row["unshared_images_per_s"] > 0 and row["ratio"] > 0
+
+
 def test_sft_benchmark_runs():
   run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.sft", "--preset=tiny", "--batch=2", "--history=1",
                         "--text=8", "--steps=1"], cwd=Path(__file__).resolve().parents[1], capture_output=True,

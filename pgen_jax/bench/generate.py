@@ -1,11 +1,18 @@
 """Image-generation throughput: our sampler against transformers' generate, same config and machine.
 
   python -m pgen_jax.bench.generate --preset=tiny --prompts=1,4 --samples=4            # CPU
+  python -m pgen_jax.bench.generate --preset=mid --prompts=4,16 --samples=4 --repeats=1 # CPU, vs transformers
+  python -m pgen_jax.bench.generate --preset=demo --history=5 --prompts=2 --samples=8   # shared vs unshared
   python -m pgen_jax.bench.generate --preset=janus-pro-1b --dtype=bfloat16 --prompts=1,16,64
 
-Random weights, text-only prompts (transformers ignores history images). Prints images/s, image
-tokens/s, the ratio to transformers and, on an accelerator, the fraction of the HBM roofline of
-the decode loop: (weights + KV cache bytes read per step) * steps / time / bandwidth.
+Random weights. Text prompts (--history=0): our sampler against transformers' generate (which
+ignores history images, so it can only be compared on text). History prompts (--history=K, the real
+layout: K items of <begin_of_image> + image placeholders + <end_of_image> + text): our sampler,
+which prefills each prompt once for its samples, against the same sampler run unshared (each
+sample its own copy of the prompt, the unconditional row at full length, as before the prefix
+was shared). Prints images/s, image tokens/s, the ratio and, on an accelerator, the fraction of
+the HBM roofline of the decode loop: (weights + KV cache bytes read per step) * steps / time /
+bandwidth.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialToken
 _PRESET = flags.DEFINE_string("preset", "tiny", "model preset")
 _PROMPTS = flags.DEFINE_list("prompts", ["1", "4"], "prompt batch sizes")
 _SAMPLES = flags.DEFINE_integer("samples", 4, "images per prompt")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "prompt tokens")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "prompt tokens (text prompts)")
+_HISTORY = flags.DEFINE_integer("history", 0, "history images per prompt (0: text prompts, compared with transformers)")
+_ITEM_TEXT = flags.DEFINE_integer("item_text", 8, "text tokens per history item")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "params and compute dtype")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per setting (after one warm-up)")
 _HF = flags.DEFINE_bool("hf", True, "also time transformers' generate (needs torch)")
@@ -71,6 +80,30 @@ def prompts(cfg, b: int, length: int, rng):
   mask = np.ones_like(ids)
   return PromptBatch(ids=ids, mask=mask, uncond=uncond_ids(ids, mask, special),
                      images=np.zeros((0, 1, 1, 3), np.float32), uncond_has_images=False), special
+
+
+def history_prompts(cfg, b: int, k: int, text: int, rng) -> PromptBatch:
+  """b prompts of k history items each in the real layout, random images and text, uncond_pads=drop."""
+  boi = cfg.text.vocab_size - 2
+  special = SpecialTokens(bos=1, pad=0, boi=boi, eoi=boi - 1, image=cfg.image_token_id)
+  words = lambda n: list(rng.integers(3, boi - 2, n))
+  rows = [[1] + sum(([boi] + [cfg.image_token_id] * cfg.num_image_tokens + [boi - 1] + words(text)
+                     for _ in range(k)), []) + [boi] for _ in range(b)]
+  ids = np.asarray(rows, np.int32)
+  mask = np.ones_like(ids)
+  uncond = uncond_ids(ids, mask, special)
+  size = cfg.vision.image_size
+  return PromptBatch(ids=ids, mask=mask, uncond=uncond, uncond_has_images=False,
+                     images=rng.uniform(-1, 1, (b * k, size, size, 3)).astype(np.float32),
+                     uncond_mask=(mask.astype(bool) & (uncond == ids)).astype(np.int32))
+
+
+def unshared(batch: PromptBatch, n: int, k: int) -> PromptBatch:
+  """Each of the n samples with its own copy of its prompt; the uncond row attends its pads."""
+  per_prompt = batch.images.reshape(len(batch.ids), k, *batch.images.shape[1:])
+  return PromptBatch(ids=np.repeat(batch.ids, n, 0), mask=np.repeat(batch.mask, n, 0),
+                     uncond=np.repeat(batch.uncond, n, 0), uncond_has_images=False,
+                     images=np.repeat(per_prompt, n, 0).reshape(-1, *batch.images.shape[1:]))
 
 
 def time_ours(model, mesh, batch, n) -> float:
@@ -125,31 +158,47 @@ def main(argv):
   dtype = jnp.dtype(_DTYPE.value)
   mesh = make_mesh()
   model = Janus(cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype)
-  hf = build_hf(cfg, _DTYPE.value) if _HF.value else None
+  history = _HISTORY.value
+  hf = build_hf(cfg, _DTYPE.value) if _HF.value and not history else None
   bw = bandwidth()
   n_tok = cfg.num_image_tokens
+  against = "unshared" if history else "hf"
+  layout = f"{history} history images" if history else f"prompt {_PROMPT_LEN.value} tokens"
   print(f"device: {jax.device_count()} x {jax.devices()[0].device_kind}; preset {_PRESET.value}; "
-        f"{_DTYPE.value}; prompt {_PROMPT_LEN.value} tokens; {n_tok} image tokens")
-  print(f"{'prompts':>7} {'samples':>7} {'ours img/s':>11} {'ours tok/s':>11} {'hf img/s':>9} {'ratio':>6} {'roofline':>8}")
+        f"{_DTYPE.value}; {layout}; {n_tok} image tokens")
+  print(f"{'prompts':>7} {'samples':>7} {'ours img/s':>11} {'ours tok/s':>11} {against + ' img/s':>14} {'ratio':>6} "
+        f"{'roofline':>8}")
   rng = np.random.default_rng(0)
   for b in map(int, _PROMPTS.value):
-    batch, special = prompts(cfg, b, _PROMPT_LEN.value, rng)
     n = _SAMPLES.value
+    if history:
+      batch = history_prompts(cfg, b, history, _ITEM_TEXT.value, rng)
+    else:
+      batch, special = prompts(cfg, b, _PROMPT_LEN.value, rng)
     t = time_ours(model, mesh, batch, n)
     imgs = b * n / t
-    row = {"preset": _PRESET.value, "dtype": _DTYPE.value, "prompts": b, "samples": n,
-           "device": jax.devices()[0].device_kind, "ours_images_per_s": imgs, "ours_tokens_per_s": imgs * n_tok}
-    hf_txt = ratio_txt = roof_txt = "-"
-    if hf is not None:
-      th = time_hf(hf, batch, special, n)
-      row["hf_images_per_s"] = b * n / th
-      row["ratio"] = th / t
-      hf_txt, ratio_txt = f"{b * n / th:9.3f}", f"{th / t:6.2f}"
+    row = {"preset": _PRESET.value, "dtype": _DTYPE.value, "prompts": b, "samples": n, "history": history,
+           "prompt_len": int(batch.ids.shape[1]), "device": jax.devices()[0].device_kind,
+           "ours_images_per_s": imgs, "ours_tokens_per_s": imgs * n_tok}
+    other_txt = ratio_txt = roof_txt = "-"
+    other = None
+    if history:
+      other = time_ours(model, mesh, unshared(batch, n, history), 1)
+    elif hf is not None:
+      other = time_hf(hf, batch, special, n)
+    if other is not None:
+      row[f"{against}_images_per_s"] = b * n / other
+      row["ratio"] = other / t
+      other_txt, ratio_txt = f"{b * n / other:14.3f}", f"{other / t:6.2f}"
     if bw:
-      per_step = decode_bytes_per_step(cfg, 2 * b * n, _PROMPT_LEN.value + n_tok // 2, dtype.itemsize)
+      # Each prompt's prefix (cond + uncond rows) is read once per step, then every row's own tokens.
+      prefix = batch.ids.shape[1] + batch.uncond_rows()[0].shape[1]
+      weights = decode_bytes_per_step(cfg, 0, 0, dtype.itemsize)
+      per_step = (decode_bytes_per_step(cfg, b, prefix, dtype.itemsize)
+                  + decode_bytes_per_step(cfg, 2 * b * n, n_tok // 2, dtype.itemsize) - weights)
       row["roofline"] = per_step * n_tok / t / bw
       roof_txt = f"{row['roofline']:8.1%}"
-    print(f"{b:7d} {n:7d} {imgs:11.3f} {imgs * n_tok:11.1f} {hf_txt:>9} {ratio_txt:>6} {roof_txt:>8}")
+    print(f"{b:7d} {n:7d} {imgs:11.3f} {imgs * n_tok:11.1f} {other_txt:>14} {ratio_txt:>6} {roof_txt:>8}")
     if _JSON.value:
       with open(_JSON.value, "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -275,13 +275,13 @@ def janus_pro_7b() -> JanusConfig:
 
 
 def tiny(hidden: int = 64, heads: int = 4, kv_heads: int = 2, layers: int = 2, vocab: int = 320,
-         image_size: int = 16, patch: int = 4) -> JanusConfig:
+         image_size: int = 16, patch: int = 4, max_positions: int = 512) -> JanusConfig:
   """A few-kB Janus for tests and the CPU demo; the VQ downsampling factor equals `patch`."""
   levels = patch.bit_length()  # 2**(levels-1) == patch
   mult = tuple([1] + [2] * (levels - 1))
   text = TextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2 + 8,
                     num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                    max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                    max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2)
   vision = VisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
                         patch_size=patch, projection_dim=hidden)
   vq = VQConfig(num_embeddings=64, latent_channels=32, base_channels=32, channel_multiplier=mult,
@@ -294,7 +294,13 @@ def demo() -> JanusConfig:
   return tiny(image_size=32, patch=4)
 
 
-PRESETS = {"janus-pro-1b": janus_pro_1b, "janus-pro-7b": janus_pro_7b, "tiny": tiny, "demo": demo}
+def mid() -> JanusConfig:
+  """A CPU-sized benchmark model with the real token layout: LM 256 wide, 4 layers, 96px images
+  tokenized to 24 x 24 = 576 image tokens, room for 5 history images."""
+  return tiny(hidden=256, heads=4, kv_heads=4, layers=4, image_size=96, patch=4, max_positions=4096)
+
+
+PRESETS = {"janus-pro-1b": janus_pro_1b, "janus-pro-7b": janus_pro_7b, "tiny": tiny, "demo": demo, "mid": mid}
 
 
 def preset(name: str) -> JanusConfig:
