@@ -64,3 +64,13 @@ def test_sasrec_learns_a_next_item_rule():
   target = (hist[:, -1] + 7) % n
   ranked = top_k(model.scores(hist), hist, 10)
   assert hit_rate(ranked, target, 1).mean() >= 0.9
+
+
+def test_spread_windows_covers_each_transition_once():
+  from pgen_jax.recommenders.sasrec import spread_windows
+  seq = np.arange(10)
+  windows = np.stack([seq[s:s + 4] for s in range(7)] + [seq[s:s + 4] + 100 for s in range(2)])  # stride 1
+  users = np.array([1] * 7 + [2] * 2)
+  kept = spread_windows(windows, users, 1)
+  # user 1: starts 0, 3, 6 cover 0..9; user 2: start 0, then its last window (start 1)
+  np.testing.assert_array_equal(kept, [seq[0:4], seq[3:7], seq[6:10], seq[0:4] + 100, seq[1:5] + 100])

@@ -15,7 +15,8 @@ summarised by pgen_jax.eval.stats (single-sample mean, best of N, paired 95% boo
 Writes <workdir>/eval/: methods/<name>/ per method, each written atomically when that method is done
 (a killed eval redoes only the missing ones): values.npz (W x N per metric), method.json (ranking
 figures, where the model came from), images/ (the first eval.report_users windows' images);
-windows.json (users and item ids of the windows); then results.json, results.md and report.html
+windows.json (users and item ids of the windows), windows/ (the report users' history, target and
+future images); then results.json, results.md and report.html
 (pgen_jax.eval.report).
 """
 
@@ -175,7 +176,7 @@ def _save_method(out: Path, name: str, kind: str, values: dict, info: dict, imag
 def run_recommender(c: Comparison, name: str, train, out: Path):
   from pgen_jax.recommenders.build import make
   e, w = c.e, c.windows
-  rec = make(name, dict(e.sasrec), c.cfg.seed).fit(*train)
+  rec = make(name, dict(e.sasrec), c.cfg.seed, c.cfg.data.stride).fit(*train)
   k = max(10, e.samples)
   ranked = top_k(rec.scores(w.history), w.history, k)
   ranking = ranking_metrics(ranked, w.target, ks=(1, 10))
@@ -249,6 +250,13 @@ def run_eval(cfg) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   write_json(out / "windows.json", {"users": c.windows.users.tolist(), "items": c.catalog.ids[c.windows.items].tolist(),
                                     "history_len": c.windows.history_len})
+  if not (out / "windows").exists():  # the report users' items, as the metrics saw them
+    with atomic_directory(out / "windows") as tmp:
+      w = c.windows
+      for i in range(min(e.report_users, len(w.users))):
+        for tag, idx in [(f"h{j}", w.history[i, j]) for j in range(w.history.shape[1])] + [("target", w.target[i])] + \
+                        [(f"f{j}", w.future[i, j]) for j in range(w.future.shape[1])]:
+          (tmp / f"{i:05d}_{tag}.png").write_bytes(png_bytes(c.catalog.images(np.array([idx]))[0]))
   train = None
   for m in methods:
     if done(m):

@@ -25,17 +25,17 @@ def training_windows(cfg) -> tuple[np.ndarray, np.ndarray, int]:
           num_items)
 
 
-def make(name: str, sasrec: dict | None = None, seed: int = 0):
+def make(name: str, sasrec: dict | None = None, seed: int = 0, stride: int = 1):
   if name not in NAMES:
     raise ValueError(f"eval.recommenders: {name!r} unknown; choose from {NAMES}")
   if name == "sasrec":
-    return SASRec(SASRecConfig(**dict(sasrec or {})))
+    return SASRec(SASRecConfig(**dict(sasrec or {})), stride)
   return Random(seed) if name == "random" else {"pop": Pop, "itemknn": ItemKNN, "lastitem": LastItem}[name]()
 
 
-def fit_all(names, windows, users, num_items, sasrec: dict | None = None, seed: int = 0) -> dict:
+def fit_all(names, windows, users, num_items, sasrec: dict | None = None, seed: int = 0, stride: int = 1) -> dict:
   out = {}
   for name in names:
     logging.info("fitting recommender %s on %d training windows, %d items", name, len(windows), num_items)
-    out[name] = make(name, sasrec, seed).fit(windows, users, num_items)
+    out[name] = make(name, sasrec, seed, stride).fit(windows, users, num_items)
   return out

@@ -81,14 +81,35 @@ def _last_logits(model, history):
   return model(history)[:, -1]
 
 
+def spread_windows(windows: np.ndarray, users: np.ndarray, stride: int) -> np.ndarray:
+  """Of each user's consecutive windows (sliding by `stride`), those that together cover every transition
+  of the user's sequence once (and the last): overlapping windows would repeat each transition about
+  length / stride times, the same data at several times the cost."""
+  keep, prev_user, next_start, start = [], None, 0, 0
+  for j, u in enumerate(users):
+    if u != prev_user:
+      if keep and keep[-1] != j - 1 and prev_user is not None:
+        keep.append(j - 1)
+      prev_user, next_start, start = u, 0, 0
+    else:
+      start += stride
+    if start >= next_start:
+      keep.append(j)
+      next_start = start + windows.shape[1] - 1
+  if len(users) and keep[-1] != len(users) - 1:
+    keep.append(len(users) - 1)
+  return windows[np.array(keep, int)]
+
+
 class SASRec:
   name = "sasrec"
 
-  def __init__(self, config: SASRecConfig = SASRecConfig()):
-    self.c = config
+  def __init__(self, config: SASRecConfig = SASRecConfig(), stride: int = 1):
+    self.c, self.stride = config, stride
 
   def fit(self, windows, users, num_items):
     c = self.c
+    windows = spread_windows(windows, users, self.stride)
     self.model = SASRecModel(num_items, windows.shape[1], c, nnx.Rngs(params=c.seed, dropout=c.seed + 1))
     opt = nnx.Optimizer(self.model, optax.adamw(c.lr, b2=0.98, weight_decay=c.weight_decay), wrt=nnx.Param)
     rng = np.random.default_rng(c.seed)
