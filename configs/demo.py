@@ -30,5 +30,7 @@ def get_config():
   c.sft.eval_every = 100
   c.sft.eval_batches = 2
   c.sft.ckpt_every = 100
+  c.eval.sasrec.update(dict(dim=32, layers=1, epochs=20, batch_size=64))  # the demo world is small
+  c.eval.bootstrap = 500
   c.export.dir = "runs/demo/hf"
   return c

@@ -126,8 +126,8 @@ class Comparison:
     g = emb["cis"] if "cis" in emb else flat.reshape(w, n, -1).astype(np.float32)
     out["cross_user"] = M.cross_user(g, self.windows.users)
     if self.genre is not None:
-      out["genre_hit"] = self.genre(self.windows.users, tokens if tokens is not None else self.genre.tokens(flat)
-                                    ).reshape(w, n)
+      tokens = tokens.reshape(w * n, -1) if tokens is not None else self.genre.tokens(flat)
+      out["genre_hit"] = self.genre(self.windows.users, tokens).reshape(w, n)
     return out
 
   def ground(self, images: np.ndarray, k: int = 10) -> np.ndarray:
@@ -152,9 +152,8 @@ class _GenreProbe:
     self.clf, self.ceiling = fit_classifier(cfg, self.vq_model)
 
   def tokens(self, images: np.ndarray) -> np.ndarray:
-    x = images.astype(np.float32) / 127.5 - 1.0
-    return np.concatenate([np.asarray(self.vq_model.get_image_tokens(jax.numpy.asarray(x[i:i + 64])))
-                           for i in range(0, len(x), 64)])
+    from pgen_jax.eval.genre import image_tokens
+    return image_tokens(self.vq_model, images.astype(np.float32) / 127.5 - 1.0)
 
   def __call__(self, users, tokens) -> np.ndarray:
     from pgen_jax.data import synthetic

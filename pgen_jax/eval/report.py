@@ -15,7 +15,7 @@ from absl import logging
 from pgen_jax.eval import stats
 from pgen_jax.eval.grids import png_bytes
 from pgen_jax.eval.metrics import LOWER_IS_BETTER
-from pgen_jax.fileio import write_bytes, write_json
+from pgen_jax.fileio import write_bytes
 
 MODES = ("mean", "best")  # single-sample mean over the N images; best of the N
 
@@ -105,7 +105,7 @@ def write_results(cfg, out: Path, methods: list[str], c, extra: dict) -> dict:
          "differences": {g: {k: {mode: list(v) for mode, v in d.items()} for k, d in dd.items()}
                          for g, dd in s["differences"].items()},
          **extra}
-  write_json(out / "results.json", res)
+  write_bytes(out / "results.json", json.dumps(res, indent=2).encode())  # rows in the configured order
   md = markdown(res)
   write_bytes(out / "results.md", md.encode())
   write_bytes(out / "report.html", page(cfg, out, res, values, info, c).encode())
@@ -113,9 +113,13 @@ def write_results(cfg, out: Path, methods: list[str], c, extra: dict) -> dict:
   return res
 
 
-def _img(data: bytes, title: str = "", size: int = 96) -> str:
+CAPTION = ("cis_target", "dis_target", "cis_history", "lpips_target", "ssim_target", "genre_hit")  # the rest on hover
+
+
+def _img(data: bytes, caption: str = "", size: int = 96, title: str = "") -> str:
   return (f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" width="{size}" '
-          f'height="{size}" title="{html.escape(title)}"><figcaption>{html.escape(title)}</figcaption></figure>')
+          f'height="{size}" title="{html.escape(title or caption)}"><figcaption>{html.escape(caption)}</figcaption>'
+          '</figure>')
 
 
 def _curves(workdir: Path) -> str:
@@ -198,8 +202,9 @@ def page(cfg, out: Path, res: dict, values: dict, info: dict, c) -> str:
       imgs = []
       for k in range(res["samples"]):
         f = out / "methods" / m / "images" / f"{i:05d}_s{k}.png"
-        cap = ", ".join(f"{name} {v[name][i, k]:.2f}" for name in v)
-        imgs.append(_img(f.read_bytes(), cap))
+        full = ", ".join(f"{name} {v[name][i, k]:.3f}" for name in v)
+        cap = " ".join(f"{name.replace('_target', '')} {v[name][i, k]:.2f}" for name in v if name in CAPTION)
+        imgs.append(_img(f.read_bytes(), cap, title=full))
       rows.append(f'<div class="row"><span class="label">{html.escape(m)}</span>{"".join(imgs)}</div>')
     sections.append(f'<section class="user"><h3>User {int(w.users[i])}</h3><div class="row"><span class="label">'
                     f'history</span>{strip}<span class="label">target</span>{target}</div>{"".join(rows)}</section>')
