@@ -147,6 +147,7 @@ def test_report_opens_in_headless_chromium(evaluated):
       rows = page.eval_on_selector_all(f'table.results[data-mode="{mode}"] tbody tr',
                                        "els => els.map(e => e.cells[0].textContent)")
       assert rows == methods, rows
+    assert page.eval_on_selector_all("figure.curve polyline", "els => els.length") >= 1  # the SFT loss
     page.screenshot(path=str(out / "report.png"), full_page=True)
     browser.close()
   assert (out / "report.png").stat().st_size > 10_000

@@ -63,7 +63,8 @@ class Catalog:
     for i in np.unique(idx):
       if int(i) not in self._images:
         self._load(i)
-    return np.stack([self._images[int(i)] for i in idx.reshape(-1)]).reshape(*idx.shape, *self._images[int(idx.flat[0])].shape)
+    flat = np.stack([self._images[int(i)] for i in idx.reshape(-1)])
+    return flat.reshape(*idx.shape, *flat.shape[1:])
 
   def texts(self, idx) -> list[str]:
     for i in np.unique(idx):

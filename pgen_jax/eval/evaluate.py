@@ -100,7 +100,8 @@ class Comparison:
       self.genre = _GenreProbe(cfg, mesh)
     w = self.windows
     self.refs = {}
-    for kind, fn, ok in (("cis", self.models.clip, self.models.has_clip), ("dis", self.models.dino, self.models.has_dino)):
+    for kind, fn, ok in (("cis", self.models.clip, self.models.has_clip),
+                         ("dis", self.models.dino, self.models.has_dino)):
       if ok:
         self.refs[kind] = (self.catalog.embeddings(kind, fn, w.history), self.catalog.embeddings(kind, fn, w.target),
                            self.catalog.embeddings(kind, fn, w.future))
@@ -217,7 +218,8 @@ def run_generator(c: Comparison, name: str, source, out: Path):
                                                   num_samples=e.samples, decode_images=True))
   images, tokens, progress = [], [], Progress(name, len(c.windows.users))
   for b in test_windows(cfg, e.batch_size, e.per_user, e.windows, with_future=False):
-    roll = sampler(prompt_batch(prompter(b), cfg.prompt.uncond), jax.random.fold_in(jax.random.key(e.seed), len(images)))
+    key = jax.random.fold_in(jax.random.key(e.seed), len(images))
+    roll = sampler(prompt_batch(prompter(b), cfg.prompt.uncond), key)
     images.extend(np.asarray(roll.images).reshape(len(b["user"]), e.samples, *roll.images.shape[1:]))
     tokens.extend(np.asarray(roll.tokens).reshape(len(b["user"]), e.samples, -1))
     progress(len(images))
@@ -266,5 +268,8 @@ def run_eval(cfg) -> dict:
     else:
       train = train or training_windows(cfg)
       run_recommender(c, m, train, out)
-  extra = {"genre_chance": 1 / len(__import__("pgen_jax.data.synthetic").data.synthetic.GENRES), "genre_classifier_accuracy": c.genre.ceiling} if c.genre else {}
+  extra = {}
+  if c.genre:
+    from pgen_jax.data import synthetic
+    extra = {"genre_chance": 1 / len(synthetic.GENRES), "genre_classifier_accuracy": c.genre.ceiling}
   return write_results(cfg, out, methods, c, extra)

@@ -214,5 +214,6 @@ def page(cfg, out: Path, res: dict, values: dict, info: dict, c) -> str:
            "width:80px;font-weight:bold;vertical-align:top} .row{margin:4px 0}")
   return (f"<!doctype html><html><head><meta charset='utf-8'><title>pgen_jax comparison</title><style>{style}"
           f"</style></head><body><h1>Generated vs retrieved</h1><p>{res['windows']} test windows, "
-          f"{res['samples']} images per window per method; metric models: {html.escape(json.dumps(res['metric_models']))}."
+          f"{res['samples']} images per window per method; metric models: "
+          f"{html.escape(json.dumps(res['metric_models']))}."
           f"</p>{_table_html(res)}<h2>Users</h2>{''.join(sections)}{_curves(Path(cfg.workdir))}</body></html>")
