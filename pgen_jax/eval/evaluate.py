@@ -22,7 +22,9 @@ future images); then results.json, results.md and report.html
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -163,14 +165,27 @@ class _GenreProbe:
     return (self.clf(np.asarray(tokens).reshape(len(want), -1)) == want).astype(np.float64)
 
 
-def _save_method(out: Path, name: str, kind: str, values: dict, info: dict, images: np.ndarray, report_users: int):
+def setup_digest(cfg) -> str:
+  """What a method's values depend on besides the method: the data, the windows, N, the metric models."""
+  from pgen_jax.data.pipeline import spec_from_config
+  e = cfg.eval
+  keys = {"data": spec_from_config(cfg).fingerprint(), "samples": e.samples, "per_user": e.per_user,
+          "windows": e.windows, "report_users": e.report_users, "cfg_weight": e.cfg_weight,
+          "temperature": e.temperature, "seed": e.seed,
+          "clip": e.clip or cfg.grpo.clip, "dino": e.dino or cfg.grpo.dino, "dino_size": cfg.grpo.dino_size,
+          "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "sasrec": dict(e.sasrec), "seed_run": cfg.seed}
+  return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_method(out: Path, name: str, kind: str, values: dict, info: dict, images: np.ndarray, report_users: int,
+                 c_setup: str):
   with atomic_directory(out / "methods" / name) as tmp:
     np.savez(tmp / "values.npz", **values)
     (tmp / "images").mkdir()
     for w in range(min(report_users, len(images))):
       for k in range(images.shape[1]):
         (tmp / "images" / f"{w:05d}_s{k}.png").write_bytes(png_bytes(images[w, k]))
-    (tmp / "method.json").write_text(json.dumps({"name": name, "kind": kind, **info}, indent=2))
+    (tmp / "method.json").write_text(json.dumps({"name": name, "kind": kind, "setup": c_setup, **info}, indent=2))
 
 
 def run_recommender(c: Comparison, name: str, train, out: Path):
@@ -187,7 +202,7 @@ def run_recommender(c: Comparison, name: str, train, out: Path):
   images = c.catalog.images(shown)
   values = c.measure(images)
   _save_method(out, name, "recommender", values, {"ranking": ranking, "items": c.catalog.ids[shown].tolist()},
-               images, e.report_users)
+               images, e.report_users, setup_digest(c.cfg))
 
 
 def generator_sources(cfg) -> dict[str, str | None]:
@@ -231,7 +246,7 @@ def run_generator(c: Comparison, name: str, source, out: Path):
   _save_method(out, name, "generator", values, {"ranking": ranking, "source": source or
                                                 f"random {cfg.model.preset} (seed {cfg.seed})",
                                                 "ground_embedding": "clip" if c.models.has_clip else "pixels"},
-               images, e.report_users)
+               images, e.report_users, setup_digest(cfg))
 
 
 def run_eval(cfg) -> dict:
@@ -243,14 +258,25 @@ def run_eval(cfg) -> dict:
     raise ValueError("eval: runs on one host only for now; run it with a single process")
   gens = generator_sources(cfg)
   methods = list(e.recommenders) + list(gens)
-  done = lambda m: (out / "methods" / m / "method.json").exists()
+  setup = setup_digest(cfg)
+
+  def done(m):
+    f = out / "methods" / m / "method.json"
+    if f.exists() and json.loads(f.read_text()).get("setup") != setup:
+      logging.warning("eval: %s was measured with other settings (windows, samples, metric models); redoing it", m)
+      shutil.rmtree(f.parent)
+    return f.exists()
+
   if (out / "results.json").exists() and all(done(m) for m in methods):
     logging.info("eval already done: %s", out)
     return json.loads((out / "results.json").read_text())
   c = Comparison(cfg, mesh_from_config(cfg))
   out.mkdir(parents=True, exist_ok=True)
+  old = json.loads((out / "windows.json").read_text()).get("setup") if (out / "windows.json").exists() else None
+  if old != setup:
+    shutil.rmtree(out / "windows", ignore_errors=True)
   write_json(out / "windows.json", {"users": c.windows.users.tolist(), "items": c.catalog.ids[c.windows.items].tolist(),
-                                    "history_len": c.windows.history_len})
+                                    "history_len": c.windows.history_len, "setup": setup})
   if not (out / "windows").exists():  # the report users' items, as the metrics saw them
     with atomic_directory(out / "windows") as tmp:
       w = c.windows
