@@ -109,9 +109,6 @@ class Comparison:
                            self.catalog.embeddings(kind, fn, w.future))
     self.target_images = self.catalog.images(w.target)
 
-  def embed_for_cross_user(self, images):
-    return self.models.clip(images) if self.models.has_clip else images.reshape(len(images), -1).astype(np.float32)
-
   def measure(self, images: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """images uint8 (W, N, S, S, 3) -> {metric: (W, N)}; `tokens` (W, N, T) the VQ tokens for the genre probe."""
     w, n = images.shape[:2]
@@ -139,7 +136,7 @@ class Comparison:
     w, n = images.shape[:2]
     everything = np.arange(len(self.catalog))
     fn = self.models.clip if self.models.has_clip else (lambda x: x.reshape(len(x), -1).astype(np.float32))
-    cat = M.unit(self.catalog.embeddings("ground", fn, everything))
+    cat = M.unit(self.catalog.embeddings("cis" if self.models.has_clip else "pixels", fn, everything))
     q = M.unit(fn(images.reshape(w * n, *images.shape[2:]))).reshape(w, n, -1)
     scores = np.einsum("wnd,id->wni", q, cat).max(1)
     return top_k(scores, self.windows.history, k)
