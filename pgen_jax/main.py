@@ -71,7 +71,7 @@ def grpo(cfg) -> None:
 
 
 def evaluate(cfg) -> None:
-  """Generates for the test windows and writes <workdir>/eval (metrics.json, samples.jsonl, images/)."""
+  """The comparison of recommenders and generators: <workdir>/eval (results.json, results.md, report.html)."""
   import json
   from pgen_jax.eval.evaluate import run_eval
   result = run_eval(cfg)

@@ -124,8 +124,24 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
         raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a positive integer")
     if not isinstance(_get(cfg, "eval.windows"), int) or _get(cfg, "eval.windows") < 0:
       raise ConfigError(f"eval.windows: {_get(cfg, 'eval.windows')!r} must be an integer >= 0 (0: no limit)")
+    _check_eval(cfg)
   if "export" in stages and not _get(cfg, "export.dir"):
     raise ConfigError("export.dir: empty; set where the HF checkpoint is written")
+
+
+def _check_eval(cfg) -> None:
+  from pgen_jax.eval.evaluate import GENERATORS
+  from pgen_jax.recommenders.build import NAMES
+  for key, known in (("eval.recommenders", NAMES), ("eval.generators", GENERATORS)):
+    bad = [n for n in _get(cfg, key) if n not in known]
+    if bad:
+      raise ConfigError(f"{key}: {bad} unknown; choose from {known}")
+  for key in ("eval.clip", "eval.dino"):
+    if _get(cfg, key) and not _get(cfg, key).startswith("random:") and not Path(_get(cfg, key)).exists():
+      raise ConfigError(f"{key}: {_get(cfg, key)} does not exist; download the model there or clear the key")
+  for key, least in (("eval.bootstrap", 1), ("eval.report_users", 0)):
+    if not isinstance(_get(cfg, key), int) or _get(cfg, key) < least:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be an integer >= {least}")
 
 
 def _check_grpo(cfg) -> None:

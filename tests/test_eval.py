@@ -1,11 +1,16 @@
-"""The eval stage on the synthetic world with tiny random CLIP and DINOv2: every image's metrics equal
-the torch models (and pytorch_msssim) run on the PNGs it wrote; only held-out users are evaluated."""
+"""The eval stage's comparison on the synthetic world with tiny random CLIP, DINOv2 and LPIPS-VGG: every
+method's per-image metrics equal the torch references (transformers' CLIP and DINOv2, pytorch_msssim, the
+LPIPS formula) run on the PNGs it saved; a removed method is redone alone on a rerun; report.html opens
+in headless Chromium with every image loaded and one table row per method."""
 
 import hashlib
 import json
+import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import pytorch_msssim
 import torch
 from PIL import Image
@@ -13,54 +18,136 @@ from PIL import Image
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess
 from test_clip import hf_clip
 from test_dino import dinov2
+from test_lpips import reference as lpips_reference, vgg16_features
 from test_rewards import cos100
 from test_sft import ROOT, run_main
 
+RECS = ["random", "pop", "itemknn", "lastitem", "sasrec"]
 
-def test_eval_stage_measures_the_generated_images(tmp_path):
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("eval")
   hc, hd = hf_clip("gelu", 2), dinov2(28)
-  hc.save_pretrained(tmp_path / "clip")
-  hd.save_pretrained(tmp_path / "dino")
-  run = run_main(ROOT, "--config=configs/demo.py", "--config.stages=('prepare','sft','eval')",
-                 f"--config.workdir={tmp_path}/run", f"--config.data.root={tmp_path}/world",
-                 "--config.sft.num_steps=10", "--config.sft.genre_probe=False", "--config.sft.eval_every=10",
-                 f"--config.grpo.clip={tmp_path / 'clip'}", f"--config.grpo.dino={tmp_path / 'dino'}",
-                 "--config.grpo.dino_size=28", "--config.eval.samples=2", "--config.eval.windows=5",
-                 "--config.eval.batch_size=2")
+  hc.save_pretrained(tmp / "clip")
+  hd.save_pretrained(tmp / "dino")
+  torch.manual_seed(0)
+  features = vgg16_features().eval()
+  torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp / "vgg16.pth")
+  heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
+  torch.save(heads, tmp / "vgg.pth")
+  args = ["--config=configs/demo.py", f"--config.workdir={tmp}/run", f"--config.data.root={tmp}/world",
+          "--config.sft.num_steps=10", "--config.sft.genre_probe=False", "--config.sft.eval_every=10",
+          f"--config.eval.clip={tmp / 'clip'}", f"--config.eval.dino={tmp / 'dino'}", "--config.grpo.dino_size=28",
+          f"--config.grpo.lpips_vgg={tmp / 'vgg16.pth'}", f"--config.grpo.lpips_heads={tmp / 'vgg.pth'}",
+          "--config.eval.samples=2", "--config.eval.windows=5", "--config.eval.batch_size=2",
+          "--config.eval.report_users=5", "--config.eval.sasrec.epochs=3"]
+  run = run_main(ROOT, *args, "--config.stages=('prepare','sft','eval')")
   assert run.returncode == 0, run.stderr[-3000:]
-  out = tmp_path / "run" / "eval"
-  result = json.loads((out / "metrics.json").read_text())
-  rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-  assert result["windows"] == 5 and len(rows) == 10
-  assert len({r["user"] for r in rows}) == 5  # eval.per_user = 1
-  # Only users held out of training (the demo's data.holdout_users = 12: the first by sha256 of the id
-  # among users with a positive rating).
-  ratings = [line.split("::") for line in (tmp_path / "world" / "ratings.dat").read_text().splitlines()]
+  return tmp, args, (hc, hd, features, heads)
+
+
+def _png(path):
+  return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_every_method_is_measured_like_the_references(evaluated):
+  tmp, _, (hc, hd, features, heads) = evaluated
+  out = tmp / "run" / "eval"
+  res = json.loads((out / "results.json").read_text())
+  assert list(res["methods"]) == RECS + ["zero_shot", "sft"]  # no grpo result: no grpo row
+  assert res["windows"] == 5 and res["samples"] == 2
+  win = json.loads((out / "windows.json").read_text())
+  # only users held out of training (the demo's data.holdout_users = 12: first by sha256 among positive users)
+  ratings = [line.split("::") for line in (tmp / "world" / "ratings.dat").read_text().splitlines()]
   positive = {int(u) for u, _, r, _ in ratings if float(r) >= 4.0}
   held = set(sorted(positive, key=lambda u: hashlib.sha256(str(u).encode()).hexdigest())[:12])
-  assert {r["user"] for r in rows} <= held
-  expected = {"clip_history", "clip_target", "clip_future", "dino_history", "dino_target", "dino_future", "ssim_target",
-              "genre_hit"}
-  assert set(result["metrics"]) == expected | {"cross_user_similarity"}
+  assert set(win["users"]) <= held and len(set(win["users"])) == 5
 
-  load = lambda name: np.asarray(Image.open(out / name))
-  gen = np.stack([load(r["file"]) for r in rows])
-  target = np.stack([load(f"images/{r['window']:05d}_target.png") for r in rows])
-  torch_in = lambda x, size, crop, mean, std: torch.tensor(np.asarray(
-      preprocess(jnp.asarray(x), size, crop, mean, std))).permute(0, 3, 1, 2)
+  def torch_in(x, size, crop, mean, std):
+    return torch.tensor(np.asarray(preprocess(jnp.asarray(x), size, crop, mean, std))).permute(0, 3, 1, 2)
+
   with torch.no_grad():
     ci = lambda x: hc.get_image_features(pixel_values=torch_in(x, 30, 30, CLIP_MEAN, CLIP_STD)).pooler_output.numpy()
     di = lambda x: hd(pixel_values=torch_in(x, 32, 28, IMAGENET_MEAN, IMAGENET_STD)).pooler_output.numpy()
-    g = ci(gen)
-    ref = {"clip_target": cos100(g, ci(target)), "dino_target": cos100(di(gen), di(target)),
-           "ssim_target": pytorch_msssim.ssim(torch.tensor(gen).permute(0, 3, 1, 2).float(),
-                                              torch.tensor(target).permute(0, 3, 1, 2).float(), data_range=255,
-                                              size_average=False).numpy()}
-  for name, want in ref.items():
-    np.testing.assert_allclose([r[name] for r in rows], want, atol=2e-3, err_msg=name)
-    assert abs(result["metrics"][name]["mean"] - float(np.mean(want))) < 2e-3
-  assert all(r["genre_hit"] in (0.0, 1.0) for r in rows)
-  unit = g / np.linalg.norm(g, axis=1, keepdims=True)
-  users = np.array([r["user"] for r in rows])
-  other = users[:, None] != users[None, :]
-  np.testing.assert_allclose(result["metrics"]["cross_user_similarity"], (unit @ unit.T)[other].mean(), atol=1e-4)
+    h = win["history_len"]
+    hist = np.stack([[_png(out / "windows" / f"{w:05d}_h{j}.png") for j in range(h)] for w in range(5)])
+    target = np.stack([_png(out / "windows" / f"{w:05d}_target.png") for w in range(5)])
+    future = np.stack([_png(out / "windows" / f"{w:05d}_f0.png") for w in range(5)])
+    for method in ["pop", "lastitem", "sft"]:
+      gen = np.stack([[_png(out / "methods" / method / "images" / f"{w:05d}_s{k}.png") for k in range(2)]
+                      for w in range(5)])
+      flat, tgt = gen.reshape(10, 32, 32, 3), np.repeat(target, 2, 0)
+      g = ci(flat).reshape(5, 2, -1)
+      hc_emb = ci(hist.reshape(-1, 32, 32, 3)).reshape(5, h, -1)
+      unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+      lp = lpips_reference(features, heads, *(torch.tensor(x.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
+                                              for x in (flat, tgt))).numpy()
+      ref = {"cis_target": cos100(g, ci(target)[:, None]),
+             "dis_target": cos100(di(flat).reshape(5, 2, -1), di(target)[:, None]),
+             "cis_history": cos100(g, unit(hc_emb).mean(1)[:, None]),
+             "cis_history_items": np.mean([cos100(g, hc_emb[:, j][:, None]) for j in range(h)], 0),
+             "cis_future": cos100(g, ci(future)[:, None]),
+             "ssim_target": pytorch_msssim.ssim(torch.tensor(flat).permute(0, 3, 1, 2).float(),
+                                                torch.tensor(tgt).permute(0, 3, 1, 2).float(), data_range=255,
+                                                size_average=False).numpy().reshape(5, 2),
+             "lpips_target": lp.reshape(5, 2)}
+      values = np.load(out / "methods" / method / "values.npz")
+      for name, want in ref.items():
+        np.testing.assert_allclose(values[name], want, atol=2e-3, rtol=1e-3, err_msg=f"{method} {name}")
+      assert set(np.unique(values["genre_hit"])) <= {0.0, 1.0}
+      m = res["methods"][method]["metrics"]["cis_target"]
+      assert abs(m["mean"][0] - want_mean(ref["cis_target"], False)) < 2e-3
+      assert abs(m["best"][0] - want_mean(ref["cis_target"], True)) < 2e-3
+      assert m["mean"][1] <= m["mean"][0] <= m["mean"][2]
+    # LastItem shows the history's last item first: its CLIP similarity to the target is the last item's
+    last = np.load(out / "methods" / "lastitem" / "values.npz")
+    np.testing.assert_allclose(last["cis_target"][:, 0], cos100(hc_emb[:, -1], ci(target)), atol=2e-3)
+  for name in RECS:
+    r = res["methods"][name]["ranking"]
+    assert 0 <= r["hr@1"] <= r["hr@10"] <= 1
+  assert set(res["differences"]) == {"zero_shot", "sft"}
+  md = (out / "results.md").read_text()
+  assert all(f"| {m} |" in md for m in res["methods"])
+
+
+def want_mean(v, best):
+  return float((v.max(1) if best else v.mean(1)).mean())
+
+
+def test_a_removed_method_is_redone_alone(evaluated):
+  tmp, args, _ = evaluated
+  out = tmp / "run" / "eval"
+  before = {m: os.stat(out / "methods" / m / "values.npz").st_mtime_ns for m in RECS + ["zero_shot", "sft"]}
+  kept = np.load(out / "methods" / "pop" / "values.npz")["cis_target"]
+  shutil.rmtree(out / "methods" / "pop")
+  run = run_main(ROOT, *args, "--config.stages=('eval',)")
+  assert run.returncode == 0, run.stderr[-3000:]
+  after = {m: os.stat(out / "methods" / m / "values.npz").st_mtime_ns for m in before}
+  assert [m for m in before if before[m] != after[m]] == ["pop"]
+  np.testing.assert_allclose(np.load(out / "methods" / "pop" / "values.npz")["cis_target"], kept, atol=1e-5)
+
+
+def test_report_opens_in_headless_chromium(evaluated):
+  from playwright.sync_api import sync_playwright
+  tmp, _, _ = evaluated
+  out = tmp / "run" / "eval"
+  methods = list(json.loads((out / "results.json").read_text())["methods"])
+  chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+  assert chromium, "the distribution's chromium package is needed (.ci/run installs it)"
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto((out / "report.html").as_uri())
+    page.wait_for_load_state("load")
+    widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    # per user: history (3) + target + 7 methods x 2 samples
+    assert len(widths) == 5 * (3 + 1 + len(methods) * 2) and min(widths) > 0
+    for mode in ("mean", "best"):
+      rows = page.eval_on_selector_all(f'table.results[data-mode="{mode}"] tbody tr',
+                                       "els => els.map(e => e.cells[0].textContent)")
+      assert rows == methods, rows
+    assert page.eval_on_selector_all("figure.curve polyline", "els => els.length") >= 1  # the SFT loss
+    page.screenshot(path=str(out / "report.png"), full_page=True)
+    browser.close()
+  assert (out / "report.png").stat().st_size > 10_000

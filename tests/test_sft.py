@@ -149,8 +149,10 @@ def test_readme_demo_command(tmp_path):
   assert probe["hit_rate"] >= 0.8, probe  # chance is 1/6
   assert summary["val_loss"] < summary["initial_val_loss"] - 0.3, summary
   assert list((out / "sft" / "grids").glob("*.png")) and list((out / "sft" / "tb").glob("events.*"))
-  ev = json.loads((out / "eval" / "metrics.json").read_text())
-  assert ev["windows"] == 12 and ev["model"].endswith("sft/final"), ev  # one window per held-out user
-  assert ev["metrics"]["genre_hit"]["mean"] >= 0.8, ev
+  ev = json.loads((out / "eval" / "results.json").read_text())  # the whole comparison
+  assert ev["windows"] == 12 and ev["methods"]["sft"]["source"].endswith("sft/final"), ev  # one per held-out user
+  assert list(ev["methods"]) == ["random", "pop", "itemknn", "lastitem", "sasrec", "zero_shot", "sft"]
+  assert ev["methods"]["sft"]["metrics"]["genre_hit"]["mean"][0] >= 0.8, ev
+  assert (out / "eval" / "results.md").exists() and (out / "eval" / "report.html").exists()
   model = T.JanusForConditionalGeneration.from_pretrained(out / "hf")
   assert model.config.vision_config.image_size == 32

@@ -1,43 +1,45 @@
-"""The eval stage: generate for the test windows and measure the generated images.
+"""The eval stage: the paper's comparison of generated and retrieved images on the same test windows.
 
-The model is the newest training result (<workdir>/grpo/final, else <workdir>/sft/final), else the
-configured one. Windows: the test split in order, of users held out of training when
-data.holdout_users is set, at most eval.per_user per user and eval.windows in all (0: no limit).
-Each window gets eval.samples images with CFG. Per image:
-  clip_history, clip_target, clip_future   100 x cosine of CLIP image embeddings (grpo.clip)
-  dino_history, dino_target, dino_future   the same with DINO (grpo.dino)
-  ssim_target                              SSIM to the target item's image
-  genre_hit                                synthetic world only: the token genre probe agrees with the
-                                           user's preferred genre (pgen_jax.eval.genre)
-Over the run, cross_user_similarity: the mean cosine similarity of images generated for different
-users (CLIP embeddings, else pixels); lower means more personal images.
+Windows: the test split in order, of users held out of training when data.holdout_users is set, at most
+eval.per_user per user and eval.windows in all (0: no limit). Rows (methods):
+  recommenders (eval.recommenders): Random, Pop, ItemKNN, LastItem, SASRec, fitted on the training
+    windows; each window's images are its top eval.samples items' (LastItem: the last item, then its
+    nearest); HR/NDCG@K of the ranked list (history excluded) against the target.
+  generators (eval.generators): zero_shot (the configured model), sft (<workdir>/sft/final), grpo
+    (<workdir>/grpo/final), when present; eval.samples CFG samples per window; ranked lists by
+    generate-then-ground (each sample a CLIP query over the catalog, history excluded; the best
+    similarity over the samples ranks an item).
+Every row's N images per window go through pgen_jax.eval.metrics (one code for all rows) and are
+summarised by pgen_jax.eval.stats (single-sample mean, best of N, paired 95% bootstrap intervals).
 
-Writes <workdir>/eval/ at once when done (a killed run leaves nothing): metrics.json (mean, std and
-count of each metric, and where the model came from), samples.jsonl (one row per image: window,
-sample, user, item ids, its file and metrics), images/ (NNNNN_target.png, NNNNN_sK.png), a grid of
-the first windows (grids/, history | samples | target) and tb/.
+Writes <workdir>/eval/: methods/<name>/ per method, each written atomically when that method is done
+(a killed eval redoes only the missing ones): values.npz (W x N per metric), method.json (ranking
+figures, where the model came from), images/ (the first eval.report_users windows' images);
+windows.json (users and item ids of the windows), windows/ (the report users' history, target and
+future images); then results.json, results.md and report.html
+(pgen_jax.eval.report).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
-from pgen_jax.eval.grids import png_bytes, save_grid
-from pgen_jax.fileio import atomic_directory
-from pgen_jax.sampling import Sampler, SamplingConfig
-from pgen_jax.train.hacking import cross_user_similarity
-from pgen_jax.train.setup import (Prompter, mesh_from_config, model_from_config, prompt_batch,
-                                  trained_checkpoint)
+from pgen_jax.eval import metrics as M
+from pgen_jax.eval.catalog import Catalog, EvalWindows
+from pgen_jax.eval.grids import png_bytes
+from pgen_jax.fileio import atomic_directory, write_json
+from pgen_jax.recommenders.ranking import ranking_metrics, top_k
 
-SIMILARITIES = ("clip_history", "clip_target", "clip_future", "dino_history", "dino_target", "dino_future")
+GENERATORS = ("zero_shot", "sft", "grpo")
 
 
 def eval_dir(cfg) -> Path:
@@ -66,74 +68,231 @@ def test_windows(cfg, batch_size: int, per_user: int, limit: int = 0, with_futur
       return
 
 
+class Progress:
+  """Logs done/total with the rate and an ETA."""
+
+  def __init__(self, what: str, total: int):
+    self.what, self.total, self.start = what, total, time.time()
+
+  def __call__(self, done: int):
+    spent = time.time() - self.start
+    eta = spent / max(done, 1) * (self.total - done)
+    logging.info("eval %s: %d/%d windows, %.1f windows/s, ETA %.0fs", self.what, done, self.total,
+                 done / max(spent, 1e-9), eta)
+
+
+class Comparison:
+  """What every method shares: windows, catalog, metric models, the genre probe."""
+
+  def __init__(self, cfg, mesh):
+    from pgen_jax.eval.measure import MetricModels, metric_model_section
+    from pgen_jax.rewards.models import load_reward_models
+    self.cfg, self.e, self.mesh = cfg, cfg.eval, mesh
+    self.catalog = Catalog(cfg)
+    users, ids = [], []
+    for b in test_windows(cfg, 64, self.e.per_user, self.e.windows, cfg.data.future_len > 0):
+      users.append(b["user"])
+      ids.append(b["item_ids"])
+    if not users:
+      raise ValueError("eval: no test windows to evaluate; check data.test_windows and data.holdout_users")
+    self.windows = EvalWindows(np.concatenate(users), self.catalog.index(np.concatenate(ids)), cfg.data.history_len)
+    self.models = MetricModels(load_reward_models(metric_model_section(cfg), mesh, np.float32))
+    self.genre = None
+    if cfg.data.name == "synthetic":
+      self.genre = _GenreProbe(cfg, mesh)
+    w = self.windows
+    self.refs = {}
+    for kind, fn, ok in (("cis", self.models.clip, self.models.has_clip),
+                         ("dis", self.models.dino, self.models.has_dino)):
+      if ok:
+        self.refs[kind] = (self.catalog.embeddings(kind, fn, w.history), self.catalog.embeddings(kind, fn, w.target),
+                           self.catalog.embeddings(kind, fn, w.future))
+    self.target_images = self.catalog.images(w.target)
+
+  def measure(self, images: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """images uint8 (W, N, S, S, 3) -> {metric: (W, N)}; `tokens` (W, N, T) the VQ tokens for the genre probe."""
+    w, n = images.shape[:2]
+    flat = images.reshape(w * n, *images.shape[2:])
+    out = {}
+    emb = {}
+    if self.models.has_clip:
+      emb["cis"] = self.models.clip(flat).reshape(w, n, -1)
+    if self.models.has_dino:
+      emb["dis"] = self.models.dino(flat).reshape(w, n, -1)
+    for kind, g in emb.items():
+      h, t, f = self.refs[kind]
+      out.update(M.image_similarities(kind, g, h, t, f))
+    out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, np.repeat(self.target_images, n, 0)).items()})
+    g = emb["cis"] if "cis" in emb else flat.reshape(w, n, -1).astype(np.float32)
+    out["cross_user"] = M.cross_user(g, self.windows.users)
+    if self.genre is not None:
+      tokens = tokens.reshape(w * n, -1) if tokens is not None else self.genre.tokens(flat)
+      out["genre_hit"] = self.genre(self.windows.users, tokens).reshape(w, n)
+    return out
+
+  def ground(self, images: np.ndarray, k: int = 10) -> np.ndarray:
+    """Generate-then-ground: (W, k) catalog items ranked by their best CLIP cosine to any of the window's
+    N images (pixels without CLIP), the history excluded."""
+    w, n = images.shape[:2]
+    everything = np.arange(len(self.catalog))
+    fn = self.models.clip if self.models.has_clip else (lambda x: x.reshape(len(x), -1).astype(np.float32))
+    cat = M.unit(self.catalog.embeddings("cis" if self.models.has_clip else "pixels", fn, everything))
+    q = M.unit(fn(images.reshape(w * n, *images.shape[2:]))).reshape(w, n, -1)
+    scores = np.einsum("wnd,id->wni", q, cat).max(1)
+    return top_k(scores, self.windows.history, k)
+
+
+class _GenreProbe:
+  """Synthetic world: the token genre classifier (pgen_jax.eval.genre) on an image's VQ tokens."""
+
+  def __init__(self, cfg, mesh):
+    from pgen_jax.eval.genre import fit_classifier
+    from pgen_jax.train.setup import model_from_config
+    self.vq_model = model_from_config(cfg, mesh)  # the VQ tokenizer is frozen: every checkpoint shares it
+    self.clf, self.ceiling = fit_classifier(cfg, self.vq_model)
+
+  def tokens(self, images: np.ndarray) -> np.ndarray:
+    from pgen_jax.eval.genre import image_tokens
+    return image_tokens(self.vq_model, images.astype(np.float32) / 127.5 - 1.0)
+
+  def __call__(self, users, tokens) -> np.ndarray:
+    from pgen_jax.data import synthetic
+    n = len(tokens) // len(users)
+    want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
+    return (self.clf(np.asarray(tokens).reshape(len(want), -1)) == want).astype(np.float64)
+
+
+def setup_digest(cfg) -> str:
+  """What a method's values depend on besides the method: the data, the windows, N, the metric models."""
+  from pgen_jax.data.pipeline import spec_from_config
+  e = cfg.eval
+  keys = {"data": spec_from_config(cfg).fingerprint(), "samples": e.samples, "per_user": e.per_user,
+          "windows": e.windows, "report_users": e.report_users, "cfg_weight": e.cfg_weight,
+          "temperature": e.temperature, "seed": e.seed,
+          "clip": e.clip or cfg.grpo.clip, "dino": e.dino or cfg.grpo.dino, "dino_size": cfg.grpo.dino_size,
+          "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "sasrec": dict(e.sasrec), "seed_run": cfg.seed}
+  return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_method(out: Path, name: str, kind: str, values: dict, info: dict, images: np.ndarray, report_users: int,
+                 c_setup: str):
+  with atomic_directory(out / "methods" / name) as tmp:
+    np.savez(tmp / "values.npz", **values)
+    (tmp / "images").mkdir()
+    for w in range(min(report_users, len(images))):
+      for k in range(images.shape[1]):
+        (tmp / "images" / f"{w:05d}_s{k}.png").write_bytes(png_bytes(images[w, k]))
+    (tmp / "method.json").write_text(json.dumps({"name": name, "kind": kind, "setup": c_setup, **info}, indent=2))
+
+
+def run_recommender(c: Comparison, name: str, train, out: Path):
+  from pgen_jax.recommenders.build import make
+  e, w = c.e, c.windows
+  rec = make(name, dict(e.sasrec), c.cfg.seed, c.cfg.data.stride).fit(*train)
+  k = max(10, e.samples)
+  ranked = top_k(rec.scores(w.history), w.history, k)
+  ranking = ranking_metrics(ranked, w.target, ks=(1, 10))
+  shown = ranked[:, :e.samples]
+  if name == "lastitem":  # its one recommendation is the last item itself, then its neighbours
+    shown = np.concatenate([w.history[:, -1:], ranked[:, :e.samples - 1]], 1)
+  logging.info("recommender %s on %d test windows: %s", name, len(w.users), ranking)
+  images = c.catalog.images(shown)
+  values = c.measure(images)
+  _save_method(out, name, "recommender", values, {"ranking": ranking, "items": c.catalog.ids[shown].tolist()},
+               images, e.report_users, setup_digest(c.cfg))
+
+
+def generator_sources(cfg) -> dict[str, str | None]:
+  """name -> checkpoint of each configured generator that exists (zero_shot: the configured model)."""
+  from pgen_jax.train.setup import trained_checkpoint
+  out = {}
+  for name in cfg.eval.generators:
+    if name not in GENERATORS:
+      raise ValueError(f"eval.generators: {name!r} unknown; choose from {GENERATORS}")
+    if name == "zero_shot":
+      out[name] = cfg.model.checkpoint or None
+    else:
+      path = trained_checkpoint(cfg, (name,))
+      if path is None:
+        logging.info("eval: no %s result in %s; its row is left out", name, cfg.workdir)
+      else:
+        out[name] = str(path)
+  return out
+
+
+def run_generator(c: Comparison, name: str, source, out: Path):
+  from pgen_jax.sampling import Sampler, SamplingConfig
+  from pgen_jax.train.setup import Prompter, model_from_config, prompt_batch
+  cfg, e = c.cfg, c.e
+  model = model_from_config(cfg, c.mesh, source)
+  prompter = Prompter(cfg, model.config)
+  sampler = Sampler(model, c.mesh, SamplingConfig(cfg_weight=e.cfg_weight, temperature=e.temperature,
+                                                  num_samples=e.samples, decode_images=True))
+  images, tokens, progress = [], [], Progress(name, len(c.windows.users))
+  for b in test_windows(cfg, e.batch_size, e.per_user, e.windows, with_future=False):
+    key = jax.random.fold_in(jax.random.key(e.seed), len(images))
+    roll = sampler(prompt_batch(prompter(b), cfg.prompt.uncond), key)
+    images.extend(np.asarray(roll.images).reshape(len(b["user"]), e.samples, *roll.images.shape[1:]))
+    tokens.extend(np.asarray(roll.tokens).reshape(len(b["user"]), e.samples, -1))
+    progress(len(images))
+  images, tokens = np.stack(images), np.stack(tokens)
+  values = c.measure(images, tokens)
+  ranked = c.ground(images)
+  ranking = ranking_metrics(ranked, c.windows.target, ks=(1, 10))
+  logging.info("generator %s, generate-then-ground on %d test windows: %s", name, len(images), ranking)
+  _save_method(out, name, "generator", values, {"ranking": ranking, "source": source or
+                                                f"random {cfg.model.preset} (seed {cfg.seed})",
+                                                "ground_embedding": "clip" if c.models.has_clip else "pixels"},
+               images, e.report_users, setup_digest(cfg))
+
+
 def run_eval(cfg) -> dict:
+  from pgen_jax.eval.report import write_results
+  from pgen_jax.recommenders.build import training_windows
+  from pgen_jax.train.setup import mesh_from_config
   out, e = eval_dir(cfg), cfg.eval
-  if out.exists():
-    logging.info("eval already done: %s", out)
-    return json.loads((out / "metrics.json").read_text())
   if jax.process_count() > 1:  # every host would write the same directory; gathering is not built yet
     raise ValueError("eval: runs on one host only for now; run it with a single process")
-  from pgen_jax.rewards.models import load_reward_models
-  mesh = mesh_from_config(cfg)
-  source = trained_checkpoint(cfg)
-  model = model_from_config(cfg, mesh, source)
-  prompter = Prompter(cfg, model.config)
-  models = load_reward_models(cfg.grpo, mesh, jnp.dtype(cfg.model.dtype))
-  with_future = cfg.data.future_len > 0
-  names = [n for n in SIMILARITIES if (models.clip if n.startswith("clip") else models.dino) is not None
-           and (with_future or not n.endswith("future"))] + ["ssim_target"]
-  terms_fn = models.terms_fn(models.config(((n, 1.0) for n in names), normalize="none"))
-  classifier = None
-  if cfg.data.name == "synthetic":
+  gens = generator_sources(cfg)
+  methods = list(e.recommenders) + list(gens)
+  setup = setup_digest(cfg)
+
+  def done(m):
+    f = out / "methods" / m / "method.json"
+    if f.exists() and json.loads(f.read_text()).get("setup") != setup:
+      logging.warning("eval: %s was measured with other settings (windows, samples, metric models); redoing it", m)
+      shutil.rmtree(f.parent)
+    return f.exists()
+
+  if (out / "results.json").exists() and all(done(m) for m in methods):
+    logging.info("eval already done: %s", out)
+    return json.loads((out / "results.json").read_text())
+  c = Comparison(cfg, mesh_from_config(cfg))
+  out.mkdir(parents=True, exist_ok=True)
+  old = json.loads((out / "windows.json").read_text()).get("setup") if (out / "windows.json").exists() else None
+  if old != setup:
+    shutil.rmtree(out / "windows", ignore_errors=True)
+  write_json(out / "windows.json", {"users": c.windows.users.tolist(), "items": c.catalog.ids[c.windows.items].tolist(),
+                                    "history_len": c.windows.history_len, "setup": setup})
+  if not (out / "windows").exists():  # the report users' items, as the metrics saw them
+    with atomic_directory(out / "windows") as tmp:
+      w = c.windows
+      for i in range(min(e.report_users, len(w.users))):
+        for tag, idx in [(f"h{j}", w.history[i, j]) for j in range(w.history.shape[1])] + [("target", w.target[i])] + \
+                        [(f"f{j}", w.future[i, j]) for j in range(w.future.shape[1])]:
+          (tmp / f"{i:05d}_{tag}.png").write_bytes(png_bytes(c.catalog.images(np.array([idx]))[0]))
+  train = None
+  for m in methods:
+    if done(m):
+      logging.info("eval: %s already measured", m)
+      continue
+    if m in gens:
+      run_generator(c, m, gens[m], out)
+    else:
+      train = train or training_windows(cfg)
+      run_recommender(c, m, train, out)
+  extra = {}
+  if c.genre:
     from pgen_jax.data import synthetic
-    from pgen_jax.eval.genre import fit_classifier
-    classifier, _ = fit_classifier(cfg, model)
-  sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=e.cfg_weight, temperature=e.temperature,
-                                                num_samples=e.samples, decode_images=True))
-  rows, embeddings, users, grid = [], [], [], None
-  with atomic_directory(out) as tmp:
-    (tmp / "images").mkdir()
-    for b in test_windows(cfg, e.batch_size, e.per_user, e.windows, with_future):
-      x = prompter(b)
-      roll = sampler(prompt_batch(x, cfg.prompt.uncond), jax.random.fold_in(jax.random.key(e.seed), len(rows)))
-      images, tokens = np.asarray(roll.images), np.asarray(roll.tokens)
-      rep = lambda a: np.repeat(a, e.samples, axis=0)
-      data = {"generated": images, "history": rep(b["history"]), "target": rep(b["target"])}
-      if with_future:
-        data["future"] = rep(b["future"])
-      terms = terms_fn(data)
-      if classifier is not None:
-        want = rep([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]])
-        terms["genre_hit"] = (classifier(tokens) == want).astype(np.float32)
-      if grid is None:
-        grid = (b["history"][:4], images[:4 * e.samples], b["target"][:4])
-      embeddings.append(models.embeddings(images))
-      users.append(rep(b["user"]))
-      for i in range(len(b["user"])):
-        window = len(rows) // e.samples
-        (tmp / "images" / f"{window:05d}_target.png").write_bytes(png_bytes(b["target"][i]))
-        for k in range(e.samples):
-          j = i * e.samples + k
-          name = f"images/{window:05d}_s{k}.png"
-          (tmp / name).write_bytes(png_bytes(images[j]))
-          rows.append({"window": window, "sample": k, "user": int(b["user"][i]),
-                       "item_ids": [int(t) for t in b["item_ids"][i]], "file": name,
-                       **{t: float(v[j]) for t, v in terms.items()}})
-      logging.info("eval: %d windows, %d images", len(rows) // e.samples, len(rows))
-    if not rows:
-      raise ValueError("eval: no test windows to evaluate; check data.test_windows and data.holdout_users")
-    metrics = {t: {"mean": float(np.mean([r[t] for r in rows])), "std": float(np.std([r[t] for r in rows])),
-                   "n": len(rows)} for t in rows[0] if t not in ("window", "sample", "user", "item_ids", "file")}
-    metrics["cross_user_similarity"] = float(cross_user_similarity(jnp.asarray(np.concatenate(embeddings)),
-                                                                   jnp.asarray(np.concatenate(users))))
-    result = {"model": str(source or cfg.model.checkpoint or f"random {cfg.model.preset}"),
-              "windows": len(rows) // e.samples, "samples_per_window": e.samples, "metrics": metrics}
-    if classifier is not None:
-      result["genre_chance"] = 1 / len(synthetic.GENRES)
-    (tmp / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
-    writer = metric_writers.create_default_writer(str(tmp / "tb"), just_logging=jax.process_index() > 0)
-    save_grid(*grid, tmp, 0, writer)
-    writer.write_scalars(0, {f"eval/{k}": v["mean"] if isinstance(v, dict) else v for k, v in metrics.items()})
-    writer.close()
-  return result
+    extra = {"genre_chance": 1 / len(synthetic.GENRES), "genre_classifier_accuracy": c.genre.ceiling}
+  return write_results(cfg, out, methods, c, extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from pgen_jax.data import synthetic
 from pgen_jax.data.pipeline import spec_from_config, store_dir
@@ -29,6 +30,22 @@ class TokenGenreClassifier:
     return np.array([self.log_p[:, t].sum(1).argmax() for t in tokens])
 
 
+@nnx.jit
+def _tokens(model, x):
+  return model.get_image_tokens(x)
+
+
+def image_tokens(model, images: np.ndarray, chunk: int = 64) -> np.ndarray:
+  """VQ ids of images in [-1, 1], jitted over fixed chunks (the last padded), so one shape compiles."""
+  out = []
+  for i in range(0, len(images), chunk):
+    part = images[i:i + chunk]
+    pad = chunk - len(part)
+    x = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part
+    out.append(np.asarray(_tokens(model, jnp.asarray(x)))[:len(part)])
+  return np.concatenate(out)
+
+
 def fit_classifier(cfg, model) -> tuple[TokenGenreClassifier, float]:
   """The classifier and its leave-nothing-out accuracy on the real posters (its ceiling)."""
   items, _ = builders(spec_from_config(cfg), store_dir(cfg))
@@ -37,8 +54,7 @@ def fit_classifier(cfg, model) -> tuple[TokenGenreClassifier, float]:
   rows = [source[i] for i in range(len(source))]
   labels = np.array([synthetic.GENRES.index(synthetic.genre_of_movie(int(r["item_id"]), world)) for r in rows])
   imgs = np.stack([r["target"] for r in rows]).astype(np.float32) / 127.5 - 1.0
-  tokens = np.concatenate([np.asarray(model.get_image_tokens(jnp.asarray(imgs[i:i + 64])))
-                           for i in range(0, len(imgs), 64)])
+  tokens = image_tokens(model, imgs)
   clf = TokenGenreClassifier(tokens, labels, model.config.vq.num_embeddings, len(synthetic.GENRES))
   return clf, float((clf(tokens) == labels).mean())
 

@@ -1,0 +1,92 @@
+"""The evaluation's metric models, apart from the reward's (eval.clip / eval.dino, default the reward's
+grpo.clip / grpo.dino, with a warning), run jitted in fixed-size chunks so each shape compiles once."""
+
+from __future__ import annotations
+
+import types
+
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
+
+
+def metric_model_section(cfg):
+  """The section load_reward_models reads, with eval.clip / eval.dino in place of the reward's models."""
+  g, e = cfg.grpo, cfg.eval
+  for key in ("clip", "dino"):
+    if not e.get(key) and g.get(key):
+      logging.warning("eval.%s is empty: measuring with the reward's model grpo.%s = %s, which GRPO optimised; "
+                      "set eval.%s to an independent model", key, key, g[key], key)
+  return types.SimpleNamespace(clip=e.get("clip") or g.clip, dino=e.get("dino") or g.dino,
+                               dino_size=g.dino_size, lpips_vgg=g.lpips_vgg,
+                               lpips_heads=g.lpips_heads)
+
+
+@nnx.jit(static_argnums=(1, 2))
+def _clip(clip, size, _, x):
+  return clip.get_image_features(preprocess(x, size, size, CLIP_MEAN, CLIP_STD))
+
+
+@nnx.jit(static_argnums=(1, 2))
+def _dino(dino, resize, crop, x):
+  return dino(preprocess(x, resize, crop, IMAGENET_MEAN, IMAGENET_STD)).astype(jnp.float32)
+
+
+@nnx.jit
+def _pair(lpips, a, b):
+  out = {"ssim_target": ssim(a, b)}
+  if lpips is not None:
+    signed = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
+    out["lpips_target"] = lpips(signed(a), signed(b))
+  return out
+
+
+def _chunked(fn, arrays, chunk: int):
+  """fn over the first axis in chunks of `chunk` rows, the last one padded (one compiled shape)."""
+  n = len(arrays[0])
+  outs = []
+  for i in range(0, n, chunk):
+    part = [a[i:i + chunk] for a in arrays]
+    pad = chunk - len(part[0])
+    if pad:
+      part = [np.concatenate([p, np.repeat(p[-1:], pad, 0)]) for p in part]
+    out = fn(*[jnp.asarray(p) for p in part])
+    outs.append(jax_to_numpy(out, chunk - pad))
+  if isinstance(outs[0], dict):
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+  return np.concatenate(outs)
+
+
+def jax_to_numpy(out, keep: int):
+  if isinstance(out, dict):
+    return {k: np.asarray(v)[:keep] for k, v in out.items()}
+  return np.asarray(out)[:keep]
+
+
+class MetricModels:
+  """CLIP / DINO image embeddings and SSIM / LPIPS of uint8 image pairs; `models` a RewardModels."""
+
+  def __init__(self, models, chunk: int = 32):
+    self.m, self.chunk = models, chunk
+
+  @property
+  def has_clip(self):
+    return self.m.clip is not None
+
+  @property
+  def has_dino(self):
+    return self.m.dino is not None
+
+  def clip(self, images: np.ndarray) -> np.ndarray:
+    return _chunked(lambda x: _clip(self.m.clip, self.m.clip_size, 0, x), [images], self.chunk)
+
+  def dino(self, images: np.ndarray) -> np.ndarray:
+    size = self.m.dino_size
+    return _chunked(lambda x: _dino(self.m.dino, round(size * 256 / 224), size, x), [images], self.chunk)
+
+  def pairs(self, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """ssim_target and, with LPIPS configured, lpips_target (the distance) of each pair."""
+    return _chunked(lambda x, y: _pair(self.m.lpips, x, y), [a, b], self.chunk)

@@ -1,0 +1,55 @@
+"""The metric code every row of the comparison goes through: per-image values for N images per window
+from their embeddings (CLIP, DINO), pixels (SSIM, LPIPS) and the window's items.
+
+Names (all similarities 100 x cosine; one value per image):
+  cis_target, dis_target       CLIP / DINO image similarity to the target item's image
+  cts                          CLIP image-text similarity to the target's text (title | genres)
+  cis_history, dis_history     to the mean of the history's unit embeddings
+  cis_history_items, dis_...   Pigeon's: the mean of the per-item cosines to the history
+  cis_future, dis_future       the mean over the p future items; *_future_max their max
+  ssim_target, lpips_target    SSIM (data range 255) and LPIPS distance to the target (lower better)
+  cross_user                   mean cosine (CLIP, x 100) to the images of other users' windows (lower
+                               better: more personal)
+  genre_hit                    synthetic world: the image's genre is the user's preferred one
+  nima, profile                from the scorer, when one is configured
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOWER_IS_BETTER = frozenset({"lpips_target", "cross_user"})
+
+
+def unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def image_similarities(prefix: str, g, history, target, future=None) -> dict[str, np.ndarray]:
+  """g (W, N, D) image embeddings; history (W, h, D), target (W, D), future (W, p, D) -> {name: (W, N)}."""
+  g, h, t = unit(g), unit(history), unit(target)
+  cos = lambda a, b: 100.0 * np.einsum("wnd,wmd->wnm", a, b)
+  out = {f"{prefix}_target": cos(g, t[:, None])[..., 0],
+         f"{prefix}_history": cos(g, unit(h.mean(1))[:, None])[..., 0],
+         f"{prefix}_history_items": cos(g, h).mean(-1)}
+  if future is not None and future.shape[1]:
+    f = cos(g, unit(future))
+    out[f"{prefix}_future"] = f.mean(-1)
+    out[f"{prefix}_future_max"] = f.max(-1)
+  return out
+
+
+def text_similarity(g, text) -> np.ndarray:
+  """g (W, N, D) CLIP image embeddings, text (W, D) CLIP text embeddings -> cts (W, N)."""
+  return 100.0 * np.einsum("wnd,wd->wn", unit(g), unit(text))
+
+
+def cross_user(g, users) -> np.ndarray:
+  """g (W, N, D), users (W,) -> (W, N): each image's mean cosine x 100 to the images of other users."""
+  w, n = g.shape[:2]
+  e = unit(g).reshape(w * n, -1)
+  u = np.repeat(np.asarray(users), n)
+  other = u[:, None] != u[None, :]
+  sim = e @ e.T
+  return (100.0 * np.where(other, sim, 0.0).sum(1) / np.maximum(other.sum(1), 1)).reshape(w, n)
