@@ -170,12 +170,18 @@ class LlamaModel(nnx.Module):
   def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None):
     cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
     x = x if self.dtype is None else x.astype(self.dtype)
-    policy = REMAT[remat_policy(self.remat)]
-    call = DecoderLayer.__call__ if policy is None else nnx.remat(DecoderLayer.__call__, policy=policy)
+    name = remat_policy(self.remat)
     kvs = []
     for i, layer in enumerate(self.layers):
       layer_prefix = None if prefix is None else [p.kv[i] for p in prefix]
-      x, kv = call(layer, x, cos, sin, ctx, None if cache is None else cache[i], layer_prefix)
+      layer_cache = None if cache is None else cache[i]
+      if name == "none":
+        x, kv = layer(x, cos, sin, ctx, layer_cache, layer_prefix)
+      else:  # a pure function of the layer's weights, so jax.checkpoint sees what it may recompute
+        graphdef, weights = nnx.split(layer)
+        run = lambda w, *a: nnx.merge(graphdef, w)(*a)
+        x, kv = jax.checkpoint(run, policy=REMAT[name], prevent_cse=True)(weights, x, cos, sin, ctx, layer_cache,
+                                                                          layer_prefix)
       kvs.append(kv)
     return self.norm(x), kvs
 
