@@ -39,11 +39,20 @@ def test_kl_k3():
   assert (grpo.kl_k3(jnp.linspace(-3, 0, 7), jnp.linspace(0, -3, 7)) >= 0).all()
 
 
-def test_aggregation():
+def test_aggregation_and_dynamic_sampling_weights():
   x = jnp.array([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
-  mask = jnp.array([[1, 1, 1], [1, 0, 0]])
-  assert float(grpo.aggregate(x, mask, mode="token")) == pytest.approx(10 / 4)
-  assert float(grpo.aggregate(x, mask, mode="sequence")) == pytest.approx((2 + 4) / 2)
+  assert float(grpo.aggregate(x)) == pytest.approx(10 / 6)
+  assert float(grpo.aggregate(x, jnp.array([[1.0], [0.0]]))) == pytest.approx(2.0)  # the second sequence left out
+  assert float(grpo.aggregate(x, jnp.zeros((2, 1)))) == 0.0
+
+
+def test_near_constant_groups_have_no_signal():
+  # group 1 differs by rounding noise, group 2 by real amounts
+  r = jnp.array([5.0, 5.0 + 2e-6, 5.0 - 2e-6, 1.0, 2.0, 3.0])
+  a = np.asarray(grpo.group_advantages(r, 3, eps=1e-3))
+  assert np.abs(a[:3]).max() < 1e-2  # not blown up (std + 1e-6 would give +-0.8)
+  np.testing.assert_allclose(a[3:], np.array([-1.0, 0.0, 1.0]) / np.sqrt(2 / 3), rtol=1e-5)
+  np.testing.assert_array_equal(grpo.groups_with_signal(r, 3, 1e-3), [False, True])
 
 
 def batch_with_history(model, rng, prompts=2):
@@ -99,7 +108,7 @@ def test_update_moves_log_probs_with_the_advantages(mode):
   old = grpo.image_token_logprobs(nnx.merge(graphdef, params, frozen), batch["ids"], batch["mask"],
                                   jnp.asarray(uint8, jnp.float32) / 127.5 - 1, tokens,
                                   **({"uncond": batch["uncond"], "cfg_weight": 2.0} if mode == "cfg" else {}))
-  batch["old_logp"] = old
+  batch.update(old_logp=old, on_policy=jnp.asarray(False), weights=jnp.ones(2))
   tx = optax.sgd(0.05)
   state = update.init_state(params, tx)
   state, m = jax.jit(lambda s, b: grpo.update_step(graphdef, tx, cfg, s, frozen, params, b))(state, batch)
