@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.sample_ahead = True           # sample batch t+1 (pre-update params) while the scorer scores batch t
   c.grpo.reward = "models"             # models | genre (synthetic world) | fixed (a hackable test reward)
   c.grpo.reward_weights = ml_collections.ConfigDict(
-      dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0))
+      dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0, fixed=0.0))  # fixed: tests only
   c.grpo.reward_normalize = "none"     # none: raw weighted sum | running: terms / running within-group spread
   c.grpo.clip = ""                     # CLIP directory (transformers or open_clip), e.g. ViT-H-14 laion2b
   c.grpo.dino = ""                     # DINOv2 directory

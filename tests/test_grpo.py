@@ -48,27 +48,56 @@ def test_reward_rises(tmp_path, world):
 
 
 # At these tests' lr (5e-3, thousands of times the recipe's), one-update-stale samples leave the clip
-# range and sample-ahead slows the hacking about 3x (seen: caught at step 28 instead of 8). So the
-# stop test runs on-policy, and the roll-back test (which also drops the batch sampled ahead) widens
-# the clip range; the defence itself is the same either way.
-def test_hackable_reward_is_caught_and_stops(tmp_path, world):
-  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="fixed", lr=5e-3, num_steps=40,
-                                  sample_ahead=False))
+# range and sample-ahead slows the hacking about 3x (seen: caught at step 28 instead of 8), so these
+# run on-policy; the defence itself is the same either way.
+def hacked_models_args(workdir, world, tmp_path, **over):
+  """The default path (reward=models, tiny random CLIP and DINOv2) with a hackable term injected: the
+  share of tokens from one fixed image's codes, weighted to dominate the similarity terms."""
+  from test_clip import hf_clip
+  from test_dino import dinov2
+  if not (tmp_path / "clip").exists():
+    hf_clip("gelu", 2).save_pretrained(tmp_path / "clip")
+    dinov2(28).save_pretrained(tmp_path / "dino")
+  opts = dict(reward="models", lr=5e-3, logprobs="cfg", sample_ahead=False, eval_every=0, log_every=1)
+  opts.update(over)
+  return [*grpo_args(workdir, world, "prepare", "grpo", **opts), f"--config.grpo.clip={tmp_path / 'clip'}",
+          f"--config.grpo.dino={tmp_path / 'dino'}", "--config.grpo.dino_size=28",
+          "--config.grpo.reward_weights.fixed=1000.0"]
+
+
+def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world):
+  run = run_main(ROOT, *hacked_models_args(tmp_path, world, tmp_path, num_steps=30))
   assert run.returncode == 3, run.stderr[-3000:]
   assert "reward hacking suspected" in run.stderr and "last healthy checkpoint is step" in run.stderr
   alarm = summary(tmp_path)["alarms"][0]
-  assert alarm["step"] <= 15 and any("similar" in r for r in alarm["reasons"])
+  # seen: the token share saturates by step 7, CLIP similarity across users 0.92 -> 0.99, caught at 13
+  assert alarm["step"] <= 20 and any("similar" in r for r in alarm["reasons"]), alarm
+  assert logged(run.stderr, "reward/fixed_mean")[alarm["step"]] > 0.9  # it was a hack that was caught
   assert not (tmp_path / "grpo" / "final").exists()
 
 
-def test_hackable_reward_rolls_back(tmp_path, world):
-  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="fixed", lr=5e-3, num_steps=30,
-                                  defence_response="rollback", defence_max_rollbacks=1, eps_low=0.99, eps_high=100.0))
-  first = summary(tmp_path)["alarms"][0]
+def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
+  """A roll-back really happens (lower lr, more diversity), and a run killed after it resumes with its
+  roll-back state: the same alarms, per-step rewards and end state as the uninterrupted run."""
+  args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=18, defence_response="rollback",
+                                      defence_max_rollbacks=2)
+  plain = run_main(ROOT, *args(tmp_path / "plain"))
+  assert plain.returncode in (0, 3), plain.stderr[-3000:]
+  first = summary(tmp_path / "plain")["alarms"][0]
   assert first["rolled_back_to"] < first["step"]
-  assert "rolled back to step" in run.stderr
-  # Either the cautious run finished, or a second alarm stopped it after the one allowed roll-back.
-  assert run.returncode == 0 or "reward hacking suspected" in run.stderr
+  assert "rolled back to step" in plain.stderr and "roll-back 1), lr x0.5, diversity weight 0.2" in plain.stderr
+  after = first["rolled_back_to"] + 5  # the first checkpoint written after the roll-back
+  kill_at_checkpoint(args(tmp_path / "killed"), tmp_path / "killed" / "grpo" / "latest" / str(after),
+                     tmp_path / "killed.log")
+  resumed = run_main(ROOT, *args(tmp_path / "killed"))
+  assert f"resumed GRPO at step {after}" in resumed.stderr, resumed.stderr[-3000:]
+  assert resumed.returncode == plain.returncode, resumed.stderr[-3000:]
+  a, b = summary(tmp_path / "plain"), summary(tmp_path / "killed")
+  assert a["rewards"] == b["rewards"] and a["alarms"] == b["alarms"]
+  if plain.returncode == 0:
+    pa, pb = final_params(tmp_path / "plain", "grpo"), final_params(tmp_path / "killed", "grpo")
+    for k in pa:
+      np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
 def test_kill_and_resume_continues_identically(tmp_path, world):
@@ -167,17 +196,20 @@ def logged(stderr: str, key: str) -> dict[int, float]:
 
 
 def test_sample_ahead_trains_with_the_sampling_logprobs(tmp_path, world):
-  """Sampled ahead, a batch is one update old when trained on, so its importance ratio moves off 1;
-  sampled after the update, the ratio is exactly on-policy."""
+  """logprobs=cfg in bf16. Sampled ahead, a batch is one update old when trained on, so its importance
+  ratio moves off 1; sampled after the update, the ratio is exactly 1: the old log-probs are the
+  update's own teacher-forced ones, not the sampler's KV-cache pass (whose bf16 rounding CFG at w = 5
+  magnifies)."""
   ratios = {}
   for ahead in (True, False):
     run = run_main(ROOT, *grpo_args(tmp_path / str(ahead), world, "prepare", "grpo", num_steps=4, ckpt_every=10,
-                                    log_every=1, group_size=4, logprobs="cond", lr=2e-2, sample_ahead=ahead))
+                                    log_every=1, group_size=4, logprobs="cfg", lr=2e-2, sample_ahead=ahead,
+                                    eval_every=0), "--config.model.dtype=bfloat16")
     assert run.returncode == 0, run.stderr[-3000:]
     ratios[ahead] = logged(run.stderr, "ratio_mean")
     assert sorted(ratios[ahead]) == [1, 2, 3, 4]
-  assert all(abs(r - 1) < 1e-4 for r in ratios[False].values()), ratios[False]
-  assert abs(ratios[True][1] - 1) < 1e-4  # the first batch is sampled before any update
+  assert all(r == 1.0 for r in ratios[False].values()), ratios[False]
+  assert ratios[True][1] == 1.0  # the first batch is sampled before any update
   assert max(abs(ratios[True][s] - 1) for s in (2, 3, 4)) > 1e-3, ratios[True]
 
 

@@ -119,3 +119,35 @@ def test_update_moves_log_probs_with_the_advantages(mode):
                                   **({"uncond": batch["uncond"], "cfg_weight": 2.0} if mode == "cfg" else {}))
   delta = np.asarray(new - old).sum(1)
   assert delta[0] > 0 > delta[1]  # the sample with the positive advantage became more likely
+
+
+@pytest.mark.parametrize("mode", ["cond", "cfg"])
+def test_on_policy_ratio_is_exactly_one_in_bf16(mode):
+  """A batch trained with the parameters that sampled it: the update's own teacher-forced log-probs
+  are the old ones, so the ratio is exactly 1 (in bf16, and with CFG's 5c - 4u), nothing is clipped,
+  and the log-probs it returns for later inner updates are the pre-update policy's."""
+  import optax
+  from pgen_jax.train import update
+  model = Janus(tiny(), nnx.Rngs(5), dtype=jnp.bfloat16)
+  rng = np.random.default_rng(3)
+  ids, mask, uncond, images = batch_with_history(model, rng)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  cfg = grpo.GRPOConfig(logprobs=mode, cfg_weight=5.0, beta=0.0)
+  tokens = jnp.asarray(rng.integers(0, 64, (2, 16)), jnp.int32)
+  uint8 = ((images + 1) * 127.5).round().astype(np.uint8)
+  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+           "images": jnp.asarray(uint8), "tokens": tokens, "advantages": jnp.array([1.0, -1.0]),
+           "old_logp": jnp.full((2, 16), -50.0), "on_policy": jnp.asarray(True), "weights": jnp.ones(2)}
+  tx = optax.sgd(0.05)
+  state = update.init_state(params, tx)
+  step = jax.jit(lambda s, b: grpo.update_step(graphdef, tx, cfg, s, frozen, None, b))
+  state, m = step(state, batch)
+  assert float(m["ratio_mean"]) == 1.0 and float(m["clip_fraction"]) == 0.0
+  # the returned log-probs are the teacher-forced ones of the policy before the update
+  kw = {"uncond": batch["uncond"], "cfg_weight": 5.0} if mode == "cfg" else {}
+  before = grpo.image_token_logprobs(nnx.merge(graphdef, params, frozen), batch["ids"], batch["mask"],
+                                     jnp.asarray(uint8, jnp.float32) / 127.5 - 1, tokens, **kw)
+  np.testing.assert_allclose(np.asarray(m["logp"]), np.asarray(before), atol=0.1)
+  # a second inner update on them is off-policy corrected: the ratio has moved
+  _, m2 = step(state, {**batch, "old_logp": m["logp"], "on_policy": jnp.asarray(False)})
+  assert float(m2["ratio_mean"]) != 1.0

@@ -120,7 +120,7 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
   keep = batch["weights"][:, None]
   loss = aggregate(per_token, keep)
   # ratio_mean is 1 on-policy; with sample-ahead it shows how far one update moved the policy.
-  metrics = {"clip_fraction": aggregate(clipped, keep), "neg_logp": -logp.mean(),
+  metrics = {"clip_fraction": aggregate(clipped.astype(jnp.float32), keep), "neg_logp": -logp.mean(),
              "ratio_mean": jnp.exp(logp - old_logp).mean(), "logp": jax.lax.stop_gradient(logp)}
   if cfg.beta:
     kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(logprobs(ref_params))), keep)

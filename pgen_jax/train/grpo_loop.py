@@ -116,9 +116,10 @@ def run_grpo(cfg) -> dict:
     step, state, data_state = restored
     extra = json.loads(data_state)
     it.set_state(extra["iterator"].encode())
-    defence.restore(extra["defence"], rewards)
+    if "defence" in extra:  # checkpoints from before the roll-back state was saved have none
+      defence.restore(extra["defence"], rewards)
     if rewards.scale is not None:
-      rewards.scale.restore(extra["reward_scale"])
+      rewards.scale.restore(extra.get("reward_scale", {}))
     summary["rewards"] = summary.get("rewards", [])[:step]  # the summary may be ahead of the checkpoint
     logging.info("resumed GRPO at step %d", step)
   writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
@@ -224,7 +225,7 @@ def run_grpo(cfg) -> dict:
       extra = json.loads(data_state)
       it.set_state(extra["iterator"].encode())
       if rewards.scale is not None:
-        rewards.scale.restore(extra["reward_scale"])
+        rewards.scale.restore(extra.get("reward_scale", {}))
       state = defence.roll_back(state, rewards, replicated)
       summary["alarms"][-1]["rolled_back_to"] = step
       summary["rewards"] = summary["rewards"][:step]
