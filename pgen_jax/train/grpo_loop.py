@@ -120,7 +120,7 @@ def run_grpo(cfg) -> dict:
       defence.restore(extra["defence"], rewards)
     if rewards.scale is not None:
       rewards.scale.restore(extra.get("reward_scale", {}))
-    summary["rewards"] = summary.get("rewards", [])[:step]  # the summary may be ahead of the checkpoint
+    _truncate(summary, step)  # the summary may be ahead of the checkpoint
     logging.info("resumed GRPO at step %d", step)
   writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=g.num_steps, writer=writer, every_steps=g.log_every)
@@ -151,7 +151,7 @@ def run_grpo(cfg) -> dict:
       dev["old_logp"] = to_device({"z": np.zeros(tokens.shape, np.float32)}, mesh)["z"]
     return Rollout(x=x, batch=dev, job=job, seconds=seconds, on_policy=not ahead)
 
-  validation = Validation(cfg, rows) if g.eval_every else None
+  validation = Validation(cfg) if g.eval_every else None
 
   def validate() -> float:
     raw = validation.raw
@@ -228,7 +228,7 @@ def run_grpo(cfg) -> dict:
         rewards.scale.restore(extra.get("reward_scale", {}))
       state = defence.roll_back(state, rewards, replicated)
       summary["alarms"][-1]["rolled_back_to"] = step
-      summary["rewards"] = summary["rewards"][:step]
+      _truncate(summary, step)
       write_json(out / "summary.json", summary)
       progress = periodic_actions.ReportProgress(num_train_steps=g.num_steps, writer=writer, every_steps=g.log_every)
       logging.warning("reward hacking suspected (%s): rolled back to step %d (roll-back %d), lr x%g, diversity "
@@ -264,7 +264,7 @@ def run_grpo(cfg) -> dict:
 class Validation:
   """The fixed validation batch: the first prompts_per_step windows of the validation split, in order."""
 
-  def __init__(self, cfg, rows):
+  def __init__(self, cfg):
     g = cfg.grpo
     loader = loader_from_config(cfg, "validation", batch_size=g.prompts_per_step // jax.process_count(), seed=cfg.seed,
                                 shuffle=False, num_epochs=1, drop_remainder=False,
@@ -289,6 +289,13 @@ def _save_rollout(path: Path, cur: Rollout, r, reward_mean: float) -> None:
   np.savez(buf, **arrays)
   path.parent.mkdir(parents=True, exist_ok=True)
   write_bytes(path, buf.getvalue())
+
+
+def _truncate(summary: dict, step: int) -> None:
+  """Forgets what the summary says about steps after `step` (a resume or a roll-back), alarms aside."""
+  summary["rewards"] = summary.get("rewards", [])[:step]
+  if "validation" in summary:
+    summary["validation"] = [v for v in summary["validation"] if v["step"] <= step]
 
 
 def _cross(emb: np.ndarray, users: np.ndarray) -> np.ndarray:
