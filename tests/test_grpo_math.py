@@ -151,3 +151,13 @@ def test_on_policy_ratio_is_exactly_one_in_bf16(mode):
   # a second inner update on them is off-policy corrected: the ratio has moved
   _, m2 = step(state, {**batch, "old_logp": m["logp"], "on_policy": jnp.asarray(False)})
   assert float(m2["ratio_mean"]) != 1.0
+
+
+def test_schedule_first_update_trains_and_ends_at_the_floor():
+  from pgen_jax.train.update import lr_schedule
+  no_warmup = lr_schedule(1.0, 0, 10)
+  assert float(no_warmup(0)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.1)), rel=1e-6)
+  assert float(no_warmup(9)) == pytest.approx(0.1, rel=1e-6)  # the last of 10 updates
+  warm = lr_schedule(2.0, 4, 10)
+  np.testing.assert_allclose([float(warm(c)) for c in range(4)], [0.5, 1.0, 1.5, 2.0], rtol=1e-6)
+  assert float(warm(9)) == pytest.approx(0.2, rel=1e-6)

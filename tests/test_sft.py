@@ -67,7 +67,7 @@ def test_non_finite_steps_are_skipped_and_counted():
   state, m = bad_step(state, batch)
   assert not np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(m["bad_streak"]) == 1
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state["params"], before)
-  for _ in range(2):  # the warm-up's first learning rate is 0
+  for _ in range(2):  # two good steps
     state, m = step(state, batch)
   assert np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(m["bad_streak"]) == 0
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool((np.asarray(a) != b).any()), state["params"], before))
