@@ -79,13 +79,15 @@ def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world)
 def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
   """A roll-back really happens (lower lr, more diversity), and a run killed after it resumes with its
   roll-back state: the same alarms, per-step rewards and end state as the uninterrupted run."""
-  args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=18, defence_response="rollback",
-                                      defence_max_rollbacks=2)
+  # The stop test's run (alarm at step 13, roll-back to 10); after it the lr is cut to 1% so that the
+  # run ends without a second alarm and has a checkpoint (15) written after the roll-back to kill at.
+  args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=30, defence_response="rollback",
+                                      defence_max_rollbacks=1, defence_lr_factor=0.01)
   plain = run_main(ROOT, *args(tmp_path / "plain"))
   assert plain.returncode in (0, 3), plain.stderr[-3000:]
   first = summary(tmp_path / "plain")["alarms"][0]
   assert first["rolled_back_to"] < first["step"]
-  assert "rolled back to step" in plain.stderr and "roll-back 1), lr x0.5, diversity weight 0.2" in plain.stderr
+  assert "rolled back to step" in plain.stderr and "roll-back 1), lr x0.01, diversity weight 0.2" in plain.stderr
   after = first["rolled_back_to"] + 5  # the first checkpoint written after the roll-back
   kill_at_checkpoint(args(tmp_path / "killed"), tmp_path / "killed" / "grpo" / "latest" / str(after),
                      tmp_path / "killed.log")
