@@ -90,7 +90,7 @@ def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
   assert "rolled back to step" in plain.stderr and "roll-back 1), lr x0.01, diversity weight 0.2" in plain.stderr
   after = first["rolled_back_to"] + 5  # the first checkpoint written after the roll-back
   kill_at_checkpoint(args(tmp_path / "killed"), tmp_path / "killed" / "grpo" / "latest" / str(after),
-                     tmp_path / "killed.log")
+                     tmp_path / "killed.log", wait=900)  # 18 steps with a roll-back: slow on a busy machine
   resumed = run_main(ROOT, *args(tmp_path / "killed"))
   assert f"resumed GRPO at step {after}" in resumed.stderr, resumed.stderr[-3000:]
   assert resumed.returncode == plain.returncode, resumed.stderr[-3000:]

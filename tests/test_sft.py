@@ -89,12 +89,15 @@ def sft_args(workdir, store, steps=24):
           "--config.sft.genre_probe=False"]
 
 
-def kill_at_checkpoint(args, checkpoint: Path, log: Path) -> None:
-  """Runs the job in the background and kill -9s it as soon as `checkpoint` exists."""
+def kill_at_checkpoint(args, checkpoint: Path, log: Path, wait: float = 300) -> None:
+  """Runs the job in the background and kill -9s it as soon as `checkpoint` exists (or after `wait` s)."""
   proc = run_main(ROOT, *args, log=log)
-  deadline = time.time() + 300
+  deadline = time.time() + wait
   while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
+  if not checkpoint.exists():
+    proc.kill()  # not left running in the background
+    proc.wait()
   assert checkpoint.exists(), log.read_text()[-3000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
