@@ -25,6 +25,7 @@ def get_config():
   c.grpo.log_every = 1
   c.grpo.ckpt_every = 1000             # no checkpoint but the final one
   c.grpo.grid_every = 1000
+  c.grpo.eval_every = 0                # timing only: no validation rollouts
   c.grpo.clip = "random:vit-h-14"
   c.grpo.dino = "random:dinov2-large"
   return c

@@ -75,12 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.prompts_per_step = 8          # histories per step (global)
   c.grpo.group_size = 8                # G samples per history
   c.grpo.lr = 1e-6
-  c.grpo.warmup_steps = 0
+  c.grpo.warmup_steps = 0              # steps of linear warm-up (x inner_updates optimizer updates)
   c.grpo.beta = 0.01                   # KL to the reference (the starting policy); 0 skips it
   c.grpo.eps_low = 0.2
   c.grpo.eps_high = 0.28               # clip-higher (DAPO); set equal to eps_low for symmetric clipping
-  c.grpo.aggregation = "token"         # token | sequence
   c.grpo.advantage_scale = "std"       # std (GRPO) | none (Dr.GRPO)
+  c.grpo.advantage_eps = 1e-3          # reward units: advantages divide by max(group std, this)
+  c.grpo.dynamic_sampling = False      # DAPO: leave groups with std <= advantage_eps out of the loss
   c.grpo.logprobs = "cond"             # cond (T2I-R1) | cfg (AR-GRPO): which distribution is trained
   c.grpo.cfg_weight = 5.0
   c.grpo.temperature = 1.0
@@ -90,7 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.sample_ahead = True           # sample batch t+1 (pre-update params) while the scorer scores batch t
   c.grpo.reward = "models"             # models | genre (synthetic world) | fixed (a hackable test reward)
   c.grpo.reward_weights = ml_collections.ConfigDict(
-      dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0))
+      dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0, fixed=0.0))  # fixed: tests only
+  c.grpo.reward_normalize = "none"     # none: raw weighted sum | running: terms / running within-group spread
   c.grpo.clip = ""                     # CLIP directory (transformers or open_clip), e.g. ViT-H-14 laion2b
   c.grpo.dino = ""                     # DINOv2 directory
   c.grpo.dino_size = 224               # DINO input size (Pigeon's protocol); positions resampled to it
@@ -105,6 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.diversity_weight = 0.0        # penalty for resembling other users' images
   c.grpo.fixed_seed = 0
   c.grpo.log_every = 10
+  c.grpo.eval_every = 50               # validation reward at checkpoints every this many steps (0: off)
+  c.grpo.save_rollouts = 0             # every this many steps, grpo/rollouts/step_N.npz (0: never)
   c.grpo.ckpt_every = 50
   c.grpo.grid_every = 50               # sample grids: history | the G samples | target, 4 histories
   c.grpo.defence_response = "stop"     # stop | rollback (to the last healthy checkpoint, lower lr, more diversity)
@@ -112,7 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.defence_warmup = 5
   c.grpo.defence_patience = 3
   c.grpo.defence_std_ratio = 0.3
-  c.grpo.defence_similarity = 0.9
+  c.grpo.defence_distance_ratio = 0.5  # alarm: cross-user distance 1 - sim below this x the first steps'
+  c.grpo.defence_drift = ()            # drift stats the alarm uses: brightness saturation edge_density token_entropy
+  c.grpo.defence_drift_z = 6.0         # ... when off their first steps' mean by this many stds
   c.grpo.defence_lr_factor = 0.5
   c.grpo.defence_diversity_factor = 2.0
   c.grpo.defence_max_rollbacks = 3     # then stop

@@ -145,7 +145,7 @@ def _check_eval(cfg) -> None:
 
 
 def _check_grpo(cfg) -> None:
-  from pgen_jax.rewards.compose import EXTERNAL, IN_JIT
+  from pgen_jax.rewards.compose import EXTERNAL, HACKABLE, IN_JIT
   for key in ("grpo.num_steps", "grpo.prompts_per_step", "grpo.inner_updates", "grpo.log_every", "grpo.ckpt_every",
               "grpo.grid_every", "grpo.defence_window", "grpo.defence_patience"):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
@@ -156,20 +156,28 @@ def _check_grpo(cfg) -> None:
                       f"grpo.prompts_per_step ({prompts})")
   if not isinstance(_get(cfg, "grpo.group_size"), int) or _get(cfg, "grpo.group_size") < 2:
     raise ConfigError(f"grpo.group_size: {_get(cfg, 'grpo.group_size')!r}; group advantages need at least 2 samples")
-  for key, choices in (("grpo.reward", ("models", "genre", "fixed")), ("grpo.aggregation", ("token", "sequence")),
+  for key, choices in (("grpo.reward", ("models", "genre", "fixed")), ("grpo.reward_normalize", ("none", "running")),
                        ("grpo.advantage_scale", ("std", "none")), ("grpo.logprobs", ("cond", "cfg")),
                        ("grpo.defence_response", ("stop", "rollback"))):
     if _get(cfg, key) not in choices:
       raise ConfigError(f"{key}: {_get(cfg, key)!r}; choose one of {choices}")
-  for key in ("grpo.lr", "grpo.eps_low", "grpo.eps_high", "grpo.temperature"):
+  for key in ("grpo.eval_every", "grpo.save_rollouts", "grpo.warmup_steps"):
+    if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 0:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be an integer >= 0")
+  from pgen_jax.train.hacking import DRIFT
+  bad = [k for k in _get(cfg, "grpo.defence_drift") if k not in DRIFT]
+  if bad:
+    raise ConfigError(f"grpo.defence_drift: unknown statistics {bad}; choose from {DRIFT}")
+  for key in ("grpo.lr", "grpo.eps_low", "grpo.eps_high", "grpo.temperature", "grpo.advantage_eps",
+              "grpo.defence_distance_ratio", "grpo.defence_drift_z"):
     if not _get(cfg, key) > 0:
       raise ConfigError(f"{key}: {_get(cfg, key)!r} must be positive")
   if _get(cfg, "grpo.beta") < 0:
     raise ConfigError("grpo.beta: must be >= 0 (0 skips the reference model)")
   weights = _get(cfg, "grpo.reward_weights")
-  bad = [k for k in weights if k not in IN_JIT + EXTERNAL]
+  bad = [k for k in weights if k not in IN_JIT + EXTERNAL + HACKABLE]
   if bad:
-    raise ConfigError(f"grpo.reward_weights: unknown terms {bad}; choose from {IN_JIT + EXTERNAL}")
+    raise ConfigError(f"grpo.reward_weights: unknown terms {bad}; choose from {IN_JIT + EXTERNAL + HACKABLE}")
   if _get(cfg, "grpo.reward") == "models":
     if not any(weights.values()):
       raise ConfigError("grpo.reward_weights: every weight is 0; give at least one term a weight")

@@ -16,6 +16,7 @@ from test_scorer import backends, free_port, start  # noqa: F401  (backends: tin
 from test_janus_convert import flat_params
 from test_sft import ROOT, final_params, kill_at_checkpoint, run_main
 from pgen_jax.models import load_janus, make_mesh
+from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(scope="module")
@@ -47,27 +48,58 @@ def test_reward_rises(tmp_path, world):
 
 
 # At these tests' lr (5e-3, thousands of times the recipe's), one-update-stale samples leave the clip
-# range and sample-ahead slows the hacking about 3x (seen: caught at step 28 instead of 8). So the
-# stop test runs on-policy, and the roll-back test (which also drops the batch sampled ahead) widens
-# the clip range; the defence itself is the same either way.
-def test_hackable_reward_is_caught_and_stops(tmp_path, world):
-  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="fixed", lr=5e-3, num_steps=40,
-                                  sample_ahead=False))
+# range and sample-ahead slows the hacking about 3x (seen: caught at step 28 instead of 8), so these
+# run on-policy; the defence itself is the same either way.
+def hacked_models_args(workdir, world, tmp_path, **over):
+  """The default path (reward=models, tiny random CLIP and DINOv2) with a hackable term injected: the
+  share of tokens from one fixed image's codes, weighted to dominate the similarity terms."""
+  from test_clip import hf_clip
+  from test_dino import dinov2
+  if not (tmp_path / "clip").exists():
+    hf_clip("gelu", 2).save_pretrained(tmp_path / "clip")
+    dinov2(28).save_pretrained(tmp_path / "dino")
+  opts = dict(reward="models", lr=5e-3, logprobs="cfg", sample_ahead=False, eval_every=0, log_every=1)
+  opts.update(over)
+  return [*grpo_args(workdir, world, "prepare", "grpo", **opts), f"--config.grpo.clip={tmp_path / 'clip'}",
+          f"--config.grpo.dino={tmp_path / 'dino'}", "--config.grpo.dino_size=28",
+          "--config.grpo.reward_weights.fixed=1000.0"]
+
+
+def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world):
+  run = run_main(ROOT, *hacked_models_args(tmp_path, world, tmp_path, num_steps=30))
   assert run.returncode == 3, run.stderr[-3000:]
   assert "reward hacking suspected" in run.stderr and "last healthy checkpoint is step" in run.stderr
   alarm = summary(tmp_path)["alarms"][0]
-  assert alarm["step"] <= 15 and any("similar" in r for r in alarm["reasons"])
+  # seen: the token share saturates by step 7, CLIP similarity across users 0.92 -> 0.99, caught at 13
+  assert alarm["step"] <= 20 and any("similar" in r for r in alarm["reasons"]), alarm
+  assert logged(run.stderr, "reward/fixed_mean")[alarm["step"]] > 0.9  # it was a hack that was caught
   assert not (tmp_path / "grpo" / "final").exists()
 
 
-def test_hackable_reward_rolls_back(tmp_path, world):
-  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="fixed", lr=5e-3, num_steps=30,
-                                  defence_response="rollback", defence_max_rollbacks=1, eps_low=0.99, eps_high=100.0))
-  first = summary(tmp_path)["alarms"][0]
+def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
+  """A roll-back really happens (lower lr, more diversity), and a run killed after it resumes with its
+  roll-back state: the same alarms, per-step rewards and end state as the uninterrupted run."""
+  # The stop test's run (alarm at step 13, roll-back to 10); after it the lr is cut to 1% so that the
+  # run ends without a second alarm and has a checkpoint (15) written after the roll-back to kill at.
+  args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=30, defence_response="rollback",
+                                      defence_max_rollbacks=1, defence_lr_factor=0.01)
+  plain = run_main(ROOT, *args(tmp_path / "plain"))
+  assert plain.returncode in (0, 3), plain.stderr[-3000:]
+  first = summary(tmp_path / "plain")["alarms"][0]
   assert first["rolled_back_to"] < first["step"]
-  assert "rolled back to step" in run.stderr
-  # Either the cautious run finished, or a second alarm stopped it after the one allowed roll-back.
-  assert run.returncode == 0 or "reward hacking suspected" in run.stderr
+  assert "rolled back to step" in plain.stderr and "roll-back 1), lr x0.01, diversity weight 0.2" in plain.stderr
+  after = first["rolled_back_to"] + 5  # the first checkpoint written after the roll-back
+  kill_at_checkpoint(args(tmp_path / "killed"), tmp_path / "killed" / "grpo" / "latest" / str(after),
+                     tmp_path / "killed.log", wait=900)  # 18 steps with a roll-back: slow on a busy machine
+  resumed = run_main(ROOT, *args(tmp_path / "killed"))
+  assert f"resumed GRPO at step {after}" in resumed.stderr, resumed.stderr[-3000:]
+  assert resumed.returncode == plain.returncode, resumed.stderr[-3000:]
+  a, b = summary(tmp_path / "plain"), summary(tmp_path / "killed")
+  assert a["rewards"] == b["rewards"] and a["alarms"] == b["alarms"]
+  if plain.returncode == 0:
+    pa, pb = final_params(tmp_path / "plain", "grpo"), final_params(tmp_path / "killed", "grpo")
+    for k in pa:
+      np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
 def test_kill_and_resume_continues_identically(tmp_path, world):
@@ -92,21 +124,71 @@ def test_kill_and_resume_continues_identically(tmp_path, world):
     np.testing.assert_array_equal(a[k], c[k], err_msg=k)
 
 
-def test_model_rewards_run_in_the_stage(tmp_path, world):
-  """reward=models with real (tiny, random) CLIP and DINOv2 checkpoints: terms computed and logged."""
+def torch_reference_terms(clip_dir, dino_dir, images, history, target, future, dino_size):
+  """clip_history, clip_future, dino_target (compose's definitions: 100 x cosine) recomputed with
+  transformers' CLIPModel and Dinov2Model in float32 and torch's antialiased bicubic resize."""
+  import torch
+  import torch.nn.functional as F
+  import transformers as T
+  clip, dino = T.CLIPModel.from_pretrained(clip_dir).eval(), T.Dinov2Model.from_pretrained(dino_dir).eval()
+
+  def pixels(x, resize, crop, mean, std):  # shortest side to `resize`, centre crop, normalise
+    t = torch.tensor(x.reshape(-1, *x.shape[-3:])).permute(0, 3, 1, 2).float() / 255
+    t = F.interpolate(t, size=(resize, resize), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    top = (resize - crop) // 2
+    t = t[:, :, top:top + crop, top:top + crop]
+    return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+  unit = lambda e: e / np.linalg.norm(e, axis=-1, keepdims=True)
+  size = clip.config.vision_config.image_size
+  with torch.no_grad():
+    ce = lambda x: clip.get_image_features(pixel_values=pixels(x, size, size, CLIP_MEAN, CLIP_STD)).pooler_output.numpy()
+    de = lambda x: dino(pixel_values=pixels(x, round(dino_size * 256 / 224), dino_size, IMAGENET_MEAN,
+                                            IMAGENET_STD)).pooler_output.numpy()
+    g, h, f = unit(ce(images)), unit(ce(history)).reshape(*history.shape[:2], -1), unit(ce(future))
+    dg, dt = unit(de(images)), unit(de(target))
+  f = f.reshape(*future.shape[:2], -1)
+  return {"clip_history": 100 * (g * unit(h.mean(1))).sum(-1), "clip_future": 100 * np.einsum("nd,npd->np", g, f).mean(1),
+          "dino_target": 100 * (dg * dt).sum(-1)}
+
+
+def test_logged_reward_is_the_weighted_raw_terms(tmp_path, world):
+  """The default path: reward=models with tiny random CLIP and DINOv2 checkpoints, beta 0.01,
+  logprobs=cond, bf16 compute. Each step's logged reward_mean is the weighted sum of the raw terms
+  recomputed with transformers on the images that step saved."""
   from test_clip import hf_clip
   from test_dino import dinov2
   hf_clip("gelu", 2).save_pretrained(tmp_path / "clip")
   dinov2(28).save_pretrained(tmp_path / "dino")
-  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="models", num_steps=3, group_size=2,
-                                  log_every=1, ckpt_every=3), f"--config.grpo.clip={tmp_path / 'clip'}",
+  run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="models", num_steps=3, group_size=4,
+                                  prompts_per_step=4, log_every=1, ckpt_every=3, beta=0.01, logprobs="cond",
+                                  save_rollouts=1, eval_every=3),
+                 "--config.model.dtype=bfloat16", f"--config.grpo.clip={tmp_path / 'clip'}",
                  f"--config.grpo.dino={tmp_path / 'dino'}", "--config.grpo.dino_size=28",
-                 "--config.grpo.reward_weights.profile=0.0", "--config.grpo.reward_weights.nima=0.0",
-                 "--config.grpo.reward_weights.clip_future=0.0")
+                 "--config.grpo.reward_weights.clip_history=1.0", "--config.grpo.reward_weights.clip_future=1.0",
+                 "--config.grpo.reward_weights.dino_target=0.5")
   assert run.returncode == 0, run.stderr[-3000:]
-  for term in ("clip_history", "dino_target"):
-    assert f"reward/{term}_mean" in run.stderr
-  assert len(summary(tmp_path)["rewards"]) == 3
+  logged_mean = logged(run.stderr, "reward_mean")
+  assert sorted(logged_mean) == [1, 2, 3]
+  weights = {"clip_history": 1.0, "clip_future": 1.0, "dino_target": 0.5}
+  for step in (1, 2, 3):
+    saved = np.load(tmp_path / "grpo" / "rollouts" / f"step_{step:07d}.npz")
+    n = len(saved["images"])
+    rep = lambda x: np.repeat(x, n // len(x), axis=0)
+    ref = torch_reference_terms(tmp_path / "clip", tmp_path / "dino", saved["images"], rep(saved["history"]),
+                                rep(saved["target"]), rep(saved["future"]), 28)
+    total = sum(w * ref[k] for k, w in weights.items())
+    # bf16 reward models against float32 torch: 100 x cosine agrees to within 1 (seen: 0.57), the
+    # totals (about 190) to within 1.5 (seen: 0.94) per image and 0.5 in the mean (seen: 0.08)
+    for k in weights:
+      np.testing.assert_allclose(saved[f"term_{k}"], ref[k], atol=1.0, err_msg=k)
+    np.testing.assert_allclose(saved["total"], total, atol=1.5)
+    assert logged_mean[step] == pytest.approx(total.mean(), abs=0.5), (step, logged_mean[step], total.mean())
+  s = summary(tmp_path)
+  assert s["rewards"] == pytest.approx([logged_mean[k] for k in (1, 2, 3)], rel=1e-6)
+  assert s["initial_reward"] == pytest.approx(logged_mean[1], rel=1e-6)
+  assert [v["step"] for v in s["validation"]] == [3] and s["best_step"] == 3
+  assert (tmp_path / "grpo" / "best" / "3").exists()
 
 
 def logged(stderr: str, key: str) -> dict[int, float]:
@@ -116,17 +198,20 @@ def logged(stderr: str, key: str) -> dict[int, float]:
 
 
 def test_sample_ahead_trains_with_the_sampling_logprobs(tmp_path, world):
-  """Sampled ahead, a batch is one update old when trained on, so its importance ratio moves off 1;
-  sampled after the update, the ratio is exactly on-policy."""
+  """logprobs=cfg in bf16. Sampled ahead, a batch is one update old when trained on, so its importance
+  ratio moves off 1; sampled after the update, the ratio is exactly 1: the old log-probs are the
+  update's own teacher-forced ones, not the sampler's KV-cache pass (whose bf16 rounding CFG at w = 5
+  magnifies)."""
   ratios = {}
   for ahead in (True, False):
     run = run_main(ROOT, *grpo_args(tmp_path / str(ahead), world, "prepare", "grpo", num_steps=4, ckpt_every=10,
-                                    log_every=1, group_size=4, logprobs="cond", lr=2e-2, sample_ahead=ahead))
+                                    log_every=1, group_size=4, logprobs="cfg", lr=2e-2, sample_ahead=ahead,
+                                    eval_every=0), "--config.model.dtype=bfloat16")
     assert run.returncode == 0, run.stderr[-3000:]
     ratios[ahead] = logged(run.stderr, "ratio_mean")
     assert sorted(ratios[ahead]) == [1, 2, 3, 4]
-  assert all(abs(r - 1) < 1e-4 for r in ratios[False].values()), ratios[False]
-  assert abs(ratios[True][1] - 1) < 1e-4  # the first batch is sampled before any update
+  assert all(r == 1.0 for r in ratios[False].values()), ratios[False]
+  assert ratios[True][1] == 1.0  # the first batch is sampled before any update
   assert max(abs(ratios[True][s] - 1) for s in (2, 3, 4)) > 1e-3, ratios[True]
 
 
@@ -189,7 +274,7 @@ def test_scorer_latency_hides_behind_the_next_rollout(tmp_path, world, backends)
   proxy = HoldingProxy(url, expected=4)
   try:
     run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="models", num_steps=4, group_size=2,
-                                    log_every=1, ckpt_every=10, scorer_url=proxy.url),
+                                    log_every=1, ckpt_every=10, scorer_url=proxy.url, eval_every=0),
                    "--config.grpo.reward_weights.clip_history=0.0", "--config.grpo.reward_weights.clip_future=0.0",
                    "--config.grpo.reward_weights.dino_target=0.0", "--config.grpo.reward_weights.profile=1.0")
   finally:

@@ -39,11 +39,20 @@ def test_kl_k3():
   assert (grpo.kl_k3(jnp.linspace(-3, 0, 7), jnp.linspace(0, -3, 7)) >= 0).all()
 
 
-def test_aggregation():
+def test_aggregation_and_dynamic_sampling_weights():
   x = jnp.array([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
-  mask = jnp.array([[1, 1, 1], [1, 0, 0]])
-  assert float(grpo.aggregate(x, mask, mode="token")) == pytest.approx(10 / 4)
-  assert float(grpo.aggregate(x, mask, mode="sequence")) == pytest.approx((2 + 4) / 2)
+  assert float(grpo.aggregate(x)) == pytest.approx(10 / 6)
+  assert float(grpo.aggregate(x, jnp.array([[1.0], [0.0]]))) == pytest.approx(2.0)  # the second sequence left out
+  assert float(grpo.aggregate(x, jnp.zeros((2, 1)))) == 0.0
+
+
+def test_near_constant_groups_have_no_signal():
+  # group 1 differs by rounding noise, group 2 by real amounts
+  r = jnp.array([5.0, 5.0 + 2e-6, 5.0 - 2e-6, 1.0, 2.0, 3.0])
+  a = np.asarray(grpo.group_advantages(r, 3, eps=1e-3))
+  assert np.abs(a[:3]).max() < 1e-2  # not blown up (std + 1e-6 would give +-0.8)
+  np.testing.assert_allclose(a[3:], np.array([-1.0, 0.0, 1.0]) / np.sqrt(2 / 3), rtol=1e-5)
+  np.testing.assert_array_equal(grpo.groups_with_signal(r, 3, 1e-3), [False, True])
 
 
 def batch_with_history(model, rng, prompts=2):
@@ -99,7 +108,7 @@ def test_update_moves_log_probs_with_the_advantages(mode):
   old = grpo.image_token_logprobs(nnx.merge(graphdef, params, frozen), batch["ids"], batch["mask"],
                                   jnp.asarray(uint8, jnp.float32) / 127.5 - 1, tokens,
                                   **({"uncond": batch["uncond"], "cfg_weight": 2.0} if mode == "cfg" else {}))
-  batch["old_logp"] = old
+  batch.update(old_logp=old, on_policy=jnp.asarray(False), weights=jnp.ones(2))
   tx = optax.sgd(0.05)
   state = update.init_state(params, tx)
   state, m = jax.jit(lambda s, b: grpo.update_step(graphdef, tx, cfg, s, frozen, params, b))(state, batch)
@@ -146,7 +155,8 @@ def test_shared_prefix_loss_and_gradients_equal_the_unshared_computation(mode):
   batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
            "images": jnp.asarray(uint8), "tokens": tokens,
            "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (2 * g, 16)), jnp.float32),
-           "advantages": jnp.asarray(rng.normal(size=2 * g), jnp.float32)}
+           "advantages": jnp.asarray(rng.normal(size=2 * g), jnp.float32), "on_policy": jnp.asarray(False),
+           "weights": jnp.ones(2 * g)}
   (loss, metrics), grads = jax.value_and_grad(grpo.grpo_loss, argnums=1, has_aux=True)(
       graphdef, params, frozen, ref_params, batch, cfg)
 
@@ -182,7 +192,8 @@ def test_micro_batched_update_equals_the_whole_batch():
            "images": jnp.asarray(((images + 1) * 127.5).round().astype(np.uint8)),
            "tokens": jnp.asarray(rng.integers(0, 64, (4 * g, 16)), jnp.int32),
            "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (4 * g, 16)), jnp.float32),
-           "advantages": jnp.asarray(rng.normal(size=4 * g), jnp.float32)}
+           "advantages": jnp.asarray(rng.normal(size=4 * g), jnp.float32), "on_policy": jnp.asarray(False),
+           "weights": jnp.ones(4 * g)}
   tx = optax.sgd(0.1)
   cfg = grpo.GRPOConfig(beta=0.05)
   ref_params = jax.tree.map(lambda p: p * 0.99, params)
@@ -194,3 +205,45 @@ def test_micro_batched_update_equals_the_whole_batch():
   np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(micro["params"]), jax.tree.leaves(whole["params"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(m2["logp"]), np.asarray(m1["logp"]), rtol=1e-5)  # in row order
+
+@pytest.mark.parametrize("mode", ["cond", "cfg"])
+def test_on_policy_ratio_is_exactly_one_in_bf16(mode):
+  """A batch trained with the parameters that sampled it: the update's own teacher-forced log-probs
+  are the old ones, so the ratio is exactly 1 (in bf16, and with CFG's 5c - 4u), nothing is clipped,
+  and the log-probs it returns for later inner updates are the pre-update policy's."""
+  import optax
+  from pgen_jax.train import update
+  model = Janus(tiny(), nnx.Rngs(5), dtype=jnp.bfloat16)
+  rng = np.random.default_rng(3)
+  ids, mask, uncond, images = batch_with_history(model, rng)
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  cfg = grpo.GRPOConfig(logprobs=mode, cfg_weight=5.0, beta=0.0)
+  tokens = jnp.asarray(rng.integers(0, 64, (2, 16)), jnp.int32)
+  uint8 = ((images + 1) * 127.5).round().astype(np.uint8)
+  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+           "images": jnp.asarray(uint8), "tokens": tokens, "advantages": jnp.array([1.0, -1.0]),
+           "old_logp": jnp.full((2, 16), -50.0), "on_policy": jnp.asarray(True), "weights": jnp.ones(2)}
+  tx = optax.sgd(0.05)
+  state = update.init_state(params, tx)
+  step = jax.jit(lambda s, b: grpo.update_step(graphdef, tx, cfg, s, frozen, None, b))
+  state, m = step(state, batch)
+  assert float(m["ratio_mean"]) == 1.0 and float(m["clip_fraction"]) == 0.0
+  # the returned log-probs are the teacher-forced ones of the policy before the update
+  kw = {"uncond": batch["uncond"], "cfg_weight": 5.0} if mode == "cfg" else {}
+  before = grpo.image_token_logprobs(nnx.merge(graphdef, params, frozen), batch["ids"], batch["mask"],
+                                     jnp.asarray(uint8, jnp.float32) / 127.5 - 1, tokens, **kw)
+  np.testing.assert_allclose(np.asarray(m["logp"]), np.asarray(before), atol=0.1)
+  # a second inner update on them is off-policy corrected: the ratio has moved
+  _, m2 = step(state, {**batch, "old_logp": m["logp"], "on_policy": jnp.asarray(False)})
+  assert float(m2["ratio_mean"]) != 1.0
+
+
+def test_schedule_first_update_trains_and_ends_at_the_floor():
+  from pgen_jax.train.update import lr_schedule
+  no_warmup = lr_schedule(1.0, 0, 10)
+  assert float(no_warmup(0)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.1)), rel=1e-6)
+  assert float(no_warmup(9)) == pytest.approx(0.1, rel=1e-6)  # the last of 10 updates
+  warm = lr_schedule(2.0, 4, 10)
+  np.testing.assert_allclose([float(warm(c)) for c in range(4)], [0.5, 1.0, 1.5, 2.0], rtol=1e-6)
+  assert float(warm(9)) == pytest.approx(0.2, rel=1e-6)

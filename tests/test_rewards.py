@@ -11,7 +11,7 @@ from converters.clip import load_clip
 from converters.dino import load_dino
 from converters.lpips import load_lpips
 from pgen_jax.models import make_mesh
-from pgen_jax.rewards.compose import RewardConfig, combine, in_jit_terms
+from pgen_jax.rewards.compose import RunningScale, RewardConfig, combine, in_jit_terms
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 from test_clip import hf_clip
 from test_dino import dinov2
@@ -85,13 +85,28 @@ def test_terms_equal_torch_references(tmp_path):
 
 def test_combine_by_hand():
   terms = {"clip_history": jnp.array([1.0, 2.0, 3.0]), "nima": jnp.array([5.0, 5.0, 8.0])}
-  raw = RewardConfig(weights=(("clip_history", 2.0), ("nima", 0.5)), normalize="none")
+  raw = RewardConfig(weights=(("clip_history", 2.0), ("nima", 0.5)))
   np.testing.assert_allclose(np.asarray(combine(raw, terms)), [4.5, 6.5, 10.0])
-  z = RewardConfig(weights=(("clip_history", 2.0), ("nima", 0.5)), normalize="batch")
-  a = np.array([-1.0, 0.0, 1.0]) / np.sqrt(2 / 3)
-  b = np.array([-1.0, -1.0, 2.0]) / np.sqrt(2)
-  np.testing.assert_allclose(np.asarray(combine(z, terms)), 2 * a + 0.5 * b, rtol=1e-5)
+  # divided by their spreads, not centred: the level stays
+  np.testing.assert_allclose(np.asarray(combine(raw, terms, {"clip_history": 2.0, "nima": 0.25})),
+                             [2 * 0.5 + 0.5 * 20, 2 * 1 + 0.5 * 20, 2 * 1.5 + 0.5 * 32])
   with pytest.raises(ValueError, match="profile"):
     combine(RewardConfig(weights=(("profile", 1.0),)), terms)
   with pytest.raises(ValueError, match="unknown"):
     RewardConfig(weights=(("aesthetics", 1.0),))
+  with pytest.raises(ValueError, match="normalize"):
+    RewardConfig(normalize="batch")  # the per-batch z-score is gone
+
+
+def test_running_scale_is_the_within_group_spread():
+  scale = RunningScale(decay=0.5)
+  # two groups of two: within-group stds 1 and 3 -> 2; the between-group offset (100) does not count
+  first = scale.update({"clip_history": np.array([0.0, 2.0, 100.0, 106.0])}, 2)
+  assert first == {"clip_history": pytest.approx(2.0)}
+  second = scale.update({"clip_history": np.array([0.0, 8.0, 5.0, 5.0])}, 2)  # stds 4 and 0 -> 2, then EMA
+  assert second == {"clip_history": pytest.approx(0.5 * 2.0 + 0.5 * 2.0)}
+  third = scale.update({"clip_history": np.array([0.0, 12.0, 0.0, 12.0])}, 2)  # 6
+  assert third == {"clip_history": pytest.approx(0.5 * 2.0 + 0.5 * 6.0)}
+  fresh = RunningScale(decay=0.5)
+  fresh.restore(scale.state())
+  assert fresh.spread == scale.spread

@@ -67,7 +67,7 @@ def test_non_finite_steps_are_skipped_and_counted():
   state, m = bad_step(state, batch)
   assert not np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(m["bad_streak"]) == 1
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state["params"], before)
-  for _ in range(2):  # the warm-up's first learning rate is 0
+  for _ in range(2):  # two good steps
     state, m = step(state, batch)
   assert np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1 and int(m["bad_streak"]) == 0
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool((np.asarray(a) != b).any()), state["params"], before))
@@ -89,12 +89,15 @@ def sft_args(workdir, store, steps=24):
           "--config.sft.genre_probe=False"]
 
 
-def kill_at_checkpoint(args, checkpoint: Path, log: Path) -> None:
-  """Runs the job in the background and kill -9s it as soon as `checkpoint` exists."""
+def kill_at_checkpoint(args, checkpoint: Path, log: Path, wait: float = 300) -> None:
+  """Runs the job in the background and kill -9s it as soon as `checkpoint` exists (or after `wait` s)."""
   proc = run_main(ROOT, *args, log=log)
-  deadline = time.time() + 300
+  deadline = time.time() + wait
   while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
+  if not checkpoint.exists():
+    proc.kill()  # not left running in the background
+    proc.wait()
   assert checkpoint.exists(), log.read_text()[-3000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()

@@ -1,17 +1,25 @@
 """Reward terms computed inside the jitted step, and their weighted combination.
 
-Terms (each (N,) for N generated images; similarities are 100 x cosine):
-  clip_history  CLIP image similarity to the mean of the history's (normalised) embeddings
-  clip_target   CLIP image similarity to the target item's image
-  clip_future   mean CLIP image similarity to the future items' images
-  clip_text     CLIP similarity of the image to the target item's text
-  dino_history / dino_target / dino_future   the same with DINO features
-  ssim_target   SSIM to the target image (data range 255)
-  lpips_target  minus the LPIPS-VGG distance to the target image (higher is more similar)
-  profile, nima from the external scorer (passed in, not computed here)
-Only terms with a non-zero weight are computed. With normalize="batch" each term is standardised
-over the batch before weighting, so weights compare terms of different scales; raw terms are
-returned as well, for logging.
+Terms (each (N,) for N generated images) and their scales:
+  clip_history  100 x cosine of the CLIP image embedding and the mean of the history's unit embeddings
+                (-100..100; real CLIP puts related images around 50-80)
+  clip_target   100 x cosine to the target item's image
+  clip_future   mean 100 x cosine to the future items' images
+  clip_text     100 x cosine of the image and the target item's text
+  dino_history / dino_target / dino_future   the same with DINO features (100 x cosine)
+  ssim_target   SSIM to the target image (data range 255): -1..1, 1 = identical
+  lpips_target  minus the LPIPS-VGG distance to the target image: about -1..0, 0 = identical
+  profile       the scorer's judge: how well the image fits the user's profile, 0..1
+  nima          the scorer's NIMA aesthetic score, mean of its 1..10 distribution
+  fixed         (tests only) a deliberately hackable term: the share of image tokens drawn from one fixed
+                image's few codes, 0..1, computed by the trainer from the tokens; the same image wins
+                for every user, which the hacking defence must catch
+Only terms with a non-zero weight are computed. The total is the weighted sum of these raw terms, so
+its level means something from step to step (the logged reward_mean). normalize="running" divides
+each term by a running estimate of its spread WITHIN groups (RunningScale) before weighting, so that
+weights compare how strongly each term separates one history's samples; the terms are not centred,
+so the level stays visible. A per-batch z-score is deliberately not offered: it fixes the total's
+mean at 0 and its spread at 1 every step, which hides both progress and collapse.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
 from pgen_jax.rewards.clip import normalize as unit
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
@@ -26,22 +35,24 @@ from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGE
 IN_JIT = ("clip_history", "clip_target", "clip_future", "clip_text", "dino_history", "dino_target", "dino_future",
           "ssim_target", "lpips_target")
 EXTERNAL = ("profile", "nima")
+HACKABLE = ("fixed",)  # tests: the share of image tokens from one fixed image's few codes (0..1), from the trainer
+NORMALIZE = ("none", "running")
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
   weights: tuple[tuple[str, float], ...] = (("clip_history", 1.0), ("clip_future", 1.0), ("dino_target", 0.5))
-  normalize: str = "batch"    # none | batch
+  normalize: str = "none"     # none | running (see the module docstring)
   clip_size: int = 224
   dino_resize: int = 256
   dino_crop: int = 224
 
   def __post_init__(self):
     for name, _ in self.weights:
-      if name not in IN_JIT + EXTERNAL:
-        raise ValueError(f"reward term {name!r} unknown; choose from {IN_JIT + EXTERNAL}")
-    if self.normalize not in ("none", "batch"):
-      raise ValueError(f"reward normalize {self.normalize!r}: use 'none' or 'batch'")
+      if name not in IN_JIT + EXTERNAL + HACKABLE:
+        raise ValueError(f"reward term {name!r} unknown; choose from {IN_JIT + EXTERNAL + HACKABLE}")
+    if self.normalize not in NORMALIZE:
+      raise ValueError(f"reward normalize {self.normalize!r}: use one of {NORMALIZE}")
 
   @property
   def active(self) -> dict[str, float]:
@@ -94,15 +105,39 @@ def in_jit_terms(cfg: RewardConfig, generated, *, history=None, target=None, fut
   return out
 
 
-def combine(cfg: RewardConfig, terms: dict[str, jnp.ndarray]) -> jnp.ndarray:
-  """Weighted sum of the active terms (standardised over the batch when normalize='batch')."""
+def combine(cfg: RewardConfig, terms: dict, scales: dict | None = None):
+  """Weighted sum of the active raw terms; with `scales` ({term: spread}, from RunningScale) each
+  term is divided by its spread first (not centred, so the level stays)."""
   missing = [t for t in cfg.active if t not in terms]
   if missing:
     raise ValueError(f"reward terms {missing} have weights but were not computed/provided")
   total = 0.0
   for name, w in cfg.active.items():
     x = terms[name].astype(jnp.float32)
-    if cfg.normalize == "batch":
-      x = (x - x.mean()) / (x.std() + 1e-6)
+    if scales is not None:
+      x = x / scales[name]
     total = total + w * x
   return total
+
+
+class RunningScale:
+  """Per term, an exponential moving average (decay `decay`) of its mean within-group standard
+  deviation: the spread a term shows between the G samples of one history, which is what GRPO's
+  group advantages see. Host-side numpy; its state goes into the run's checkpoint."""
+
+  def __init__(self, decay: float = 0.9, floor: float = 1e-6):
+    self.decay, self.floor, self.spread = decay, floor, {}
+
+  def update(self, terms: dict, group_size: int) -> dict[str, float]:
+    """Folds this batch in and returns {term: scale} to divide by (the batch itself included)."""
+    for name, x in terms.items():
+      s = float(np.asarray(x, np.float64).reshape(-1, group_size).std(1).mean())
+      old = self.spread.get(name)
+      self.spread[name] = s if old is None else self.decay * old + (1 - self.decay) * s
+    return {k: max(v, self.floor) for k, v in self.spread.items()}
+
+  def state(self) -> dict:
+    return dict(self.spread)
+
+  def restore(self, state: dict) -> None:
+    self.spread = {k: float(v) for k, v in state.items()}

@@ -23,7 +23,7 @@ class RewardModels:
   lpips: object = None
   dino_size: int = 224
 
-  def config(self, weights, normalize: str = "batch") -> RewardConfig:
+  def config(self, weights, normalize: str = "none") -> RewardConfig:
     """A RewardConfig with each model's input size: CLIP its native one, DINO dino_size after a 256/224 resize."""
     return RewardConfig(weights=tuple(weights), normalize=normalize, clip_size=self.clip_size,
                         dino_crop=self.dino_size, dino_resize=round(self.dino_size * 256 / 224))

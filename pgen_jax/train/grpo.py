@@ -17,18 +17,27 @@ from pgen_jax.train.sft import to_unit
 from pgen_jax.train.update import guarded_update
 
 
-def group_advantages(rewards, group_size: int, *, scale: str = "std", eps: float = 1e-6):
-  """(r - group mean) / group std ("std", GRPO) or r - group mean ("none", Dr.GRPO).
+def group_advantages(rewards, group_size: int, *, scale: str = "std", eps: float = 1e-3):
+  """(r - group mean) / max(group std, eps) ("std", GRPO) or r - group mean ("none", Dr.GRPO).
 
-  rewards: (B * G,) with each prompt's G samples adjacent, as the sampler returns them.
+  rewards: (B * G,) with each prompt's G samples adjacent, as the sampler returns them. `eps` is in
+  reward units: the smallest within-group spread treated as signal. A group that varies less gets
+  advantages that shrink with its spread instead of being blown up to +-1 (as std + 1e-6 would do
+  with rounding noise); groups_with_signal says which groups reach it (DAPO's dynamic sampling).
   """
   r = rewards.reshape(-1, group_size).astype(jnp.float32)
   a = r - r.mean(axis=1, keepdims=True)
   if scale == "std":
-    a = a / (r.std(axis=1, keepdims=True) + eps)
+    a = a / jnp.maximum(r.std(axis=1, keepdims=True), eps)
   elif scale != "none":
     raise ValueError(f"advantage scale {scale!r}: use 'std' or 'none'")
   return a.reshape(-1)
+
+
+def groups_with_signal(rewards, group_size: int, eps: float = 1e-3):
+  """(B,) whether each group's rewards spread by more than `eps` (std): groups of (nearly) equal
+  rewards carry no learning signal."""
+  return rewards.reshape(-1, group_size).astype(jnp.float32).std(axis=1) > eps
 
 
 def clipped_surrogate(logp, old_logp, advantages, *, eps_low: float = 0.2, eps_high: float = 0.28):
@@ -46,15 +55,12 @@ def kl_k3(logp, ref_logp):
   return jnp.exp(d) - d - 1.0
 
 
-def aggregate(per_token, mask=None, *, mode: str = "token"):
-  """'token': mean over every token of the batch (DAPO); 'sequence': mean over sequences of their
-  token means (GRPO's original)."""
-  mask = jnp.ones_like(per_token) if mask is None else mask.astype(per_token.dtype)
-  if mode == "token":
-    return (per_token * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-  if mode == "sequence":
-    return ((per_token * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)).mean()
-  raise ValueError(f"aggregation {mode!r}: use 'token' or 'sequence'")
+def aggregate(per_token, mask=None):
+  """Mean over the kept tokens of the batch. Every image has the same number of tokens, so the token
+  mean (DAPO), the mean of sequence means (GRPO) and Dr.GRPO's constant normaliser are one number:
+  there is no aggregation option. `mask` (N, T) or (N, 1) leaves tokens or whole sequences out."""
+  mask = jnp.ones_like(per_token) if mask is None else jnp.broadcast_to(mask, per_token.shape).astype(per_token.dtype)
+  return (per_token * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
 def image_token_logprobs(model: Janus, ids, mask, images, tokens, *, uncond=None, uncond_mask=None,
@@ -97,7 +103,6 @@ class GRPOConfig:
   eps_low: float = 0.2
   eps_high: float = 0.28        # DAPO's clip-higher; = eps_low for symmetric clipping
   beta: float = 0.01            # KL to the reference model; 0 skips the reference entirely
-  aggregation: str = "token"    # token | sequence
   logprobs: str = "cond"        # cond (T2I-R1: the conditional branch) | cfg (AR-GRPO: the CFG mix)
   cfg_weight: float = 5.0
   temperature: float = 1.0
@@ -108,7 +113,11 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
   """Clipped surrogate + beta KL for a batch of sampled images.
 
   batch, per prompt: ids, mask (B, P); uncond, uncond_mask (B, U); images (B, k, H, W, 3) uint8.
-  Per sample (a prompt's G adjacent): tokens, old_logp (B * G, T); advantages (B * G,).
+  Per sample (a prompt's G adjacent): tokens, old_logp (B * G, T); advantages, weights (B * G,) (0
+  leaves a sequence out: dynamic sampling). on_policy () bool: the batch was sampled with these very
+  parameters, so the old log-probs are this pass's own (stop-gradient), which makes the ratio
+  exactly 1 in any dtype and mode; otherwise old_logp (the same teacher-forced function, evaluated
+  with the sampling parameters).
   """
   images = to_unit(batch["images"].reshape(-1, *batch["images"].shape[2:]))
   kw = dict(temperature=cfg.temperature)
@@ -121,14 +130,16 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
                                 batch["tokens"], **kw)
 
   logp = logprobs(params)
-  per_token, clipped = clipped_surrogate(logp, batch["old_logp"], batch["advantages"], eps_low=cfg.eps_low,
+  old_logp = jnp.where(batch["on_policy"], jax.lax.stop_gradient(logp), batch["old_logp"])
+  per_token, clipped = clipped_surrogate(logp, old_logp, batch["advantages"], eps_low=cfg.eps_low,
                                          eps_high=cfg.eps_high)
-  loss = aggregate(per_token, mode=cfg.aggregation)
+  keep = batch["weights"][:, None]
+  loss = aggregate(per_token, keep)
   # ratio_mean is 1 on-policy; with sample-ahead it shows how far one update moved the policy.
-  metrics = {"clip_fraction": clipped.mean(), "neg_logp": -logp.mean(),
-             "ratio_mean": jnp.exp(logp - batch["old_logp"]).mean()}
+  metrics = {"clip_fraction": aggregate(clipped.astype(jnp.float32), keep), "neg_logp": -logp.mean(),
+             "ratio_mean": jnp.exp(logp - old_logp).mean(), "logp": jax.lax.stop_gradient(logp)}
   if cfg.beta:
-    kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(logprobs(ref_params))), mode=cfg.aggregation)
+    kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(logprobs(ref_params))), keep)
     loss = loss + cfg.beta * kl
     metrics["kl"] = kl
   return loss, metrics
@@ -136,26 +147,37 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
 
 def split_prompts(batch: dict, parts: int) -> dict:
   """(B, ...) per-prompt and (B * G, ...) per-sample arrays -> (parts, ...) micro-batches of whole
-  groups (a prompt's samples stay with it, so its prefix is still shared)."""
-  return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), batch)
+  groups (a prompt's samples stay with it, so its prefix is still shared); scalars go to every part."""
+  return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]) if x.ndim
+                      else jnp.broadcast_to(x, (parts,)), batch)
 
 
 def update_step(graphdef, tx, cfg: GRPOConfig, state: dict, frozen, ref_params, batch: dict, *,
                 micro_batches: int = 1):
-  """One guarded optimizer update, gradients accumulated over `micro_batches` slices of the prompts;
-  call it again on the same batch for further inner updates (the stored old log-probs make later
-  ones off-policy corrected). Token and sequence means over equal micro-batches average exactly."""
+  """One guarded optimizer update, gradients accumulated over `micro_batches` slices of the prompts
+  (equal slices: their means average to the batch's, up to dynamic sampling's uneven weights). Call
+  it again on the same batch for further inner updates, with on_policy False and old_logp = the
+  first call's returned log-probs (metrics["logp"], the policy before any of them), which makes the
+  later ones off-policy corrected."""
   def grads_of(b):
-    return jax.value_and_grad(grpo_loss, argnums=1, has_aux=True)(graphdef, state["params"], frozen, ref_params,
-                                                                  b, cfg)
+    (loss, metrics), grads = jax.value_and_grad(grpo_loss, argnums=1, has_aux=True)(
+        graphdef, state["params"], frozen, ref_params, b, cfg)
+    logp = metrics.pop("logp")
+    return (loss, metrics, grads), logp
 
   if micro_batches == 1:
-    (loss, metrics), grads = grads_of(batch)
+    (loss, metrics, grads), logp = grads_of(batch)
   else:
     micro = split_prompts(batch, micro_batches)
-    accumulate = lambda carry, b: (jax.tree.map(jnp.add, carry, grads_of(b)), None)
-    shapes = jax.eval_shape(grads_of, jax.tree.map(lambda x: x[0], micro))
-    total, _ = jax.lax.scan(accumulate, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), micro)
-    (loss, metrics), grads = jax.tree.map(lambda x: x / micro_batches, total)
+
+    def accumulate(carry, b):
+      out, logp = grads_of(b)
+      return jax.tree.map(jnp.add, carry, out), logp
+
+    shapes = jax.eval_shape(lambda b: grads_of(b)[0], jax.tree.map(lambda x: x[0], micro))
+    total, logp = jax.lax.scan(accumulate, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), micro)
+    loss, metrics, grads = jax.tree.map(lambda x: x / micro_batches, total)
+    logp = logp.reshape(-1, logp.shape[-1])
+  metrics["logp"] = logp
   state, guard = guarded_update(tx, state, loss, grads)
   return state, {**guard, **metrics}

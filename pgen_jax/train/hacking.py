@@ -1,13 +1,19 @@
 """Reward-hacking defence signals: the paper's failure was one popular poster for every user, with the
-reward's spread collapsing as it began. Two signals, logged every GRPO step:
+reward's spread collapsing as it began. Signals, logged every GRPO step:
 
-- reward spread collapse: the batch's reward std falls below `std_ratio` x the median std of the
-  last `window` steps;
-- convergence across users: the mean cosine similarity between (CLIP) embeddings of images generated
-  for DIFFERENT users rises above `similarity` (and above its own recent median by `rise`).
+- reward spread collapse: the batch's (raw) reward std falls below `std_ratio` x the median std of
+  the last `window` steps;
+- convergence across users: the mean cosine similarity s between embeddings of images generated for
+  DIFFERENT users. Its level depends on the embedding (CLIP, DINO, token histograms, pixels: with
+  pixels any two posters are above 0.8), so the threshold is relative to the run's own first
+  `warmup` steps (the baseline b): flagged when the distance 1 - s falls below `distance_ratio` x
+  (1 - b), i.e. images for different users became that much closer than they were at the start;
+- image-statistics drift (`drift_stats`): brightness, saturation, edge density of the images and the
+  entropy of the batch's image-token histogram; flagged when one named in `drift_alarm` leaves its
+  baseline mean by more than `drift_z` baseline standard deviations.
 
 An alarm needs `patience` consecutive flagged steps. `diversity_penalty` is a reward term that
-penalises an image for resembling other users' images.
+penalises an image for resembling other users' images (mean cosine, -1..1).
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ import numpy as np
 class DefenceConfig:
   window: int = 20
   std_ratio: float = 0.3
-  similarity: float = 0.9
-  rise: float = 0.05
+  distance_ratio: float = 0.5     # cross-user distance 1 - s below this share of the baseline's
   patience: int = 3
-  warmup: int = 5                 # steps of history before any alarm
+  warmup: int = 5                 # steps of history before any alarm; the baseline's steps
+  drift_alarm: tuple[str, ...] = ()  # drift statistics the alarm uses (keys of drift_stats)
+  drift_z: float = 6.0
   response: str = "stop"          # stop | rollback
   diversity_weight_factor: float = 2.0  # rollback: multiply the diversity term's weight
   lr_factor: float = 0.5                # rollback: multiply the learning rate
@@ -52,6 +59,26 @@ def diversity_penalty(embeddings, users):
   return jnp.sum(jnp.where(other, sim, 0.0), 1) / jnp.maximum(other.sum(1), 1)
 
 
+DRIFT = ("brightness", "saturation", "edge_density", "token_entropy")
+
+
+def drift_stats(tokens: np.ndarray, images: np.ndarray | None, vocab: int) -> dict[str, float]:
+  """Batch statistics whose drift marks a policy converging on one kind of image: mean brightness
+  (0..1), mean HSV saturation (0..1), share of pixels on an edge (luma gradient above 0.1), and the
+  entropy (nats) of the batch's image-token histogram. Image statistics need decoded images."""
+  counts = np.bincount(np.asarray(tokens).ravel(), minlength=vocab).astype(np.float64)
+  p = counts[counts > 0] / counts.sum()
+  out = {"token_entropy": float(-(p * np.log(p)).sum())}
+  if images is not None:
+    x = np.asarray(images, np.float32) / 255.0
+    hi, lo = x.max(-1), x.min(-1)
+    luma = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    gy, gx = np.abs(np.diff(luma, axis=-2))[..., :, :-1], np.abs(np.diff(luma, axis=-1))[..., :-1, :]
+    out.update(brightness=float(luma.mean()), saturation=float(np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0).mean()),
+               edge_density=float((np.hypot(gx, gy) > 0.1).mean()))
+  return out
+
+
 @dataclasses.dataclass
 class Alarm:
   step: int
@@ -62,26 +89,42 @@ class HackingMonitor:
   def __init__(self, cfg: DefenceConfig = DefenceConfig()):
     self.cfg = cfg
     self.stds: collections.deque = collections.deque(maxlen=cfg.window)
-    self.sims: collections.deque = collections.deque(maxlen=cfg.window)
     self.flagged = 0
+    self.early: dict[str, list[float]] = {}  # the first `warmup` steps of similarity and drift stats
 
-  def update(self, step: int, reward_std: float, similarity: float) -> Alarm | None:
+  def _baseline(self, key: str):
+    v = self.early.get(key, [])
+    return (float(np.mean(v)), float(np.std(v))) if len(v) >= self.cfg.warmup else None
+
+  def update(self, step: int, reward_std: float, similarity: float, drift: dict | None = None) -> Alarm | None:
     c, reasons = self.cfg, []
-    if len(self.stds) >= c.warmup:
-      if reward_std < c.std_ratio * float(np.median(self.stds)):
-        reasons.append(f"reward std {reward_std:.4g} < {c.std_ratio} x recent median {np.median(self.stds):.4g}")
-      if similarity > c.similarity and similarity > float(np.median(self.sims)) + c.rise:
-        reasons.append(f"images for different users are {similarity:.3f} similar (recent median "
-                       f"{np.median(self.sims):.3f})")
+    if len(self.stds) >= c.warmup and reward_std < c.std_ratio * float(np.median(self.stds)):
+      reasons.append(f"reward std {reward_std:.4g} < {c.std_ratio} x recent median {np.median(self.stds):.4g}")
+    base = self._baseline("similarity")
+    if base is not None and 1.0 - similarity < c.distance_ratio * (1.0 - base[0]):
+      reasons.append(f"images for different users are {similarity:.4f} similar (baseline {base[0]:.4f}: distance "
+                     f"below {c.distance_ratio} x the baseline's)")
+    for key in c.drift_alarm:
+      base = self._baseline(key)
+      if base is not None and drift and key in drift and abs(drift[key] - base[0]) > c.drift_z * max(base[1], 1e-6):
+        reasons.append(f"{key} drifted to {drift[key]:.4g} (baseline {base[0]:.4g} +- {base[1]:.2g})")
     self.stds.append(float(reward_std))
-    self.sims.append(float(similarity))
+    for key, v in {"similarity": similarity, **(drift or {})}.items():
+      if len(self.early.setdefault(key, [])) < c.warmup:
+        self.early[key].append(float(v))
     self.flagged = self.flagged + 1 if reasons else 0
     return Alarm(step, reasons) if self.flagged >= c.patience else None
 
+  def after_rollback(self) -> None:
+    """Forgets the recent (hacked) steps; the baseline from the run's start stays."""
+    self.stds.clear()
+    self.flagged = 0
+
   def state(self) -> dict:
-    return {"stds": list(self.stds), "sims": list(self.sims), "flagged": self.flagged}
+    return {"stds": list(self.stds), "flagged": self.flagged, "early": self.early}
 
   def restore(self, state: dict) -> None:
+    self.stds.clear()
     self.stds.extend(state["stds"])
-    self.sims.extend(state["sims"])
     self.flagged = state["flagged"]
+    self.early = {k: list(v) for k, v in state.get("early", {}).items()}

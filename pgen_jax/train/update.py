@@ -22,11 +22,26 @@ def trainable_filter(parts: tuple[str, ...]) -> Callable:
   return lambda path, _: bool(path) and str(path[0]) in parts
 
 
+def lr_schedule(lr: float, warmup: int, total: int, final_ratio: float = 0.1) -> Callable:
+  """Learning rate of update `count` (0-based): a linear warm-up over `warmup` updates reaching `lr` at
+  update warmup - 1, then a cosine decay to final_ratio x lr at the last update (total - 1). The first
+  update trains: lr / warmup with a warm-up, lr without one (optax's warm-up starts at 0)."""
+  floor = lr * final_ratio
+
+  def schedule(count):
+    c = jnp.asarray(count, jnp.float32) + 1.0  # updates numbered 1..total
+    warm = lr * c / max(warmup, 1)
+    progress = jnp.clip((c - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    decay = floor + (lr - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(c <= warmup, warm, decay)
+  return schedule
+
+
 def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, weight_decay: float,
                    clip: float) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total, warmup + 1), lr * 0.1)
+  """AdamW with global-norm clipping on lr_schedule; `warmup` and `total` count optimizer updates."""
   return optax.chain(optax.clip_by_global_norm(clip),
-                     optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+                     optax.adamw(lr_schedule(lr, warmup, total), b1=b1, b2=b2, weight_decay=weight_decay))
 
 
 def init_state(params, tx, seed: int = 0, mesh=None) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""The GRPO stage's response to a reward-hacking alarm (the signals are in pgen_jax.train.hacking).
+
+grpo.defence_response = stop: the run exits (status 3) naming the last healthy checkpoint.
+grpo.defence_response = rollback: the last checkpoint is restored and training continues more
+cautiously; after the n-th roll-back the learning rate is lr_factor^n x the schedule's and the
+diversity weight max(grpo.diversity_weight, 0.1) x diversity_weight_factor^n, and rollouts are drawn
+with keys folded with n (the restored step would otherwise replay the very samples that were
+hacked). n, the two factors and the monitor's state are saved with every checkpoint, so a run
+resumed after a roll-back continues exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from pgen_jax.train.hacking import DefenceConfig, HackingMonitor
+
+
+def defence_config(g) -> DefenceConfig:
+  return DefenceConfig(window=g.defence_window, std_ratio=g.defence_std_ratio, distance_ratio=g.defence_distance_ratio,
+                       patience=g.defence_patience, warmup=g.defence_warmup, drift_alarm=tuple(g.defence_drift),
+                       drift_z=g.defence_drift_z, response=g.defence_response,
+                       diversity_weight_factor=g.defence_diversity_factor, lr_factor=g.defence_lr_factor)
+
+
+class Defence:
+  def __init__(self, cfg):
+    self.cfg = defence_config(cfg.grpo)
+    self.monitor = HackingMonitor(self.cfg)
+    self.base_diversity = cfg.grpo.diversity_weight
+    self.rollbacks = 0
+
+  @property
+  def lr_scale(self) -> float:
+    return float(np.float32(self.cfg.lr_factor) ** self.rollbacks)
+
+  def diversity(self) -> float:
+    if not self.rollbacks:
+      return self.base_diversity
+    return max(self.base_diversity, 0.1) * self.cfg.diversity_weight_factor ** self.rollbacks
+
+  def sampling_key(self, key, at: int):
+    key = jax.random.fold_in(key, at)
+    return jax.random.fold_in(key, self.rollbacks) if self.rollbacks else key
+
+  def roll_back(self, state: dict, rewards, replicated) -> dict:
+    """After the checkpoint was restored into `state`: one more roll-back's lr and diversity weight."""
+    self.rollbacks += 1
+    self.monitor.after_rollback()
+    rewards.diversity = self.diversity()
+    return {**state, "lr_scale": jax.device_put(np.float32(self.lr_scale), replicated)}
+
+  def state(self, rewards) -> dict:
+    return {"rollbacks": self.rollbacks, "lr_scale": self.lr_scale, "diversity_weight": rewards.diversity,
+            "monitor": self.monitor.state()}
+
+  def restore(self, state: dict, rewards) -> None:
+    """From a checkpoint (the learning-rate factor itself is in the training state, lr_scale)."""
+    self.rollbacks = state["rollbacks"]
+    rewards.diversity = state["diversity_weight"]
+    self.monitor.restore(state["monitor"])

@@ -1,0 +1,131 @@
+"""The GRPO stage's rewards (grpo.reward), one rollout at a time:
+
+  models  the weighted sum of the raw terms of pgen_jax.rewards.compose (CLIP/DINO/LPIPS/SSIM in jit,
+          from grpo.clip / grpo.dino / grpo.lpips_vgg + grpo.lpips_heads, plus the scorer's
+          profile/nima from grpo.scorer_url, scored in the background); each term's scale is in
+          compose's docstring. grpo.reward_normalize=running divides the terms by their running
+          within-group spread for the advantages only; the logged reward is always the raw total.
+  genre   (synthetic world) how much more likely the tokens are under the user's preferred genre than
+          under the average genre (the token classifier of pgen_jax.eval.genre).
+  fixed   (tests) the share of tokens drawn from one fixed image's few codes: a hackable reward, the
+          same image wins for every user. The same term can be injected into `models` with a weight
+          for `fixed` in grpo.reward_weights.
+
+Minus grpo.diversity_weight x the diversity penalty (mean cosine, -1..1, to other users' images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from pgen_jax.data import synthetic
+from pgen_jax.train.hacking import diversity_penalty
+
+
+def token_embeddings(tokens: np.ndarray, vocab: int) -> np.ndarray:
+  """Bag-of-tokens histograms: the image embedding when no CLIP is configured."""
+  return np.stack([np.bincount(t, minlength=vocab) for t in tokens]).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Scored:
+  total: np.ndarray          # (N,) raw total: weighted raw terms minus the diversity penalty (logged)
+  train: np.ndarray          # (N,) what the advantages use: `total`, or the running-normalised total
+  base: np.ndarray           # (N,) the weighted raw terms alone (validation: comparable across roll-backs)
+  terms: dict                # {term: (N,)} raw
+  emb: np.ndarray            # (N, D) image embeddings for the hacking signals
+
+
+class Rewards:
+  """Per-sample reward terms and their weighted total for one rollout."""
+
+  def __init__(self, cfg, model, mesh):
+    g = cfg.grpo
+    self.kind, self.vocab = g.reward, model.config.vq.num_embeddings
+    self.diversity = g.diversity_weight
+    self.scorer_wait = 0.0  # seconds the last step waited for the scorer
+    self.fixed = np.random.default_rng(g.fixed_seed).choice(self.vocab, 4, replace=False)
+    self.scale = None
+    if self.kind == "genre":
+      from pgen_jax.eval.genre import fit_classifier
+      self.classifier, _ = fit_classifier(cfg, model)
+    elif self.kind == "models":
+      self._init_models(cfg, mesh)
+    elif self.kind != "fixed":
+      raise ValueError(f"grpo.reward: {self.kind!r}; use models, genre or fixed")
+
+  def _init_models(self, cfg, mesh):
+    from pgen_jax.rewards.compose import RunningScale
+    from pgen_jax.rewards.models import load_reward_models
+    g = cfg.grpo
+    self.models = load_reward_models(g, mesh, jnp.dtype(cfg.model.dtype))
+    self.rcfg = self.models.config(((k, float(v)) for k, v in g.reward_weights.items()), g.reward_normalize)
+    self.terms_fn = self.models.terms_fn(self.rcfg)
+    self.scale = RunningScale() if g.reward_normalize == "running" else None
+    self.scorer = None
+    if any(self.rcfg.active.get(k) for k in ("profile", "nima")):
+      from pgen_jax.scorer.launch import scorer_client
+      self.scorer = scorer_client(g, cfg.workdir)  # the one answering at scorer_url, else one started here
+
+  def submit(self, tokens: np.ndarray, images: np.ndarray | None, users: np.ndarray, raw: dict,
+             samples: int) -> dict:
+    """Starts the slow part, the scorer request, and returns what `finish` needs; N = prompts x samples."""
+    future = None
+    if self.kind == "models" and self.scorer is not None:
+      from pgen_jax.scorer.client import profile_text
+      profiles = [profile_text(list(t)) for t in np.repeat(np.asarray(raw["history_text"]), samples, axis=0)]
+      future = self.scorer.submit(images, [k for k in ("profile", "nima") if k in self.rcfg.active], profiles)
+    return dict(tokens=tokens, images=images, users=users, raw=raw, samples=samples, future=future)
+
+  def finish(self, job: dict, *, learn_scale: bool = True) -> Scored:
+    """The scores of a job from `submit`; learn_scale=False (validation) leaves the running
+    normalisation alone, and `train` is then the raw total."""
+    tokens, users = job["tokens"], job["users"]
+    terms: dict[str, np.ndarray] = {}
+    emb = token_embeddings(tokens, self.vocab)
+    self.scorer_wait = 0.0
+    if self.kind == "genre":
+      # Per-token log-likelihood ratio of the preferred genre against the average genre: smooth, unlike
+      # the (saturating) posterior.
+      logp = np.stack([self.classifier.log_p[:, t].mean(1) for t in tokens])  # (N, genres)
+      want = [synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users]
+      terms["genre"] = logp[np.arange(len(tokens)), want] - logp.mean(1)
+      base = train = terms["genre"].copy()
+    elif self.kind == "fixed":
+      terms["fixed"] = self.fixed_share(tokens)
+      base = train = terms["fixed"].copy()
+    else:
+      base, train, terms, emb = self._models(job, learn_scale)
+    total = base
+    if self.diversity:
+      terms["diversity"] = np.asarray(diversity_penalty(jnp.asarray(emb), jnp.asarray(users)))
+      total, train = base - self.diversity * terms["diversity"], train - self.diversity * terms["diversity"]
+    return Scored(total=total, train=train, base=base, terms=terms, emb=emb)
+
+  def fixed_share(self, tokens: np.ndarray) -> np.ndarray:
+    return np.isin(tokens, self.fixed).mean(1).astype(np.float32)
+
+  def _models(self, job, learn_scale: bool):
+    from pgen_jax.rewards.compose import combine
+    raw, images = job["raw"], job["images"]
+    rep = lambda x: np.repeat(np.asarray(x), job["samples"], axis=0)
+    data = {"generated": images, "history": rep(raw["history"]), "target": rep(raw["target"])}
+    if "future" in raw:
+      data["future"] = rep(raw["future"])
+    terms = self.terms_fn(data)
+    if "fixed" in self.rcfg.active:
+      terms["fixed"] = self.fixed_share(job["tokens"])
+    if job["future"] is not None:
+      t = time.perf_counter()
+      terms.update(job["future"].result())
+      self.scorer_wait = time.perf_counter() - t
+    active = {k: np.asarray(terms[k], np.float32) for k in self.rcfg.active if k in terms}
+    total = np.asarray(combine(self.rcfg, active))
+    train = total
+    if self.scale is not None and learn_scale:
+      train = np.asarray(combine(self.rcfg, active, self.scale.update(active, job["samples"])))
+    return total, train, terms, self.models.embeddings(images)
