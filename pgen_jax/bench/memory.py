@@ -216,7 +216,8 @@ def grpo_stage(cfg, mesh, graphdef, state, config):
            "old_logp": spec((b * n, tokens), jnp.float32, mesh, (BATCH,)),
            "advantages": spec((b * n,), jnp.float32, mesh, (BATCH,)),
            "weights": spec((b * n,), jnp.float32, mesh, (BATCH,)), "on_policy": spec((), jnp.bool_, mesh)}
-  step_cfg = grpo.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, logprobs=g.logprobs, cfg_weight=g.cfg_weight, temperature=g.temperature,
+  step_cfg = grpo.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, logprobs=g.logprobs,
+                             cfg_weight=g.cfg_weight, temperature=g.temperature,
                              uncond_images=cfg.prompt.uncond == "keep_images")
   micro = b // g.micro_batch if g.micro_batch else 1
   update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro),
