@@ -80,7 +80,8 @@ def test_fresh_clone_runs_every_stage_from_downloads(tmp_path):
          "--config.model.dtype=float32", "--config.model.tokenizer=bytes", "--config.data.image_size=16",
          "--config.data.history_len=2", "--config.data.future_len=1", "--config.data.workers=0",
          "--config.prompt.template={history}", "--config.prompt.max_text_tokens=8",
-         "--config.sft.batch_size=2", "--config.sft.num_steps=2", "--config.sft.warmup_steps=1",
+         "--config.sft.batch_size=2", "--config.sft.grad_accum=1", "--config.sft.num_steps=2",
+             "--config.sft.warmup_steps=1",
          "--config.sft.eval_every=2", "--config.sft.eval_batches=1", "--config.sft.eval_batch_size=2",
          "--config.sft.ckpt_every=2", "--config.sft.grid_samples=1", "--config.grpo.dino_size=28",
          "--config.eval.samples=1", "--config.eval.windows=2", "--config.eval.batch_size=2"],
@@ -102,7 +103,7 @@ def test_fresh_clone_runs_every_stage_from_downloads(tmp_path):
   # Every stage ran: SFT checkpoints, eval metrics measured with the fetched CLIP and DINO, an HF export.
   work = clone / "runs" / "movielens"
   assert (work / "sft" / "final").exists()
-  metrics = json.loads((work / "eval" / "metrics.json").read_text())
-  assert metrics["windows"] == 2 and {"clip_target", "dino_target"} <= set(metrics["metrics"])
+  results = json.loads((work / "eval" / "results.json").read_text())  # the comparison (issue 14's eval)
+  assert results["windows"] == 2 and {"cis_target", "dis_target"} <= set(results["methods"]["sft"]["metrics"])
   exported = T.JanusForConditionalGeneration.from_pretrained(work / "hf")
   assert exported.config.vision_config.image_size == 16

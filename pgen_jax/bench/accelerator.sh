@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The accelerator benchmarks in one run (about 7 minutes on one H200), random weights at the
+# Janus-Pro-1B shape, nothing downloaded, then one summary table:
+#   generation   our sampler vs transformers' generate, 16 prompts x 4 samples, bf16; HBM roofline
+#   SFT          train-step time, tokens/s and MFU, batch 16 x (5 history images + target), bf16, remat
+#   rewards      CLIP ViT-H-14 + DINOv2-L reward terms on 64 generated 384px images
+#   GRPO         the step's time split (rollout, reward, update), configs/bench_grpo_1b.py, 6 steps
+#
+#   bash pgen_jax/bench/accelerator.sh [OUTDIR]        # from the repository root; default /tmp/pgen_accel
+# Each part has its own time limit, so one that fails or hangs costs only its share.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-/tmp/pgen_accel}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+run() {  # name, limit in seconds, command...
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  echo "   exit $? after $((SECONDS - t0)) s; log $out/$name.log"
+  tail -n 3 "$out/$name.log"
+}
+run generate 150 python -m pgen_jax.bench.generate --preset=janus-pro-1b --dtype=bfloat16 --prompts=16 --samples=4 \
+  --repeats=2 --json="$out/generate.jsonl"
+run sft 100 python -m pgen_jax.bench.sft --preset=janus-pro-1b --batch=16 --history=5 --dtype=bfloat16 --remat --steps=3
+run rewards 60 python -m pgen_jax.bench.rewards --images=64 --size=384 --repeats=3
+run grpo 150 python -m pgen_jax.main --config=configs/bench_grpo_1b.py --config.workdir="$out/grpo_run" \
+  --config.grpo.num_steps=6
+python - "$out" <<'PY'
+import json, re, statistics, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = []
+gen = out / "generate.jsonl"
+if gen.exists():
+  for r in map(json.loads, gen.read_text().splitlines()):
+    rows.append(("generation", f"{r['prompts']}x{r['samples']}", f"{r['ours_images_per_s']:.2f} img/s",
+                 f"{r.get('ratio', float('nan')):.2f}x transformers (goal 5x)",
+                 f"{r.get('roofline', float('nan')):.0%} of HBM roofline (goal 50%)"))
+text = lambda name: (out / f"{name}.log").read_text(errors="replace") if (out / f"{name}.log").exists() else ""
+m = re.search(r"(\d+) ms/step, ([\d,]+) tokens/s, ([\d.]+) model TFLOP/s, MFU (\S+)", text("sft"))
+if m:
+  rows.append(("SFT", "batch 16", f"{m.group(1)} ms/step", f"{m.group(2)} tokens/s", f"MFU {m.group(4)} (goal 45%)"))
+m = re.findall(r"([\d.]+) ms", text("rewards"))
+if m:
+  rows.append(("rewards", "64 images", f"{m[-1]} ms/call", "", ""))
+split = {}
+for key in ("rollout", "reward", "update", "step"):
+  vals = [float(v) for v in re.findall(rf"time/{key}\W+([\d.]+)", text("grpo"))]
+  if len(vals) > 2:
+    split[key] = statistics.median(vals[2:])  # the first steps compile
+if split:
+  share = split.get("reward", 0) / split["step"] if split.get("step") else float("nan")
+  rows.append(("GRPO step", "8x8, 1B", f"{split.get('step', 0):.2f} s/step",
+               " ".join(f"{k} {v:.2f}s" for k, v in split.items() if k != "step"),
+               f"rewards {share:.0%} of the step (goal <= 10%)"))
+print("\n| part | shape | speed | detail | against the goal |\n|---|---|---|---|---|")
+for r in rows:
+  print("| " + " | ".join(r) + " |")
+if not rows:
+  print("| (nothing measured: see the logs) | | | | |")
+PY
