@@ -18,6 +18,7 @@ def get_config():
   c.stages = ("prepare", "grpo")
   c.model.preset = "janus-pro-1b"
   c.model.tokenizer = "bytes"          # no tokenizer download; prompts are a little longer than BPE ones
+  c.prompt.uncond_pads = "drop"        # the CFG row is BOS + BOI, not thousands of attended pads
   c.data.name = "synthetic"
   c.data.root = "runs/bench_grpo_1b/world"
   c.data.image_size = 384

@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.prompt.item = "{image}{text}\n"    # one history item
   c.prompt.max_text_tokens = 32        # item texts are cut to this many tokens
   c.prompt.uncond = "official"         # CFG's unconditional row: official | keep_images
-  c.prompt.uncond_pads = "drop"        # the row's blanked tokens: drop (its real tokens only) | attend (as HF)
+  c.prompt.uncond_pads = "attend"      # the row's blanked tokens: attend (as HF) | drop (its real tokens only)
 
   c.sft = ml_collections.ConfigDict()
   c.sft.batch_size = 64                # global, per optimizer step

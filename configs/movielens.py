@@ -21,6 +21,7 @@ def get_config():
   c.data.version = "ml-latest-small"
   # Memory at the paper's shape (docs/benchmarks.md, pgen_jax.bench.memory): batch 64 as 4 slices
   # of 16 with decoder layers recomputed; GRPO updates 2 histories (16 samples) at a time.
+  c.prompt.uncond_pads = "drop"        # the CFG row is BOS + BOI, not 3,000 attended pads
   c.sft.remat = "full"
   c.sft.grad_accum = 4
   c.grpo.remat = "full"

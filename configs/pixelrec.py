@@ -8,6 +8,7 @@ def get_config():
   c.workdir = "runs/pixelrec"
   c.model.preset = "janus-pro-1b"
   c.model.checkpoint = "checkpoints/Janus-Pro-1B"
+  c.prompt.uncond_pads = "drop"        # the CFG row is BOS + BOI, not thousands of attended pads
   c.data.name = "pixelrec"
   c.data.root = "data/pixelrec"
   c.grpo.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout

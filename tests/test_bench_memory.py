@@ -20,7 +20,7 @@ SHAPE = ["--preset=tiny", "--config.data.image_size=16", "--config.data.history_
          "--config.grpo.prompts_per_step=2", "--config.grpo.group_size=2", "--config.grpo.micro_batch=1",
          "--config.sft.batch_size=2", "--config.eval.batch_size=2", "--config.eval.samples=2",
          "--config.grpo.clip=random:tiny", "--config.grpo.dino=random:tiny", "--config.model.dtype=float32",
-         "--config.prompt.max_text_tokens=4", "--config.grpo.dino_size=16"]
+         "--config.prompt.max_text_tokens=4", "--config.grpo.dino_size=16", "--config.prompt.uncond_pads=drop"]
 
 
 def bench(stage: str, devices: int) -> list[dict]:
