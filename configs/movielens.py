@@ -20,12 +20,12 @@ def get_config():
   c.data.root = "data/movielens"
   c.data.version = "ml-latest-small"
   # Memory at the paper's shape (docs/benchmarks.md, pgen_jax.bench.memory): batch 64 as 4 slices
-  # of 16 with decoder layers recomputed; GRPO updates 2 histories (16 samples) at a time.
+  # of 16 with decoder layers recomputed; GRPO updates one history (8 samples) at a time.
   c.prompt.uncond_pads = "drop"        # the CFG row is BOS + BOI, not 3,000 attended pads
   c.sft.remat = "full"
   c.sft.grad_accum = 4
   c.grpo.remat = "full"
-  c.grpo.micro_batch = 2
+  c.grpo.micro_batch = 1
   c.grpo.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout
   c.grpo.dino = "checkpoints/dinov2-large"
   c.grpo.scorer_nima = "checkpoints/NIMA_InceptionV2_ava.pth"
