@@ -207,6 +207,40 @@ def test_micro_batched_update_equals_the_whole_batch():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(np.asarray(m2["logp"]), np.asarray(m1["logp"]), rtol=1e-5)  # in row order
 
+@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+def test_remat_scans_the_layers_with_the_same_loss_and_gradients(policy):
+  """Remat runs the decoder layers as a scan of checkpointed steps (shared prefixes included): the loss
+  and gradients are the plain unrolled forward's, and with nothing saved the backward keeps less."""
+  from pgen_jax.train import update
+  model = Janus(tiny(), nnx.Rngs(8))
+  rng = np.random.default_rng(5)
+  ids, mask, uncond, images = batch_with_history(model, rng)
+  g = 2
+  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+           "images": jnp.asarray(((images + 1) * 127.5).round().astype(np.uint8)),
+           "tokens": jnp.asarray(rng.integers(0, 64, (2 * g, 16)), jnp.int32),
+           "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (2 * g, 16)), jnp.float32),
+           "advantages": jnp.asarray(rng.normal(size=2 * g), jnp.float32), "on_policy": jnp.asarray(False),
+           "weights": jnp.ones(2 * g)}
+  cfg = grpo.GRPOConfig(logprobs="cfg", cfg_weight=2.0, beta=0.05)
+
+  def loss_and_grads(remat):
+    model.language_model.remat = remat
+    graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+    ref = jax.tree.map(lambda p: p * 0.99, params)
+    f = jax.jit(jax.value_and_grad(lambda p: grpo.grpo_loss(graphdef, p, frozen, ref, batch, cfg)[0]))
+    return f(params), f.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  (plain_loss, plain), plain_temp = loss_and_grads("none")
+  (loss, grads), temp = loss_and_grads(policy)
+  np.testing.assert_allclose(float(loss), float(plain_loss), rtol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * np.abs(b).max(),
+                               err_msg=jax.tree_util.keystr(path))
+  if policy == "full":  # keeps only each layer's input (at this tiny size dots_saveable keeps about as much)
+    assert temp < plain_temp, (temp, plain_temp)
+
+
 @pytest.mark.parametrize("mode", ["cond", "cfg"])
 def test_on_policy_ratio_is_exactly_one_in_bf16(mode):
   """A batch trained with the parameters that sampled it: the update's own teacher-forced log-probs

@@ -167,23 +167,44 @@ class LlamaModel(nnx.Module):
   def cache_shape(self, batch: int, length: int) -> tuple[int, ...]:
     return (batch, self.cfg.num_key_value_heads, length, self.cfg.dim_per_head)
 
-  def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None):
+  def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None, return_kv=True):
     cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
     x = x if self.dtype is None else x.astype(self.dtype)
     name = remat_policy(self.remat)
+    if name != "none" and cache is None:
+      x, kvs = self._scanned(x, cos, sin, ctx, prefix, REMAT[name], return_kv)
+      return self.norm(x), kvs
     kvs = []
     for i, layer in enumerate(self.layers):
       layer_prefix = None if prefix is None else [p.kv[i] for p in prefix]
       layer_cache = None if cache is None else cache[i]
-      if name == "none":
-        x, kv = layer(x, cos, sin, ctx, layer_cache, layer_prefix)
-      else:  # a pure function of the layer's weights, so jax.checkpoint sees what it may recompute
-        graphdef, weights = nnx.split(layer)
-        run = lambda w, *a: nnx.merge(graphdef, w)(*a)
-        x, kv = jax.checkpoint(run, policy=REMAT[name], prevent_cse=True)(weights, x, cos, sin, ctx, layer_cache,
-                                                                          layer_prefix)
+      x, kv = layer(x, cos, sin, ctx, layer_cache, layer_prefix)
       kvs.append(kv)
     return self.norm(x), kvs
+
+  def _scanned(self, x, cos, sin, ctx, prefix, policy, return_kv):
+    """The layers as one lax.scan over their stacked weights, each step under jax.checkpoint.
+
+    Inside a scan the backward keeps only each layer's input (and what `policy` saves), which XLA
+    honours on every backend; an unrolled loop of checkpointed layers is not rematerialised by XLA's
+    CPU pipeline, so its memory analysis could not show remat. It also compiles one layer, not all.
+    Weights are cast to the compute dtype before stacking (linear layers cast them anyway), so the
+    stacked copy and its gradient are compute-dtype sized; norms keep their dtype.
+    """
+    graphdef = nnx.graphdef(self.layers[0])
+    cast = lambda w: w.astype(self.dtype) if self.dtype is not None and w.ndim >= 2 else w
+    weights = jax.tree.map(lambda *ws: jnp.stack([cast(w) for w in ws]),
+                           *[nnx.state(layer) for layer in self.layers])
+    stacked_prefix = None if prefix is None else [
+        tuple(jnp.stack([p.kv[i][j] for i in range(len(self.layers))]) for j in range(2)) for p in prefix]
+
+    def body(h, xs):
+      w, layer_prefix = xs
+      h, kv = nnx.merge(graphdef, w)(h, cos, sin, ctx, None, layer_prefix)
+      return h, (kv if return_kv else None)
+
+    x, kvs = jax.lax.scan(jax.checkpoint(body, policy=policy), x, (weights, stacked_prefix))
+    return x, ([(kvs[0][i], kvs[1][i]) for i in range(len(self.layers))] if return_kv else [])
 
   def __call__(self, inputs_embeds, positions=None, attention_mask=None,
                cache: list[KVCache] | None = None, cache_index=0, *, return_kv: bool = False,
@@ -205,5 +226,6 @@ class LlamaModel(nnx.Module):
     masks = () if prefixes is None else tuple(p.mask.astype(bool) for p in prefixes)
     ctx = Context(None if attention_mask is None else attention_mask.astype(bool), cache_index,
                   self.attention_impl, masks)
-    hidden, kvs = self._layers(inputs_embeds, positions, ctx, cache, prefixes)
+    hidden, kvs = self._layers(inputs_embeds, positions, ctx, cache, prefixes,
+                               return_kv=cache is not None or return_kv)
     return hidden, (kvs if cache is not None or return_kv else None)
