@@ -42,9 +42,10 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from pgen_jax.models import Janus, make_mesh, preset  # noqa: E402
@@ -171,11 +172,14 @@ def train_state(graphdef, state, cfg, section, mesh):
   params = state.filter(flt)
   frozen = state.filter(lambda path, x: not flt(path, x))
   tx = update.make_optimizer(section.lr, max(section.warmup_steps, 1), 1000, cfg.sft.b1, cfg.sft.b2, 0.0, 1.0)
-  init = jax.jit(lambda p: update.init_state(p, tx))
-  compiled = init.lower(params).compile()
   shapes = jax.eval_shape(lambda p: update.init_state(p, tx), params)
-  full = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
-                      compiled.output_shardings)
+  # As in a real run, where the optimizer's moments are created from the placed parameters: each
+  # moment takes its parameter's sharding, everything else (counters, the key) is replicated.
+  at = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  replicated = NamedSharding(mesh, P())
+  opt_state = optax.tree_map_params(tx, lambda x, p: at(x, p.sharding), shapes["opt_state"], params,
+                                    transform_non_params=lambda x: at(x, replicated))
+  full = {**jax.tree.map(lambda x: at(x, replicated), shapes), "params": params, "opt_state": opt_state}
   return params, frozen, tx, full
 
 
