@@ -28,8 +28,8 @@ def export(cfg) -> None:
   training result (<workdir>/grpo/final, else <workdir>/sft/final), else the configured model."""
   from pathlib import Path
 
-  from converters.janus import export_hf
   from pgen_jax.models.checkpoint import is_pgen_checkpoint
+  from pgen_jax.models.hf import export_hf
   from pgen_jax.train.setup import mesh_from_config, model_from_config, trained_checkpoint
   if Path(cfg.export.dir).exists():
     logging.info("%s exists: already exported", cfg.export.dir)
