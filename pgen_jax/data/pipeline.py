@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pgen_jax.data.histories import WindowConfig
 from pgen_jax.data.loader import HistorySource, make_loader
-from pgen_jax.data.store import DataSpec, prepare
+from pgen_jax.data.plan import DataSpec
+from pgen_jax.data.store import prepare
 
 
 def spec_from_config(cfg) -> DataSpec:
