@@ -30,7 +30,7 @@ def export(cfg) -> None:
 
   from pgen_jax.models.checkpoint import is_pgen_checkpoint
   from pgen_jax.models.hf import export_hf
-  from pgen_jax.train.setup import mesh_from_config, model_from_config, trained_checkpoint
+  from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
   if Path(cfg.export.dir).exists():
     logging.info("%s exists: already exported", cfg.export.dir)
     return
@@ -44,7 +44,7 @@ def export(cfg) -> None:
 def sft(cfg) -> None:
   """Supervised fine-tuning; resumes from <workdir>/sft/latest."""
   import json
-  from pgen_jax.train.loop import run_sft
+  from pgen_jax.train.sft_loop import run_sft
   print(json.dumps(run_sft(cfg)))
 
 

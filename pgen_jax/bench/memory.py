@@ -47,7 +47,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pgen_jax.models import Janus, make_mesh, preset  # noqa: E402
+from pgen_jax.models import Janus, from_uint8, make_mesh, preset  # noqa: E402
 from pgen_jax.models.llama import Prefix, remat_policy  # noqa: E402
 from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings  # noqa: E402
 from pgen_jax.sampling.prompts import PromptTemplate  # noqa: E402
@@ -224,7 +224,7 @@ def grpo_stage(cfg, mesh, graphdef, state, config):
   ref = params if g.beta else None
   rows.append(measure("grpo", "update_step", update_fn, full, frozen, ref, batch))
   old_logp = jax.jit(lambda p, fr, bt: grpo.image_token_logprobs(
-      nnx.merge(graphdef, p, fr), bt["ids"], bt["mask"], sft.to_unit(bt["images"].reshape(-1, size, size, 3)),
+      nnx.merge(graphdef, p, fr), bt["ids"], bt["mask"], from_uint8(bt["images"].reshape(-1, size, size, 3)),
       bt["tokens"], temperature=g.temperature))
   if g.logprobs == "cond":
     rows.append(measure("grpo", "old_logprobs", old_logp, params, frozen, batch))

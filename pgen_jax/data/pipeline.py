@@ -1,8 +1,10 @@
-"""From an experiment config to the prepared store and its loaders."""
+"""From an experiment config to the prepared store, its loaders and the test windows evaluation uses."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from pgen_jax.data.histories import WindowConfig
 from pgen_jax.data.loader import HistorySource, make_loader
@@ -37,3 +39,27 @@ def loader_from_config(cfg, split: str, *, batch_size: int, seed: int, shuffle: 
   return make_loader(source_from_config(cfg, split, with_future=with_future), batch_size=batch_size, seed=seed,
                      shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
                      worker_count=cfg.data.workers if workers is None else workers)
+
+
+def test_window_batches(cfg, batch_size: int, per_user: int, limit: int = 0, with_future: bool = True):
+  """Batches of the test windows evaluation uses, the last one possibly smaller: the test split in
+  order, of users held out of training when data.holdout_users is set, at most `per_user` per user
+  and `limit` in all (0: no limit)."""
+  held_out = None
+  if cfg.data.holdout_users:
+    train_users = source_from_config(cfg, "train", with_future=False).users()
+    held_out = lambda u: u not in train_users
+  seen, taken = {}, 0
+  for b in loader_from_config(cfg, "test", batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
+                              with_future=with_future, workers=0, drop_remainder=False):
+    b = {k: np.array(v) for k, v in b.items()}
+    keep = []
+    for u in map(int, b["user"]):
+      ok = (held_out is None or held_out(u)) and seen.get(u, 0) < per_user and (not limit or taken < limit)
+      seen[u] = seen.get(u, 0) + ok
+      taken += ok
+      keep.append(ok)
+    if any(keep):
+      yield {k: v[np.array(keep)] for k, v in b.items()}
+    if limit and taken >= limit:
+      return

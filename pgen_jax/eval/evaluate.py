@@ -32,40 +32,29 @@ import jax
 import numpy as np
 from absl import logging
 
-from pgen_jax.data.pipeline import loader_from_config, source_from_config
+from pgen_jax.data import synthetic
+from pgen_jax.data.genre_probe import fit_classifier, image_tokens
+from pgen_jax.data.pipeline import spec_from_config, test_window_batches
 from pgen_jax.eval import metrics as M
 from pgen_jax.eval.catalog import Catalog, EvalWindows
-from pgen_jax.eval.grids import png_bytes
+from pgen_jax.eval.measure import MetricModels, metric_model_section
+from pgen_jax.eval.report import write_results
 from pgen_jax.fileio import atomic_directory, write_json
+from pgen_jax.metrics import unit
+from pgen_jax.models.janus import from_uint8
+from pgen_jax.recommenders.build import make, training_windows
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
+from pgen_jax.rewards.models import load_reward_models
+from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
+from pgen_jax.viz import png_bytes
 
 GENERATORS = ("zero_shot", "sft", "grpo")
 
 
 def eval_dir(cfg) -> Path:
   return Path(cfg.workdir) / "eval"
-
-
-def test_windows(cfg, batch_size: int, per_user: int, limit: int = 0, with_future: bool = True):
-  """Batches of test windows (see the module doc for which), the last one possibly smaller."""
-  held_out = None
-  if cfg.data.holdout_users:
-    train_users = source_from_config(cfg, "train", with_future=False).users()
-    held_out = lambda u: u not in train_users
-  seen, taken = {}, 0
-  for b in loader_from_config(cfg, "test", batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                              with_future=with_future, workers=0, drop_remainder=False):
-    b = {k: np.array(v) for k, v in b.items()}
-    keep = []
-    for u in map(int, b["user"]):
-      ok = (held_out is None or held_out(u)) and seen.get(u, 0) < per_user and (not limit or taken < limit)
-      seen[u] = seen.get(u, 0) + ok
-      taken += ok
-      keep.append(ok)
-    if any(keep):
-      yield {k: v[np.array(keep)] for k, v in b.items()}
-    if limit and taken >= limit:
-      return
 
 
 class Progress:
@@ -85,12 +74,10 @@ class Comparison:
   """What every method shares: windows, catalog, metric models, the genre probe."""
 
   def __init__(self, cfg, mesh):
-    from pgen_jax.eval.measure import MetricModels, metric_model_section
-    from pgen_jax.rewards.models import load_reward_models
     self.cfg, self.e, self.mesh = cfg, cfg.eval, mesh
     self.catalog = Catalog(cfg)
     users, ids = [], []
-    for b in test_windows(cfg, 64, self.e.per_user, self.e.windows, cfg.data.future_len > 0):
+    for b in test_window_batches(cfg, 64, self.e.per_user, self.e.windows, cfg.data.future_len > 0):
       users.append(b["user"])
       ids.append(b["item_ids"])
     if not users:
@@ -136,27 +123,23 @@ class Comparison:
     w, n = images.shape[:2]
     everything = np.arange(len(self.catalog))
     fn = self.models.clip if self.models.has_clip else (lambda x: x.reshape(len(x), -1).astype(np.float32))
-    cat = M.unit(self.catalog.embeddings("cis" if self.models.has_clip else "pixels", fn, everything))
-    q = M.unit(fn(images.reshape(w * n, *images.shape[2:]))).reshape(w, n, -1)
+    cat = unit(self.catalog.embeddings("cis" if self.models.has_clip else "pixels", fn, everything))
+    q = unit(fn(images.reshape(w * n, *images.shape[2:]))).reshape(w, n, -1)
     scores = np.einsum("wnd,id->wni", q, cat).max(1)
     return top_k(scores, self.windows.history, k)
 
 
 class _GenreProbe:
-  """Synthetic world: the token genre classifier (pgen_jax.eval.genre) on an image's VQ tokens."""
+  """Synthetic world: the token genre classifier (pgen_jax.data.genre_probe) on an image's VQ tokens."""
 
   def __init__(self, cfg, mesh):
-    from pgen_jax.eval.genre import fit_classifier
-    from pgen_jax.train.setup import model_from_config
     self.vq_model = model_from_config(cfg, mesh)  # the VQ tokenizer is frozen: every checkpoint shares it
     self.clf, self.ceiling = fit_classifier(cfg, self.vq_model)
 
   def tokens(self, images: np.ndarray) -> np.ndarray:
-    from pgen_jax.eval.genre import image_tokens
-    return image_tokens(self.vq_model, images.astype(np.float32) / 127.5 - 1.0)
+    return image_tokens(self.vq_model, from_uint8(images))
 
   def __call__(self, users, tokens) -> np.ndarray:
-    from pgen_jax.data import synthetic
     n = len(tokens) // len(users)
     want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
     return (self.clf(np.asarray(tokens).reshape(len(want), -1)) == want).astype(np.float64)
@@ -164,7 +147,6 @@ class _GenreProbe:
 
 def setup_digest(cfg) -> str:
   """What a method's values depend on besides the method: the data, the windows, N, the metric models."""
-  from pgen_jax.data.pipeline import spec_from_config
   e = cfg.eval
   keys = {"data": spec_from_config(cfg).fingerprint(), "samples": e.samples, "per_user": e.per_user,
           "windows": e.windows, "report_users": e.report_users, "cfg_weight": e.cfg_weight,
@@ -186,7 +168,6 @@ def _save_method(out: Path, name: str, kind: str, values: dict, info: dict, imag
 
 
 def run_recommender(c: Comparison, name: str, train, out: Path):
-  from pgen_jax.recommenders.build import make
   e, w = c.e, c.windows
   rec = make(name, dict(e.sasrec), c.cfg.seed, c.cfg.data.stride).fit(*train)
   k = max(10, e.samples)
@@ -204,7 +185,6 @@ def run_recommender(c: Comparison, name: str, train, out: Path):
 
 def generator_sources(cfg) -> dict[str, str | None]:
   """name -> checkpoint of each configured generator that exists (zero_shot: the configured model)."""
-  from pgen_jax.train.setup import trained_checkpoint
   out = {}
   for name in cfg.eval.generators:
     if name not in GENERATORS:
@@ -221,15 +201,13 @@ def generator_sources(cfg) -> dict[str, str | None]:
 
 
 def run_generator(c: Comparison, name: str, source, out: Path):
-  from pgen_jax.sampling import Sampler, SamplingConfig
-  from pgen_jax.train.setup import Prompter, model_from_config, prompt_batch
   cfg, e = c.cfg, c.e
   model = model_from_config(cfg, c.mesh, source)
   prompter = Prompter(cfg, model.config)
   sampler = Sampler(model, c.mesh, SamplingConfig(cfg_weight=e.cfg_weight, temperature=e.temperature,
                                                   num_samples=e.samples, decode_images=True))
   images, tokens, progress = [], [], Progress(name, len(c.windows.users))
-  for b in test_windows(cfg, e.batch_size, e.per_user, e.windows, with_future=False):
+  for b in test_window_batches(cfg, e.batch_size, e.per_user, e.windows, with_future=False):
     key = jax.random.fold_in(jax.random.key(e.seed), len(images))
     roll = sampler(prompt_batch(prompter(b), cfg.prompt.uncond), key)
     images.extend(np.asarray(roll.images).reshape(len(b["user"]), e.samples, *roll.images.shape[1:]))
@@ -247,9 +225,6 @@ def run_generator(c: Comparison, name: str, source, out: Path):
 
 
 def run_eval(cfg) -> dict:
-  from pgen_jax.eval.report import write_results
-  from pgen_jax.recommenders.build import training_windows
-  from pgen_jax.train.setup import mesh_from_config
   out, e = eval_dir(cfg), cfg.eval
   if jax.process_count() > 1:  # every host would write the same directory; gathering is not built yet
     raise ValueError("eval: runs on one host only for now; run it with a single process")
@@ -293,6 +268,5 @@ def run_eval(cfg) -> dict:
       run_recommender(c, m, train, out)
   extra = {}
   if c.genre:
-    from pgen_jax.data import synthetic
     extra = {"genre_chance": 1 / len(synthetic.GENRES), "genre_classifier_accuracy": c.genre.ceiling}
   return write_results(cfg, out, methods, c, extra)

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from pgen_jax.eval import stats
-from pgen_jax.eval.grids import png_bytes
+from pgen_jax.viz import png_bytes
 from pgen_jax.eval.metrics import LOWER_IS_BETTER
 from pgen_jax.fileio import write_bytes
 

@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgen_jax.models.janus import Janus
+from pgen_jax.models.janus import Janus, from_uint8
 from pgen_jax.models.llama import Prefix
-from pgen_jax.train.sft import to_unit
 from pgen_jax.train.update import guarded_update
 
 
@@ -119,7 +118,7 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
   exactly 1 in any dtype and mode; otherwise old_logp (the same teacher-forced function, evaluated
   with the sampling parameters).
   """
-  images = to_unit(batch["images"].reshape(-1, *batch["images"].shape[2:]))
+  images = from_uint8(batch["images"].reshape(-1, *batch["images"].shape[2:]))
   kw = dict(temperature=cfg.temperature)
   if cfg.logprobs == "cfg":
     kw.update(uncond=batch["uncond"], uncond_mask=batch.get("uncond_mask"), cfg_weight=cfg.cfg_weight,

@@ -40,20 +40,21 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.data.pipeline import loader_from_config
-from pgen_jax.eval.grids import save_grid
 from pgen_jax.fileio import write_bytes, write_json
+from pgen_jax.metrics import cross_user_similarity
 from pgen_jax.models.checkpoint import save_janus
-from pgen_jax.models.janus import to_uint8
-from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.models.janus import from_uint8, to_uint8
 from pgen_jax.models.llama import remat_policy
+from pgen_jax.models.sharding import to_device
+from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
 from pgen_jax.train import grpo, update
-from pgen_jax.train.sft import to_unit
 from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.train.grpo_defence import Defence
 from pgen_jax.train.grpo_rewards import Rewards
-from pgen_jax.train.hacking import cross_user_similarity, drift_stats
-from pgen_jax.train.setup import (Prompter, mesh_from_config, model_from_config, prompt_batch, to_device,
-                                  trained_checkpoint)
+from pgen_jax.train.hacking import drift_stats
+from pgen_jax.viz import save_grid
 
 
 class HackingDetected(update.RunStopped):
@@ -102,7 +103,7 @@ def run_grpo(cfg) -> dict:
   cfg_kw = (dict(cfg_weight=g.cfg_weight, uncond_images=step_cfg.uncond_images) if g.logprobs == "cfg" else {})
   # The loss's own teacher-forced log-probs (grpo.grpo_loss), for batches sampled ahead.
   old_logp_fn = jax.jit(lambda p, b: grpo.image_token_logprobs(
-      nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], to_unit(b["images"].reshape(-1, *b["images"].shape[2:])),
+      nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], from_uint8(b["images"].reshape(-1, *b["images"].shape[2:])),
       b["tokens"], uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"], temperature=g.temperature,
       **cfg_kw))
   decode_fn = jax.jit(lambda p, t: to_uint8(nnx.merge(graphdef, p, frozen).decode_image_tokens(t)))
@@ -202,7 +203,7 @@ def run_grpo(cfg) -> dict:
     progress(step)
     m.update({"time/rollout": rollout_time, "time/reward": t2 - t1, "time/scorer_wait": rewards.scorer_wait,
               "time/update": t3 - t2, "time/step": t3 - t0})
-    similarity = float(np.mean(_cross(r.emb, users)))
+    similarity = cross_user_similarity(r.emb, users)
     drift = drift_stats(cur.job["tokens"], cur.job["images"], rewards.vocab)
     scalars = {"reward_mean": float(r.total.mean()), "reward_std": float(r.total.std()), "cross_user_similarity":
                similarity, "advantage_abs_mean": float(np.abs(adv).mean()),
@@ -306,6 +307,3 @@ def _truncate(summary: dict, step: int) -> None:
   if "validation" in summary:
     summary["validation"] = [v for v in summary["validation"] if v["step"] <= step]
 
-
-def _cross(emb: np.ndarray, users: np.ndarray) -> np.ndarray:
-  return np.asarray(cross_user_similarity(jnp.asarray(emb), jnp.asarray(users)))

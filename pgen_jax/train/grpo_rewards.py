@@ -6,7 +6,7 @@
           compose's docstring. grpo.reward_normalize=running divides the terms by their running
           within-group spread for the advantages only; the logged reward is always the raw total.
   genre   (synthetic world) how much more likely the tokens are under the user's preferred genre than
-          under the average genre (the token classifier of pgen_jax.eval.genre).
+          under the average genre (the token classifier of pgen_jax.data.genre_probe).
   fixed   (tests) the share of tokens drawn from one fixed image's few codes: a hackable reward, the
           same image wins for every user. The same term can be injected into `models` with a weight
           for `fixed` in grpo.reward_weights.
@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgen_jax.data import synthetic
-from pgen_jax.train.hacking import diversity_penalty
+from pgen_jax.data.genre_probe import fit_classifier
+from pgen_jax.metrics import similarity_to_other_users
 
 
 def token_embeddings(tokens: np.ndarray, vocab: int) -> np.ndarray:
@@ -51,7 +52,6 @@ class Rewards:
     self.fixed = np.random.default_rng(g.fixed_seed).choice(self.vocab, 4, replace=False)
     self.scale = None
     if self.kind == "genre":
-      from pgen_jax.eval.genre import fit_classifier
       self.classifier, _ = fit_classifier(cfg, model)
     elif self.kind == "models":
       self._init_models(cfg, mesh)
@@ -102,7 +102,7 @@ class Rewards:
       base, train, terms, emb = self._models(job, learn_scale)
     total = base
     if self.diversity:
-      terms["diversity"] = np.asarray(diversity_penalty(jnp.asarray(emb), jnp.asarray(users)))
+      terms["diversity"] = similarity_to_other_users(emb, users).astype(np.float32)
       total, train = base - self.diversity * terms["diversity"], train - self.diversity * terms["diversity"]
     return Scored(total=total, train=train, base=base, terms=terms, emb=emb)
 

@@ -12,8 +12,7 @@ reward's spread collapsing as it began. Signals, logged every GRPO step:
   entropy of the batch's image-token histogram; flagged when one named in `drift_alarm` leaves its
   baseline mean by more than `drift_z` baseline standard deviations.
 
-An alarm needs `patience` consecutive flagged steps. `diversity_penalty` is a reward term that
-penalises an image for resembling other users' images (mean cosine, -1..1).
+An alarm needs `patience` consecutive flagged steps. The similarity itself is pgen_jax.metrics'.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -37,26 +35,6 @@ class DefenceConfig:
   response: str = "stop"          # stop | rollback
   diversity_weight_factor: float = 2.0  # rollback: multiply the diversity term's weight
   lr_factor: float = 0.5                # rollback: multiply the learning rate
-
-
-def _unit(x):
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def cross_user_similarity(embeddings, users):
-  """Mean cosine similarity over pairs of images generated for different users (scalar)."""
-  e = _unit(embeddings.astype(jnp.float32))
-  sim = e @ e.T
-  other = users[:, None] != users[None, :]
-  return jnp.sum(jnp.where(other, sim, 0.0)) / jnp.maximum(other.sum(), 1)
-
-
-def diversity_penalty(embeddings, users):
-  """Per image: its mean cosine similarity to images of other users (subtract it from the reward)."""
-  e = _unit(embeddings.astype(jnp.float32))
-  sim = e @ e.T
-  other = users[:, None] != users[None, :]
-  return jnp.sum(jnp.where(other, sim, 0.0), 1) / jnp.maximum(other.sum(1), 1)
 
 
 DRIFT = ("brightness", "saturation", "edge_density", "token_entropy")

@@ -17,15 +17,18 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax.data.genre_probe import genre_hit_rate
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
-from pgen_jax.eval.grids import save_grid
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.models.llama import remat_policy
+from pgen_jax.models.sharding import to_device
 from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.setup import mesh_from_config, model_from_config
 from pgen_jax.train import sft, update
 from pgen_jax.train.checkpoints import Checkpoints
-from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, prompt_batch, to_device
+from pgen_jax.viz import save_grid
 
 
 class NonFiniteError(update.RunStopped):
@@ -119,7 +122,6 @@ def run_sft(cfg) -> dict:
   write_json(out / "summary.json", summary)
   final = nnx.merge(graphdef, state["params"], frozen)
   if cfg.data.name == "synthetic" and c.genre_probe:
-    from pgen_jax.eval.genre import genre_hit_rate
     summary["genre_probe"] = genre_hit_rate(cfg, final, mesh, prompter)
     writer.write_scalars(total, {"genre_hit_rate": summary["genre_probe"]["hit_rate"]})
     write_json(out / "summary.json", summary)
