@@ -170,7 +170,7 @@ def train_state(graphdef, state, cfg, section, mesh):
   flt = update.trainable_filter(tuple(cfg.sft.trainable))
   params = state.filter(flt)
   frozen = state.filter(lambda path, x: not flt(path, x))
-  tx = update.make_optimizer(section.lr, max(section.warmup_steps, 1), 1000, cfg.sft.b1, cfg.sft.b2, 0.0, 1.0)
+  tx = update.make_optimizer(section.lr, max(section.warmup_steps, 1), 1000, section.b1, section.b2, 0.0, 1.0)
   init = jax.jit(lambda p: update.init_state(p, tx))
   compiled = init.lower(params).compile()
   shapes = jax.eval_shape(lambda p: update.init_state(p, tx), params)

@@ -18,7 +18,7 @@ from pgen_jax.data import synthetic
 from pgen_jax.data.pipeline import spec_from_config, store_dir, test_window_batches
 from pgen_jax.data.store import builders
 from pgen_jax.models.janus import from_uint8
-from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import prompt_batch
 
 
@@ -69,7 +69,7 @@ def genre_hit_rate(cfg, model, mesh, prompter, *, samples: int = 4, per_user: in
   hits, total, users = 0, 0, set()
   for b in test_window_batches(cfg, 8, per_user, with_future=False):
     tokens = np.asarray(sampler(prompt_batch(prompter(b), cfg.prompt.uncond), jax.random.key(total)).tokens)
-    want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
+    want = per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
     hits += int((clf(tokens) == want).sum())
     total += len(tokens)
     users.update(map(int, b["user"]))

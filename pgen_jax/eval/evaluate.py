@@ -45,7 +45,7 @@ from pgen_jax.models.janus import from_uint8
 from pgen_jax.recommenders.build import make, training_windows
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
 from pgen_jax.rewards.models import load_reward_models
-from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
 from pgen_jax.viz import png_bytes
@@ -109,7 +109,7 @@ class Comparison:
     for kind, g in emb.items():
       h, t, f = self.refs[kind]
       out.update(M.image_similarities(kind, g, h, t, f))
-    out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, np.repeat(self.target_images, n, 0)).items()})
+    out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, per_sample(self.target_images, n)).items()})
     g = emb["cis"] if "cis" in emb else flat.reshape(w, n, -1).astype(np.float32)
     out["cross_user"] = M.cross_user(g, self.windows.users)
     if self.genre is not None:
@@ -141,7 +141,7 @@ class _GenreProbe:
 
   def __call__(self, users, tokens) -> np.ndarray:
     n = len(tokens) // len(users)
-    want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
+    want = per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
     return (self.clf(np.asarray(tokens).reshape(len(want), -1)) == want).astype(np.float64)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from pgen_jax.models.janus import from_uint8
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 
 
@@ -39,8 +40,7 @@ def _dino(dino, resize, crop, x):
 def _pair(lpips, a, b):
   out = {"ssim_target": ssim(a, b)}
   if lpips is not None:
-    signed = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
-    out["lpips_target"] = lpips(signed(a), signed(b))
+    out["lpips_target"] = lpips(from_uint8(a), from_uint8(b))
   return out
 
 

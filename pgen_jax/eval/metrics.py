@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgen_jax.metrics import similarity_to_other_users, unit
+from pgen_jax.sampling import per_sample
 
 LOWER_IS_BETTER = frozenset({"lpips_target", "cross_user"})
 
@@ -45,4 +46,4 @@ def text_similarity(g, text) -> np.ndarray:
 def cross_user(g, users) -> np.ndarray:
   """g (W, N, D), users (W,) -> (W, N): each image's mean cosine x 100 to the images of other users."""
   w, n = g.shape[:2]
-  return 100.0 * similarity_to_other_users(np.asarray(g).reshape(w * n, -1), np.repeat(np.asarray(users), n)).reshape(w, n)
+  return 100.0 * similarity_to_other_users(np.asarray(g).reshape(w * n, -1), per_sample(np.asarray(users), n)).reshape(w, n)

@@ -43,6 +43,12 @@ class SampleOutput:
   images: jax.Array | None  # (B * n, H, W, 3) uint8
 
 
+def per_sample(x, n: int):
+  """(B, ...) -> (B * n, ...): each prompt's row once for each of its n samples, a prompt's samples
+  adjacent (the order of the sampler's outputs). numpy in, numpy out; jax (or traced) in, jax out."""
+  return (jnp if isinstance(x, jax.Array) else np).repeat(x, n, axis=0)
+
+
 def guided_logits(cond, uncond, cfg: SamplingConfig):
   """CFG, temperature, top-k and top-p: the logits the next token is drawn from (fp32)."""
   logits = uncond + cfg.cfg_weight * (cond - uncond)
@@ -100,12 +106,11 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, cfg:
   else:
     (first_c, pc), (first_u, pu) = prefill(cond_emb, mask), prefill(uncond_emb, uncond_mask)
     prefixes = [pc, pu]
-  per_sample = lambda x: jnp.repeat(x, n, axis=0)  # (B, ...) -> (B * n, ...), a prompt's samples adjacent
-  tok, logp = choose(guided_logits(per_sample(first_c), per_sample(first_u), cfg), keys, 0, cfg)
+  tok, logp = choose(guided_logits(per_sample(first_c, n), per_sample(first_u, n), cfg), keys, 0, cfg)
   tokens = jnp.zeros((b * n, num_tokens), jnp.int32).at[:, 0].set(tok)
   logps = jnp.zeros((b * n, num_tokens), jnp.float32).at[:, 0].set(logp)
   # Rows [cond samples; uncond samples]; each continues its prompt's prefix from its length on.
-  start = jnp.concatenate([per_sample(mask.sum(1)), per_sample(uncond_mask.sum(1))])[:, None]
+  start = jnp.concatenate([per_sample(mask.sum(1), n), per_sample(uncond_mask.sum(1), n)])[:, None]
   dtype = lm.dtype or jnp.float32
   cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, max(num_tokens - 1, 1)), dtype)) for _ in "kv")
            for _ in lm.layers]

@@ -13,6 +13,7 @@ from flax import nnx
 
 from pgen_jax.models.janus import Janus, from_uint8
 from pgen_jax.models.llama import Prefix
+from pgen_jax.sampling.sampler import per_sample
 from pgen_jax.train.update import guarded_update
 
 
@@ -84,10 +85,10 @@ def image_token_logprobs(model: Janus, ids, mask, images, tokens, *, uncond=None
     emb = model.embed_inputs(prompt_ids, image_features=feats if use_images else None)
     hidden, kv = lm(emb, jnp.maximum(jnp.cumsum(pmask, 1) - 1, 0), pmask, return_kv=True)
     first = model.image_logits(hidden[:, -1])  # (B, V): token 0 of every sample of the prompt
-    start = jnp.repeat(pmask.sum(1), g)[:, None]
+    start = per_sample(pmask.sum(1), g)[:, None]
     cont, _ = lm(fed.astype(emb.dtype), start + jnp.arange(tokens.shape[1] - 1), None,
                  prefixes=[Prefix(kv, pmask)])
-    return jnp.concatenate([jnp.repeat(first, g, axis=0)[:, None], model.image_logits(cont)], axis=1)
+    return jnp.concatenate([per_sample(first, g)[:, None], model.image_logits(cont)], axis=1)
 
   logits = logits_of(ids, mask, True)
   if uncond is not None and cfg_weight:
