@@ -119,7 +119,7 @@ def time_ours(model, mesh, batch, n) -> float:
 
 
 def time_hf(hf_model, batch, special, n) -> float:
-  import torch
+  import torch  # lazy: the transformers reference, only with --hf
   import transformers as T
   dev = next(hf_model.parameters()).device
   gen = T.GenerationConfig(do_sample=True, guidance_scale=5.0, num_return_sequences=n, pad_token_id=special.pad,
@@ -140,7 +140,7 @@ def time_hf(hf_model, batch, special, n) -> float:
 
 
 def build_hf(cfg, dtype):
-  import torch
+  import torch  # lazy: the transformers reference, only with --hf
   import transformers as T
   hf_cfg = T.JanusConfig(**{k: v for k, v in cfg.to_hf().items() if k in ("text_config", "vision_config",
                                                                           "vq_config", "image_token_id")},

@@ -16,14 +16,14 @@ from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGE
 
 def metric_model_section(cfg):
   """The section load_reward_models reads, with eval.clip / eval.dino in place of the reward's models."""
-  g, e = cfg.grpo, cfg.eval
+  grpo_cfg, eval_cfg = cfg.grpo, cfg.eval
   for key in ("clip", "dino"):
-    if not e.get(key) and g.get(key):
+    if not eval_cfg.get(key) and grpo_cfg.get(key):
       logging.warning("eval.%s is empty: measuring with the reward's model grpo.%s = %s, which GRPO optimised; "
-                      "set eval.%s to an independent model", key, key, g[key], key)
-  return types.SimpleNamespace(clip=e.get("clip") or g.clip, dino=e.get("dino") or g.dino,
-                               dino_size=g.dino_size, lpips_vgg=g.lpips_vgg,
-                               lpips_heads=g.lpips_heads)
+                      "set eval.%s to an independent model", key, key, grpo_cfg[key], key)
+  return types.SimpleNamespace(clip=eval_cfg.get("clip") or grpo_cfg.clip, dino=eval_cfg.get("dino") or grpo_cfg.dino,
+                               dino_size=grpo_cfg.dino_size, lpips_vgg=grpo_cfg.lpips_vgg,
+                               lpips_heads=grpo_cfg.lpips_heads)
 
 
 @nnx.jit(static_argnums=(1, 2))

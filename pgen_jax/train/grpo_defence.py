@@ -35,8 +35,8 @@ def defence_config(grpo_cfg) -> DefenceConfig:
 
 class Defence:
   def __init__(self, cfg):
-    self.cfg = defence_config(cfg.grpo)
-    self.monitor = HackingMonitor(self.cfg)
+    self.settings = defence_config(cfg.grpo)
+    self.monitor = HackingMonitor(self.settings)
     self.base_diversity = cfg.grpo.diversity_weight
     self.max_rollbacks = cfg.grpo.defence_max_rollbacks
     self.rollbacks = 0
@@ -44,7 +44,7 @@ class Defence:
   def must_stop(self, healthy_step: int | None) -> bool:
     """Whether an alarm stops the run: the response is stop, there is no checkpoint to roll back to,
     or the roll-backs are spent."""
-    return self.cfg.response == "stop" or healthy_step is None or self.rollbacks >= self.max_rollbacks
+    return self.settings.response == "stop" or healthy_step is None or self.rollbacks >= self.max_rollbacks
 
   def stop(self, alarm: Alarm, step: int, healthy_step: int | None, latest: Path):
     raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; the "
@@ -52,12 +52,12 @@ class Defence:
 
   @property
   def lr_scale(self) -> float:
-    return float(np.float32(self.cfg.lr_factor) ** self.rollbacks)
+    return float(np.float32(self.settings.lr_factor) ** self.rollbacks)
 
   def diversity(self) -> float:
     if not self.rollbacks:
       return self.base_diversity
-    return max(self.base_diversity, 0.1) * self.cfg.diversity_weight_factor ** self.rollbacks
+    return max(self.base_diversity, 0.1) * self.settings.diversity_weight_factor ** self.rollbacks
 
   def sampling_key(self, key, at: int):
     key = jax.random.fold_in(key, at)
