@@ -15,9 +15,11 @@ from pgen_jax.data.store import prepare
 def spec_from_config(cfg) -> DataSpec:
   data_cfg = cfg.data
   windows = WindowConfig(history_len=data_cfg.history_len, future_len=data_cfg.future_len, stride=data_cfg.stride,
-                         min_rating=data_cfg.min_rating if data_cfg.min_rating > 0 else None, test_windows=data_cfg.test_windows,
-                         val_windows=data_cfg.val_windows, holdout_users=data_cfg.holdout_users)
-  return DataSpec(name=data_cfg.name, root=str(data_cfg.root), images=str(data_cfg.images), image_size=data_cfg.image_size, windows=windows)
+                         min_rating=data_cfg.min_rating if data_cfg.min_rating > 0 else None,
+                         test_windows=data_cfg.test_windows, val_windows=data_cfg.val_windows,
+                         holdout_users=data_cfg.holdout_users)
+  return DataSpec(name=data_cfg.name, root=str(data_cfg.root), images=str(data_cfg.images),
+                  image_size=data_cfg.image_size, windows=windows)
 
 
 def store_dir(cfg) -> Path:

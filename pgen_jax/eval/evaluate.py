@@ -151,7 +151,8 @@ def setup_digest(cfg) -> str:
   keys = {"data": spec_from_config(cfg).fingerprint(), "samples": eval_cfg.samples, "per_user": eval_cfg.per_user,
           "windows": eval_cfg.windows, "report_users": eval_cfg.report_users, "cfg_weight": eval_cfg.cfg_weight,
           "temperature": eval_cfg.temperature, "seed": eval_cfg.seed,
-          "clip": eval_cfg.clip or cfg.grpo.clip, "dino": eval_cfg.dino or cfg.grpo.dino, "dino_size": cfg.grpo.dino_size,
+          "clip": eval_cfg.clip or cfg.grpo.clip, "dino": eval_cfg.dino or cfg.grpo.dino,
+          "dino_size": cfg.grpo.dino_size,
           "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "sasrec": dict(eval_cfg.sasrec), "seed_run": cfg.seed}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -204,8 +205,9 @@ def run_generator(comparison: Comparison, name: str, source, out: Path):
   cfg, eval_cfg = comparison.cfg, comparison.eval_cfg
   model = model_from_config(cfg, comparison.mesh, source)
   prompter = Prompter(cfg, model.config)
-  sampler = Sampler(model, comparison.mesh, SamplingConfig(cfg_weight=eval_cfg.cfg_weight, temperature=eval_cfg.temperature,
-                                                  num_samples=eval_cfg.samples, decode_images=True))
+  sampler = Sampler(model, comparison.mesh, SamplingConfig(cfg_weight=eval_cfg.cfg_weight,
+                                                           temperature=eval_cfg.temperature,
+                                                           num_samples=eval_cfg.samples, decode_images=True))
   images, tokens, progress = [], [], Progress(name, len(comparison.windows.users))
   for b in test_window_batches(cfg, eval_cfg.batch_size, eval_cfg.per_user, eval_cfg.windows, with_future=False):
     key = jax.random.fold_in(jax.random.key(eval_cfg.seed), len(images))
@@ -247,11 +249,11 @@ def run_eval(cfg) -> dict:
   old = json.loads((out / "windows.json").read_text()).get("setup") if (out / "windows.json").exists() else None
   if old != setup:
     shutil.rmtree(out / "windows", ignore_errors=True)
-  write_json(out / "windows.json", {"users": comparison.windows.users.tolist(), "items": comparison.catalog.ids[comparison.windows.items].tolist(),
-                                    "history_len": comparison.windows.history_len, "setup": setup})
+  w = comparison.windows
+  write_json(out / "windows.json", {"users": w.users.tolist(), "items": comparison.catalog.ids[w.items].tolist(),
+                                    "history_len": w.history_len, "setup": setup})
   if not (out / "windows").exists():  # the report users' items, as the metrics saw them
     with atomic_directory(out / "windows") as tmp:
-      w = comparison.windows
       for i in range(min(eval_cfg.report_users, len(w.users))):
         for tag, idx in [(f"h{j}", w.history[i, j]) for j in range(w.history.shape[1])] + [("target", w.target[i])] + \
                         [(f"f{j}", w.future[i, j]) for j in range(w.future.shape[1])]:

@@ -46,4 +46,5 @@ def text_similarity(g, text) -> np.ndarray:
 def cross_user(g, users) -> np.ndarray:
   """g (W, N, D), users (W,) -> (W, N): each image's mean cosine x 100 to the images of other users."""
   w, n = g.shape[:2]
-  return 100.0 * similarity_to_other_users(np.asarray(g).reshape(w * n, -1), per_sample(np.asarray(users), n)).reshape(w, n)
+  flat = np.asarray(g).reshape(w * n, -1)
+  return 100.0 * similarity_to_other_users(flat, per_sample(np.asarray(users), n)).reshape(w, n)

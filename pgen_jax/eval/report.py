@@ -198,7 +198,8 @@ def page(cfg, out: Path, res: dict, values: dict, info: dict, comparison) -> str
   for i in range(min(cfg.eval.report_users, len(w.users))):
     hist = comparison.catalog.images(w.history[i])
     strip = "".join(_img(png_bytes(x), f"history {j + 1}") for j, x in enumerate(hist))
-    target = _img(png_bytes(comparison.catalog.images(w.target[i:i + 1])[0]), "target: " + comparison.catalog.texts(w.target[i:i + 1])[0])
+    catalog = comparison.catalog
+    target = _img(png_bytes(catalog.images(w.target[i:i + 1])[0]), "target: " + catalog.texts(w.target[i:i + 1])[0])
     rows = []
     for m, v in values.items():
       imgs = []

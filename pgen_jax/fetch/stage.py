@@ -60,11 +60,13 @@ def fetch_from_config(cfg) -> dict:
       if not cfg.data.version:
         raise FetchError(f"data.root: {dest} does not exist and data.version is empty; set data.version "
                          f"(one of {archive.VERSIONS}) to download it, or put the MovieLens files there")
-      archive.fetch_movielens(cfg.data.version, dest, base_url=fetch_cfg.movielens_url, checksum=fetch_cfg.movielens_md5)
+      archive.fetch_movielens(cfg.data.version, dest, base_url=fetch_cfg.movielens_url,
+                              checksum=fetch_cfg.movielens_md5)
     elif what == "posters":
       _posters(cfg, dest)
     elif what == "nima":
-      hub.download_file(fetch_cfg.nima.repo, fetch_cfg.nima.revision, fetch_cfg.nima.file, dest, hf_endpoint=fetch_cfg.hf_endpoint)
+      hub.download_file(fetch_cfg.nima.repo, fetch_cfg.nima.revision, fetch_cfg.nima.file, dest,
+                        hf_endpoint=fetch_cfg.hf_endpoint)
     else:
       spec = fetch_cfg[what]
       hub.download_repo(spec.repo, spec.revision, dest, allow=list(spec.allow), hf_endpoint=fetch_cfg.hf_endpoint,

@@ -191,8 +191,8 @@ def scorer_client(grpo_cfg, workdir: str | Path) -> ScorerClient:
     raise ScorerUnavailable(f"nothing answers at grpo.scorer_url {grpo_cfg.scorer_url}; start the scorer "
                             "(python -m pgen_jax.scorer serve ...) or set grpo.scorer_start=True")
   _warn_about_memory(grpo_cfg.scorer_device)
-  proc = ScorerProcess(grpo_cfg.scorer_url, nima=grpo_cfg.scorer_nima, qwen=grpo_cfg.scorer_qwen, device=grpo_cfg.scorer_device,
-                       log=Path(workdir) / "scorer.log").start()
+  proc = ScorerProcess(grpo_cfg.scorer_url, nima=grpo_cfg.scorer_nima, qwen=grpo_cfg.scorer_qwen,
+                       device=grpo_cfg.scorer_device, log=Path(workdir) / "scorer.log").start()
   return ManagedClient(proc)
 
 

@@ -210,8 +210,8 @@ class StepFunctions:
               if grpo_cfg.logprobs == "cfg" else {})
     # The loss's own teacher-forced log-probs (grpo.grpo_loss), for batches sampled ahead.
     self.old_logp = jax.jit(lambda p, b: grpo.image_token_logprobs(
-        nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], from_uint8(b["images"].reshape(-1, *b["images"].shape[2:])),
-        b["tokens"], uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"],
+        nnx.merge(graphdef, p, frozen), b["ids"], b["mask"],
+        from_uint8(b["images"].reshape(-1, *b["images"].shape[2:])), b["tokens"], uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"],
         temperature=grpo_cfg.temperature, **cfg_kw))
     self.decode = jax.jit(lambda p, t: to_uint8(nnx.merge(graphdef, p, frozen).decode_image_tokens(t)))
     self.on_policy = {b: jax.device_put(np.bool_(b), replicated) for b in (False, True)}
