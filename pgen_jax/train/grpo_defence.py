@@ -2,16 +2,17 @@
 
 grpo.defence_response = stop: the run exits (status 3) naming the last healthy checkpoint.
 grpo.defence_response = rollback: the last checkpoint is restored and training continues more
-cautiously (until grpo.defence_max_rollbacks roll-backs, then it stops); after the n-th roll-back the learning rate is lr_factor^n x the schedule's and the
-diversity weight max(grpo.diversity_weight, 0.1) x diversity_weight_factor^n, and rollouts are drawn
-with keys folded with n (the restored step would otherwise replay the very samples that were
-hacked). n, the two factors and the monitor's state are saved with every checkpoint, so a run
+cautiously (after grpo.defence_max_rollbacks roll-backs the next alarm stops the run); after the
+n-th roll-back the learning rate is lr_factor^n x the schedule's and the diversity weight
+max(grpo.diversity_weight, 0.1) x diversity_weight_factor^n, and rollouts are drawn with keys folded
+with n (the restored step would otherwise replay the very samples that were hacked). n, the two factors and the monitor's state are saved with every checkpoint, so a run
 resumed after a roll-back continues exactly as the uninterrupted one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import jax
 import numpy as np
@@ -46,7 +47,7 @@ class Defence:
     or the roll-backs are spent."""
     return self.settings.response == "stop" or healthy_step is None or self.rollbacks >= self.max_rollbacks
 
-  def stop(self, alarm: Alarm, step: int, healthy_step: int | None, latest: Path):
+  def stop(self, alarm: Alarm, step: int, healthy_step: int | None, latest: Path) -> NoReturn:
     raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; the "
                           f"last healthy checkpoint is step {healthy_step} in {latest}")
 
