@@ -76,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.group_size = 8                # G samples per history
   c.grpo.lr = 1e-6
   c.grpo.warmup_steps = 0              # steps of linear warm-up (x inner_updates optimizer updates)
+  c.grpo.b1 = 0.9                      # AdamW, as sft.*
+  c.grpo.b2 = 0.95
+  c.grpo.weight_decay = 0.0
+  c.grpo.grad_clip = 1.0               # global gradient norm (grpo.clip is the CLIP reward model)
   c.grpo.beta = 0.01                   # KL to the reference (the starting policy); 0 skips it
   c.grpo.eps_low = 0.2
   c.grpo.eps_high = 0.28               # clip-higher (DAPO); set equal to eps_low for symmetric clipping

@@ -10,25 +10,18 @@ error nothing is left at DST and the exit status is non-zero.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from converters import safetensors_io
-from converters.hf_params import state_dict
-from converters.janus_hf import HFCheckpoint, hf_key
-from converters.safetensors_io import CheckpointError
-from pgen_jax.fileio import atomic_directory
+from pgen_jax.models.checkpoint import from_hf_checkpoint, is_pgen_checkpoint, load_janus, save_janus
+from pgen_jax.models.hf import HFCheckpoint, export_hf
+from pgen_jax.models.sharding import make_mesh
+from pgen_jax.safetensors_io import CheckpointError
 
 
 def to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None, mesh=None) -> None:
-  from pgen_jax.models.checkpoint import from_hf_checkpoint, save_janus
-  from pgen_jax.models.sharding import make_mesh
   if Path(dst).exists():
     raise FileExistsError(f"{dst} already exists; choose a new output directory")
   ckpt = HFCheckpoint(src)
@@ -37,26 +30,7 @@ def to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None
   save_janus(model, dst, hf_files=src if ckpt.layout == "transformers" else None)
 
 
-def hf_tensors(model) -> dict[str, np.ndarray]:
-  """transformers state dict (numpy) of a Janus model."""
-  return state_dict(model, hf_key)
-
-
-def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | None = None) -> None:
-  """Writes config.json + model.safetensors that JanusForConditionalGeneration loads."""
-  with atomic_directory(dst) as tmp:
-    base = None
-    if side_files is not None and Path(side_files).is_dir():
-      for f in Path(side_files).iterdir():
-        shutil.copy2(f, tmp / f.name)
-      if (tmp / "config.json").exists():
-        base = json.loads((tmp / "config.json").read_text())
-    (tmp / "config.json").write_text(json.dumps(model.config.to_hf(base), indent=2))
-    safetensors_io.write(tmp / "model.safetensors", hf_tensors(model))
-
-
 def to_hf_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-  from pgen_jax.models.checkpoint import is_pgen_checkpoint, load_janus
   if not is_pgen_checkpoint(src):
     raise CheckpointError(f"{src}: not a pgen_jax checkpoint (no pgen_config.json)")
   if Path(dst).exists():

@@ -10,12 +10,25 @@ naming the key, file or URL, and an exit code: 2 config, 3 run stopped, 4 data o
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pgen_jax import distributed, run_config
+from pgen_jax.data.pipeline import prepare_from_config, store_dir
+from pgen_jax.data.tables import DataError
+from pgen_jax.eval.evaluate import run_eval
+from pgen_jax.fetch import FetchError
+from pgen_jax.fetch.stage import fetch_from_config
+from pgen_jax.models.checkpoint import is_pgen_checkpoint
+from pgen_jax.models.config import ConfigError
+from pgen_jax.models.hf import export_hf
+from pgen_jax.scorer.client import ScorerUnavailable
+from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
+from pgen_jax.train.update import RunStopped
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -26,11 +39,6 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line 
 def export(cfg) -> None:
   """Writes the model as a transformers Janus directory (config.json + model.safetensors): the newest
   training result (<workdir>/grpo/final, else <workdir>/sft/final), else the configured model."""
-  from pathlib import Path
-
-  from converters.janus import export_hf
-  from pgen_jax.models.checkpoint import is_pgen_checkpoint
-  from pgen_jax.train.setup import mesh_from_config, model_from_config, trained_checkpoint
   if Path(cfg.export.dir).exists():
     logging.info("%s exists: already exported", cfg.export.dir)
     return
@@ -43,15 +51,12 @@ def export(cfg) -> None:
 
 def sft(cfg) -> None:
   """Supervised fine-tuning; resumes from <workdir>/sft/latest."""
-  import json
-  from pgen_jax.train.loop import run_sft
+  from pgen_jax.train.sft_loop import run_sft  # lazy: clu's TensorBoard writers import TensorFlow
   print(json.dumps(run_sft(cfg)))
 
 
 def prepare(cfg) -> None:
   """Raw files -> prepared store (a no-op when the same inputs were prepared already)."""
-  import json
-  from pgen_jax.data.pipeline import prepare_from_config, store_dir
   stats = prepare_from_config(cfg)
   summary = {"splits": stats["splits"], "dropped": stats["dropped"], "users": stats.get("user_counts")}
   logging.info("prepared data in %s:\n%s", store_dir(cfg), json.dumps(summary, indent=2))
@@ -60,8 +65,7 @@ def prepare(cfg) -> None:
 
 def grpo(cfg) -> None:
   """Online GRPO from the SFT result; resumes from <workdir>/grpo/latest."""
-  import json
-  from pgen_jax.train.grpo_loop import run_grpo
+  from pgen_jax.train.grpo_loop import run_grpo  # lazy: clu's TensorBoard writers import TensorFlow
   try:
     summary = run_grpo(cfg)
   finally:  # a scorer this stage started is not needed by the next ones
@@ -72,16 +76,12 @@ def grpo(cfg) -> None:
 
 def evaluate(cfg) -> None:
   """The comparison of recommenders and generators: <workdir>/eval (results.json, results.md, report.html)."""
-  import json
-  from pgen_jax.eval.evaluate import run_eval
   result = run_eval(cfg)
   print(json.dumps(result))
 
 
 def fetch(cfg) -> None:
   """Downloads the models, dataset and posters the config names and lacks (see pgen_jax/fetch)."""
-  import json
-  from pgen_jax.fetch.stage import fetch_from_config
   print(json.dumps(fetch_from_config(cfg)))
 
 
@@ -97,11 +97,6 @@ STAGES = {
 
 def _exit_code(e: BaseException) -> tuple[int, str]:
   """(exit code, what kind of error) for a failure, by what the user has to fix."""
-  from pgen_jax.data.tables import DataError
-  from pgen_jax.fetch import FetchError
-  from pgen_jax.models.config import ConfigError
-  from pgen_jax.scorer.client import ScorerUnavailable
-  from pgen_jax.train.update import RunStopped
   for cls, code, kind in ((ConfigError, 2, "config error"), (RunStopped, 3, "stopped"), (DataError, 4, "data error"),
                           (FileNotFoundError, 4, "missing file"), (PermissionError, 4, "permission denied"),
                           (FetchError, 5, "download failed"), (ScorerUnavailable, 6, "scorer unavailable"),
@@ -114,7 +109,6 @@ def _exit_code(e: BaseException) -> tuple[int, str]:
 def run(cfg, only: tuple[str, ...] | None = None) -> None:
   """Checks the config, then runs its stages (or `only` these); files the fetch stage brings are checked
   after it."""
-  from pgen_jax.models.config import ConfigError
 
   def check(fn, **kw):
     try:

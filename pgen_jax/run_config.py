@@ -8,13 +8,24 @@ size is the model's.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import ml_collections
 
+from pgen_jax.eval.evaluate import GENERATORS
 from pgen_jax.models.attention import IMPLS
-from pgen_jax.models.config import PRESETS, ConfigError
+from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
+from pgen_jax.models.config import PRESETS, ConfigError, JanusConfig, preset
 from pgen_jax.models.llama import REMAT, remat_policy
+from pgen_jax.recommenders.build import NAMES
+from pgen_jax.rewards import clip, dino
+from pgen_jax.rewards.compose import EXTERNAL, HACKABLE, IN_JIT
+from pgen_jax.rewards.models import RANDOM, random_preset
+from pgen_jax.sampling.prompts import PromptTemplate, max_prompt_len
+from pgen_jax.sampling.tokenizers import load_tokenizer
+from pgen_jax.scorer.launch import answers
+from pgen_jax.train.hacking import DRIFT
 
 STAGES = ("fetch", "prepare", "sft", "grpo", "eval", "export")
 MODEL_STAGES = ("sft", "grpo", "eval", "export")  # the stages that load model.checkpoint
@@ -108,8 +119,6 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
     if bad or not _get(cfg, "sft.trainable"):
       raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {known}")
   if "grpo" in stages or "eval" in stages:
-    from pgen_jax.rewards import clip, dino
-    from pgen_jax.rewards.models import RANDOM, random_preset
     for key, presets in (("grpo.clip", clip.PRESETS), ("grpo.dino", dino.PRESETS)):
       random_preset(_get(cfg, key), presets, key)  # an unknown preset name raises, naming the key
     for model in ("grpo.clip", "grpo.dino", "grpo.lpips_vgg", "grpo.lpips_heads"):
@@ -130,8 +139,6 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
 
 
 def _check_eval(cfg) -> None:
-  from pgen_jax.eval.evaluate import GENERATORS
-  from pgen_jax.recommenders.build import NAMES
   for key, known in (("eval.recommenders", NAMES), ("eval.generators", GENERATORS)):
     bad = [n for n in _get(cfg, key) if n not in known]
     if bad:
@@ -145,7 +152,6 @@ def _check_eval(cfg) -> None:
 
 
 def _check_grpo(cfg) -> None:
-  from pgen_jax.rewards.compose import EXTERNAL, HACKABLE, IN_JIT
   for key in ("grpo.num_steps", "grpo.prompts_per_step", "grpo.inner_updates", "grpo.log_every", "grpo.ckpt_every",
               "grpo.grid_every", "grpo.defence_window", "grpo.defence_patience"):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
@@ -164,7 +170,6 @@ def _check_grpo(cfg) -> None:
   for key in ("grpo.eval_every", "grpo.save_rollouts", "grpo.warmup_steps"):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 0:
       raise ConfigError(f"{key}: {_get(cfg, key)!r} must be an integer >= 0")
-  from pgen_jax.train.hacking import DRIFT
   bad = [k for k in _get(cfg, "grpo.defence_drift") if k not in DRIFT]
   if bad:
     raise ConfigError(f"grpo.defence_drift: unknown statistics {bad}; choose from {DRIFT}")
@@ -186,13 +191,8 @@ def _check_grpo(cfg) -> None:
         raise ConfigError(f"{model}: empty, but grpo.reward_weights gives {term}_* terms a weight")
 
 
-
 def model_config(cfg):
   """The Janus architecture the model stages will load: model.checkpoint's, else the preset's."""
-  import json
-
-  from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
-  from pgen_jax.models.config import JanusConfig, preset
   ckpt = _get(cfg, "model.checkpoint")
   if not ckpt:
     return preset(_get(cfg, "model.preset"))
@@ -220,8 +220,6 @@ def check_against_model(cfg) -> None:
     raise ConfigError(f"data.image_size: {_get(cfg, 'data.image_size')} differs from the model's image size "
                       f"{mc.vision.image_size} (model.checkpoint {_get(cfg, 'model.checkpoint') or 'empty'}); set "
                       f"--config.data.image_size={mc.vision.image_size}")
-  from pgen_jax.sampling.prompts import PromptTemplate, max_prompt_len
-  from pgen_jax.sampling.tokenizers import load_tokenizer
   try:
     tok, _ = load_tokenizer(_get(cfg, "model.tokenizer"), mc, _get(cfg, "model.checkpoint"))
   except (OSError, ValueError) as e:
@@ -242,7 +240,6 @@ def _check_scorer(cfg) -> None:
   need = [t for t in ("profile", "nima") if _get(cfg, "grpo.reward") == "models" and weights.get(t, 0)]
   if not need:
     return
-  from pgen_jax.scorer.launch import answers
   url = _get(cfg, "grpo.scorer_url")
   if answers(url):
     return

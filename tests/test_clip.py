@@ -12,7 +12,7 @@ import torch
 import transformers as T
 from PIL import Image
 
-from converters.clip import load_clip, tokenize
+from pgen_jax.rewards.hf import load_clip, tokenize
 from pgen_jax.models import make_mesh
 from pgen_jax.rewards.clip import similarity
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess

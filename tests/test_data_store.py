@@ -11,7 +11,8 @@ from PIL import Image
 from pgen_jax.data import images, movielens, synthetic
 from pgen_jax.data.histories import WindowConfig
 from pgen_jax.data.loader import HistorySource, make_loader
-from pgen_jax.data.store import DataSpec, prepare
+from pgen_jax.data.plan import DataSpec
+from pgen_jax.data.store import prepare
 
 WINDOWS = WindowConfig(history_len=3, future_len=2)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers as T
 
-from converters.dino import _bicubic_matrix, load_dino
+from pgen_jax.rewards.hf import _bicubic_matrix, load_dino
 from pgen_jax.models import make_mesh
 
 

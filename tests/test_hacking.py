@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgen_jax.train.hacking import DefenceConfig, HackingMonitor, cross_user_similarity, diversity_penalty, drift_stats
+from pgen_jax.metrics import cross_user_similarity, similarity_to_other_users as diversity_penalty
+from pgen_jax.train.hacking import DefenceConfig, HackingMonitor, drift_stats
 
 
 def test_similarity_across_users_by_hand():

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from converters.lpips import load_lpips
+from pgen_jax.rewards.hf import load_lpips
 from pgen_jax.models import make_mesh
 
 

@@ -7,10 +7,8 @@ import pytest
 import pytorch_msssim
 import torch
 
-from converters.clip import load_clip
-from converters.dino import load_dino
-from converters.lpips import load_lpips
 from pgen_jax.models import make_mesh
+from pgen_jax.rewards.hf import load_clip, load_dino, load_lpips
 from pgen_jax.rewards.compose import RunningScale, RewardConfig, combine, in_jit_terms
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 from test_clip import hf_clip

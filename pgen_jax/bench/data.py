@@ -16,7 +16,8 @@ from absl import app, flags
 
 from pgen_jax.data.histories import WindowConfig
 from pgen_jax.data.loader import HistorySource, make_loader
-from pgen_jax.data.store import DataSpec, prepare
+from pgen_jax.data.plan import DataSpec
+from pgen_jax.data.store import prepare
 
 _DIR = flags.DEFINE_string("dir", "/tmp/pgen_bench_data", "where the synthetic world and store go")
 _SIZE = flags.DEFINE_integer("image_size", 384, "image size")

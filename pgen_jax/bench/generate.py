@@ -28,7 +28,7 @@ from flax import nnx
 
 from pgen_jax import distributed
 from pgen_jax.models import Janus, make_mesh, preset
-from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialTokens, uncond_ids
+from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialTokens, per_sample, uncond_ids
 
 _PRESET = flags.DEFINE_string("preset", "tiny", "model preset")
 _PROMPTS = flags.DEFINE_list("prompts", ["1", "4"], "prompt batch sizes")
@@ -101,9 +101,9 @@ def history_prompts(cfg, b: int, k: int, text: int, rng) -> PromptBatch:
 def unshared(batch: PromptBatch, n: int, k: int) -> PromptBatch:
   """Each of the n samples with its own copy of its prompt; the uncond row attends its pads."""
   per_prompt = batch.images.reshape(len(batch.ids), k, *batch.images.shape[1:])
-  return PromptBatch(ids=np.repeat(batch.ids, n, 0), mask=np.repeat(batch.mask, n, 0),
-                     uncond=np.repeat(batch.uncond, n, 0), uncond_has_images=False,
-                     images=np.repeat(per_prompt, n, 0).reshape(-1, *batch.images.shape[1:]))
+  return PromptBatch(ids=per_sample(batch.ids, n), mask=per_sample(batch.mask, n),
+                     uncond=per_sample(batch.uncond, n), uncond_has_images=False,
+                     images=per_sample(per_prompt, n).reshape(-1, *batch.images.shape[1:]))
 
 
 def time_ours(model, mesh, batch, n) -> float:
@@ -119,7 +119,7 @@ def time_ours(model, mesh, batch, n) -> float:
 
 
 def time_hf(hf_model, batch, special, n) -> float:
-  import torch
+  import torch  # lazy: the transformers reference, only with --hf
   import transformers as T
   dev = next(hf_model.parameters()).device
   gen = T.GenerationConfig(do_sample=True, guidance_scale=5.0, num_return_sequences=n, pad_token_id=special.pad,
@@ -140,7 +140,7 @@ def time_hf(hf_model, batch, special, n) -> float:
 
 
 def build_hf(cfg, dtype):
-  import torch
+  import torch  # lazy: the transformers reference, only with --hf
   import transformers as T
   hf_cfg = T.JanusConfig(**{k: v for k, v in cfg.to_hf().items() if k in ("text_config", "vision_config",
                                                                           "vq_config", "image_token_id")},

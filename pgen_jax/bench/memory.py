@@ -48,9 +48,12 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pgen_jax.models import Janus, make_mesh, preset  # noqa: E402
+from pgen_jax.models import Janus, from_uint8, make_mesh, preset  # noqa: E402
 from pgen_jax.models.llama import Prefix, remat_policy  # noqa: E402
 from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings  # noqa: E402
+from pgen_jax.rewards import clip as clip_lib, dino as dino_lib  # noqa: E402
+from pgen_jax.rewards.compose import in_jit_terms  # noqa: E402
+from pgen_jax.rewards.models import RANDOM, RewardModels  # noqa: E402
 from pgen_jax.sampling.prompts import PromptTemplate  # noqa: E402
 from pgen_jax.sampling.sampler import SamplingConfig, jit_generate  # noqa: E402
 from pgen_jax.train import grpo, sft, update  # noqa: E402
@@ -171,7 +174,7 @@ def train_state(graphdef, state, cfg, section, mesh):
   flt = update.trainable_filter(tuple(cfg.sft.trainable))
   params = state.filter(flt)
   frozen = state.filter(lambda path, x: not flt(path, x))
-  tx = update.make_optimizer(section.lr, max(section.warmup_steps, 1), 1000, cfg.sft.b1, cfg.sft.b2, 0.0, 1.0)
+  tx = update.make_optimizer(section.lr, max(section.warmup_steps, 1), 1000, section.b1, section.b2, 0.0, 1.0)
   shapes = jax.eval_shape(lambda p: update.init_state(p, tx), params)
   # As in a real run, where the optimizer's moments are created from the placed parameters: each
   # moment takes its parameter's sharding, everything else (counters, the key) is replicated.
@@ -205,11 +208,11 @@ def set_remat(graphdef, state, policy):
 
 
 def grpo_stage(cfg, mesh, graphdef, state, config):
-  g = cfg.grpo
+  grpo_cfg = cfg.grpo
   rows = rollout(cfg, mesh, graphdef, state, config, stage="grpo")
-  graphdef = set_remat(graphdef, state, g.remat)
-  params, frozen, tx, full = train_state(graphdef, state, cfg, g, mesh)
-  b, n = g.prompts_per_step, g.group_size
+  graphdef = set_remat(graphdef, state, grpo_cfg.remat)
+  params, frozen, tx, full = train_state(graphdef, state, cfg, grpo_cfg, mesh)
+  b, n = grpo_cfg.prompts_per_step, grpo_cfg.group_size
   length = prompt_len(cfg, config.num_image_tokens)
   ins = sampler_inputs(cfg, mesh, config, b, n, length)
   size, tokens = config.vision.image_size, config.num_image_tokens
@@ -219,18 +222,18 @@ def grpo_stage(cfg, mesh, graphdef, state, config):
            "old_logp": spec((b * n, tokens), jnp.float32, mesh, (BATCH,)),
            "advantages": spec((b * n,), jnp.float32, mesh, (BATCH,)),
            "weights": spec((b * n,), jnp.float32, mesh, (BATCH,)), "on_policy": spec((), jnp.bool_, mesh)}
-  step_cfg = grpo.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, logprobs=g.logprobs,
-                             cfg_weight=g.cfg_weight, temperature=g.temperature,
+  step_cfg = grpo.GRPOConfig(eps_low=grpo_cfg.eps_low, eps_high=grpo_cfg.eps_high, beta=grpo_cfg.beta, logprobs=grpo_cfg.logprobs,
+                             cfg_weight=grpo_cfg.cfg_weight, temperature=grpo_cfg.temperature,
                              uncond_images=cfg.prompt.uncond == "keep_images")
-  micro = b // g.micro_batch if g.micro_batch else 1
+  micro = b // grpo_cfg.micro_batch if grpo_cfg.micro_batch else 1
   update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro),
                       donate_argnums=(0,))
-  ref = params if g.beta else None
+  ref = params if grpo_cfg.beta else None
   rows.append(measure("grpo", "update_step", update_fn, full, frozen, ref, batch))
   old_logp = jax.jit(lambda p, fr, bt: grpo.image_token_logprobs(
-      nnx.merge(graphdef, p, fr), bt["ids"], bt["mask"], sft.to_unit(bt["images"].reshape(-1, size, size, 3)),
-      bt["tokens"], temperature=g.temperature))
-  if g.logprobs == "cond":
+      nnx.merge(graphdef, p, fr), bt["ids"], bt["mask"], from_uint8(bt["images"].reshape(-1, size, size, 3)),
+      bt["tokens"], temperature=grpo_cfg.temperature))
+  if grpo_cfg.logprobs == "cond":
     rows.append(measure("grpo", "old_logprobs", old_logp, params, frozen, batch))
   rows += reward_models(cfg, mesh, "grpo", b * n, b)
   return rows
@@ -238,8 +241,6 @@ def grpo_stage(cfg, mesh, graphdef, state, config):
 
 def reward_models(cfg, mesh, stage, images: int, prompts: int):
   """The CLIP/DINO terms of the reward (or the eval metrics) on a batch of generated images."""
-  from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
-  from pgen_jax.rewards.models import RANDOM, RewardModels
   dtype = jnp.dtype(cfg.model.dtype)
 
   def abstract(make):
@@ -263,7 +264,6 @@ def reward_models(cfg, mesh, stage, images: int, prompts: int):
   holder = RewardModels(dino_size=cfg.grpo.dino_size)
   holder.clip = nnx.merge(clip_gd, clip_st)
   rcfg = holder.config(tuple(weights.items()))
-  from pgen_jax.rewards.compose import in_jit_terms
 
   def terms(clip_st, dino_st, d):
     return in_jit_terms(rcfg, d["generated"], history=d["history"], target=d["target"], future=d.get("future"),
@@ -278,10 +278,10 @@ def reward_models(cfg, mesh, stage, images: int, prompts: int):
 
 
 def eval_stage(cfg, mesh, graphdef, state, config):
-  e = cfg.eval
-  rows = rollout(cfg, mesh, graphdef, state, config, stage="eval", prompts=e.batch_size, samples=e.samples,
-                 cfg_weight=e.cfg_weight)
-  return rows + reward_models(cfg, mesh, "eval", e.batch_size * e.samples, e.batch_size)
+  eval_cfg = cfg.eval
+  rows = rollout(cfg, mesh, graphdef, state, config, stage="eval", prompts=eval_cfg.batch_size,
+                 samples=eval_cfg.samples, cfg_weight=eval_cfg.cfg_weight)
+  return rows + reward_models(cfg, mesh, "eval", eval_cfg.batch_size * eval_cfg.samples, eval_cfg.batch_size)
 
 
 def main(argv):

@@ -23,7 +23,7 @@ from flax import nnx
 from pgen_jax import distributed
 from pgen_jax.models import Janus, make_mesh, place_on_mesh, preset
 from pgen_jax.train import sft, update
-from pgen_jax.train.setup import to_device
+from pgen_jax.models.sharding import to_device
 
 _PRESET = flags.DEFINE_string("preset", "demo", "model preset")
 _BATCH = flags.DEFINE_integer("batch", 16, "global batch (windows per step)")

@@ -17,9 +17,11 @@ import collections
 import threading
 
 import grain.python as grain
+from absl import flags
 import numpy as np
 
-from pgen_jax.data.store import DataSpec, builders
+from pgen_jax.data.plan import DataSpec
+from pgen_jax.data.store import builders
 
 
 class HistorySource(grain.RandomAccessDataSource):
@@ -114,11 +116,10 @@ def make_loader(source: HistorySource, *, batch_size: int, seed: int = 0, shuffl
                 shard_index: int | None = None, shard_count: int | None = None) -> grain.DataLoader:
   """A grain DataLoader over `source`; `batch_size` is per host. Hosts read disjoint shards."""
   if worker_count > 0:
-    from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags (e.g. under pytest)
       flags.FLAGS.mark_as_parsed()
   if shard_index is None:
-    import jax
+    import jax  # lazy: grain's worker processes import this module and need no jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
   sampler = grain.IndexSampler(len(source), grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
                                shuffle=shuffle, num_epochs=num_epochs, seed=seed)

@@ -1,20 +1,25 @@
-"""From an experiment config to the prepared store and its loaders."""
+"""From an experiment config to the prepared store, its loaders and the test windows evaluation uses."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from pgen_jax.data.histories import WindowConfig
 from pgen_jax.data.loader import HistorySource, make_loader
-from pgen_jax.data.store import DataSpec, prepare
+from pgen_jax.data.plan import DataSpec
+from pgen_jax.data.store import prepare
 
 
 def spec_from_config(cfg) -> DataSpec:
-  d = cfg.data
-  windows = WindowConfig(history_len=d.history_len, future_len=d.future_len, stride=d.stride,
-                         min_rating=d.min_rating if d.min_rating > 0 else None, test_windows=d.test_windows,
-                         val_windows=d.val_windows, holdout_users=d.holdout_users)
-  return DataSpec(name=d.name, root=str(d.root), images=str(d.images), image_size=d.image_size, windows=windows)
+  data_cfg = cfg.data
+  windows = WindowConfig(history_len=data_cfg.history_len, future_len=data_cfg.future_len, stride=data_cfg.stride,
+                         min_rating=data_cfg.min_rating if data_cfg.min_rating > 0 else None,
+                         test_windows=data_cfg.test_windows, val_windows=data_cfg.val_windows,
+                         holdout_users=data_cfg.holdout_users)
+  return DataSpec(name=data_cfg.name, root=str(data_cfg.root), images=str(data_cfg.images),
+                  image_size=data_cfg.image_size, windows=windows)
 
 
 def store_dir(cfg) -> Path:
@@ -36,3 +41,27 @@ def loader_from_config(cfg, split: str, *, batch_size: int, seed: int, shuffle: 
   return make_loader(source_from_config(cfg, split, with_future=with_future), batch_size=batch_size, seed=seed,
                      shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
                      worker_count=cfg.data.workers if workers is None else workers)
+
+
+def test_window_batches(cfg, batch_size: int, per_user: int, limit: int = 0, with_future: bool = True):
+  """Batches of the test windows evaluation uses, the last one possibly smaller: the test split in
+  order, of users held out of training when data.holdout_users is set, at most `per_user` per user
+  and `limit` in all (0: no limit)."""
+  held_out = None
+  if cfg.data.holdout_users:
+    train_users = source_from_config(cfg, "train", with_future=False).users()
+    held_out = lambda u: u not in train_users
+  seen, taken = {}, 0
+  for b in loader_from_config(cfg, "test", batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
+                              with_future=with_future, workers=0, drop_remainder=False):
+    b = {k: np.array(v) for k, v in b.items()}
+    keep = []
+    for u in map(int, b["user"]):
+      ok = (held_out is None or held_out(u)) and seen.get(u, 0) < per_user and (not limit or taken < limit)
+      seen[u] = seen.get(u, 0) + ok
+      taken += ok
+      keep.append(ok)
+    if any(keep):
+      yield {k: v[np.array(keep)] for k, v in b.items()}
+    if limit and taken >= limit:
+      return

@@ -1,4 +1,4 @@
-"""The TFDS builder of the prepared store (see store.py); a module of its own so that the class is
+"""The TFDS builder of the prepared store (see store.py, plan.py); a module of its own so that the class is
 defined, and registered with TFDS, once per process (grain workers included)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from pgen_jax.data import histories, images
-from pgen_jax.data.store import VERSION, DataSpec, Plan, make_plan
+from pgen_jax.data.plan import VERSION, DataSpec, Plan, make_plan
 
 
 class PgenHistories(tfds.core.GeneratorBasedBuilder):

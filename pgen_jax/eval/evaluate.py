@@ -32,40 +32,29 @@ import jax
 import numpy as np
 from absl import logging
 
-from pgen_jax.data.pipeline import loader_from_config, source_from_config
+from pgen_jax.data import synthetic
+from pgen_jax.data.genre_probe import fit_classifier, image_tokens
+from pgen_jax.data.pipeline import spec_from_config, test_window_batches
 from pgen_jax.eval import metrics as M
 from pgen_jax.eval.catalog import Catalog, EvalWindows
-from pgen_jax.eval.grids import png_bytes
+from pgen_jax.eval.measure import MetricModels, metric_model_section
+from pgen_jax.eval.report import write_results
 from pgen_jax.fileio import atomic_directory, write_json
+from pgen_jax.metrics import unit
+from pgen_jax.models.janus import from_uint8
+from pgen_jax.recommenders.build import make, training_windows
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
+from pgen_jax.rewards.models import load_reward_models
+from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
+from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
+from pgen_jax.viz import png_bytes
 
 GENERATORS = ("zero_shot", "sft", "grpo")
 
 
 def eval_dir(cfg) -> Path:
   return Path(cfg.workdir) / "eval"
-
-
-def test_windows(cfg, batch_size: int, per_user: int, limit: int = 0, with_future: bool = True):
-  """Batches of test windows (see the module doc for which), the last one possibly smaller."""
-  held_out = None
-  if cfg.data.holdout_users:
-    train_users = source_from_config(cfg, "train", with_future=False).users()
-    held_out = lambda u: u not in train_users
-  seen, taken = {}, 0
-  for b in loader_from_config(cfg, "test", batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                              with_future=with_future, workers=0, drop_remainder=False):
-    b = {k: np.array(v) for k, v in b.items()}
-    keep = []
-    for u in map(int, b["user"]):
-      ok = (held_out is None or held_out(u)) and seen.get(u, 0) < per_user and (not limit or taken < limit)
-      seen[u] = seen.get(u, 0) + ok
-      taken += ok
-      keep.append(ok)
-    if any(keep):
-      yield {k: v[np.array(keep)] for k, v in b.items()}
-    if limit and taken >= limit:
-      return
 
 
 class Progress:
@@ -85,12 +74,10 @@ class Comparison:
   """What every method shares: windows, catalog, metric models, the genre probe."""
 
   def __init__(self, cfg, mesh):
-    from pgen_jax.eval.measure import MetricModels, metric_model_section
-    from pgen_jax.rewards.models import load_reward_models
-    self.cfg, self.e, self.mesh = cfg, cfg.eval, mesh
+    self.cfg, self.eval_cfg, self.mesh = cfg, cfg.eval, mesh
     self.catalog = Catalog(cfg)
     users, ids = [], []
-    for b in test_windows(cfg, 64, self.e.per_user, self.e.windows, cfg.data.future_len > 0):
+    for b in test_window_batches(cfg, 64, self.eval_cfg.per_user, self.eval_cfg.windows, cfg.data.future_len > 0):
       users.append(b["user"])
       ids.append(b["item_ids"])
     if not users:
@@ -122,7 +109,7 @@ class Comparison:
     for kind, g in emb.items():
       h, t, f = self.refs[kind]
       out.update(M.image_similarities(kind, g, h, t, f))
-    out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, np.repeat(self.target_images, n, 0)).items()})
+    out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, per_sample(self.target_images, n)).items()})
     g = emb["cis"] if "cis" in emb else flat.reshape(w, n, -1).astype(np.float32)
     out["cross_user"] = M.cross_user(g, self.windows.users)
     if self.genre is not None:
@@ -136,41 +123,37 @@ class Comparison:
     w, n = images.shape[:2]
     everything = np.arange(len(self.catalog))
     fn = self.models.clip if self.models.has_clip else (lambda x: x.reshape(len(x), -1).astype(np.float32))
-    cat = M.unit(self.catalog.embeddings("cis" if self.models.has_clip else "pixels", fn, everything))
-    q = M.unit(fn(images.reshape(w * n, *images.shape[2:]))).reshape(w, n, -1)
+    cat = unit(self.catalog.embeddings("cis" if self.models.has_clip else "pixels", fn, everything))
+    q = unit(fn(images.reshape(w * n, *images.shape[2:]))).reshape(w, n, -1)
     scores = np.einsum("wnd,id->wni", q, cat).max(1)
     return top_k(scores, self.windows.history, k)
 
 
 class _GenreProbe:
-  """Synthetic world: the token genre classifier (pgen_jax.eval.genre) on an image's VQ tokens."""
+  """Synthetic world: the token genre classifier (pgen_jax.data.genre_probe) on an image's VQ tokens."""
 
   def __init__(self, cfg, mesh):
-    from pgen_jax.eval.genre import fit_classifier
-    from pgen_jax.train.setup import model_from_config
     self.vq_model = model_from_config(cfg, mesh)  # the VQ tokenizer is frozen: every checkpoint shares it
     self.clf, self.ceiling = fit_classifier(cfg, self.vq_model)
 
   def tokens(self, images: np.ndarray) -> np.ndarray:
-    from pgen_jax.eval.genre import image_tokens
-    return image_tokens(self.vq_model, images.astype(np.float32) / 127.5 - 1.0)
+    return image_tokens(self.vq_model, from_uint8(images))
 
   def __call__(self, users, tokens) -> np.ndarray:
-    from pgen_jax.data import synthetic
     n = len(tokens) // len(users)
-    want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
+    want = per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
     return (self.clf(np.asarray(tokens).reshape(len(want), -1)) == want).astype(np.float64)
 
 
 def setup_digest(cfg) -> str:
   """What a method's values depend on besides the method: the data, the windows, N, the metric models."""
-  from pgen_jax.data.pipeline import spec_from_config
-  e = cfg.eval
-  keys = {"data": spec_from_config(cfg).fingerprint(), "samples": e.samples, "per_user": e.per_user,
-          "windows": e.windows, "report_users": e.report_users, "cfg_weight": e.cfg_weight,
-          "temperature": e.temperature, "seed": e.seed,
-          "clip": e.clip or cfg.grpo.clip, "dino": e.dino or cfg.grpo.dino, "dino_size": cfg.grpo.dino_size,
-          "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "sasrec": dict(e.sasrec), "seed_run": cfg.seed}
+  eval_cfg = cfg.eval
+  keys = {"data": spec_from_config(cfg).fingerprint(), "samples": eval_cfg.samples, "per_user": eval_cfg.per_user,
+          "windows": eval_cfg.windows, "report_users": eval_cfg.report_users, "cfg_weight": eval_cfg.cfg_weight,
+          "temperature": eval_cfg.temperature, "seed": eval_cfg.seed,
+          "clip": eval_cfg.clip or cfg.grpo.clip, "dino": eval_cfg.dino or cfg.grpo.dino,
+          "dino_size": cfg.grpo.dino_size,
+          "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "sasrec": dict(eval_cfg.sasrec), "seed_run": cfg.seed}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -185,26 +168,24 @@ def _save_method(out: Path, name: str, kind: str, values: dict, info: dict, imag
     (tmp / "method.json").write_text(json.dumps({"name": name, "kind": kind, "setup": c_setup, **info}, indent=2))
 
 
-def run_recommender(c: Comparison, name: str, train, out: Path):
-  from pgen_jax.recommenders.build import make
-  e, w = c.e, c.windows
-  rec = make(name, dict(e.sasrec), c.cfg.seed, c.cfg.data.stride).fit(*train)
-  k = max(10, e.samples)
+def run_recommender(comparison: Comparison, name: str, train, out: Path):
+  eval_cfg, w = comparison.eval_cfg, comparison.windows
+  rec = make(name, dict(eval_cfg.sasrec), comparison.cfg.seed, comparison.cfg.data.stride).fit(*train)
+  k = max(10, eval_cfg.samples)
   ranked = top_k(rec.scores(w.history), w.history, k)
   ranking = ranking_metrics(ranked, w.target, ks=(1, 10))
-  shown = ranked[:, :e.samples]
+  shown = ranked[:, :eval_cfg.samples]
   if name == "lastitem":  # its one recommendation is the last item itself, then its neighbours
-    shown = np.concatenate([w.history[:, -1:], ranked[:, :e.samples - 1]], 1)
+    shown = np.concatenate([w.history[:, -1:], ranked[:, :eval_cfg.samples - 1]], 1)
   logging.info("recommender %s on %d test windows: %s", name, len(w.users), ranking)
-  images = c.catalog.images(shown)
-  values = c.measure(images)
-  _save_method(out, name, "recommender", values, {"ranking": ranking, "items": c.catalog.ids[shown].tolist()},
-               images, e.report_users, setup_digest(c.cfg))
+  images = comparison.catalog.images(shown)
+  values = comparison.measure(images)
+  _save_method(out, name, "recommender", values, {"ranking": ranking, "items": comparison.catalog.ids[shown].tolist()},
+               images, eval_cfg.report_users, setup_digest(comparison.cfg))
 
 
 def generator_sources(cfg) -> dict[str, str | None]:
   """name -> checkpoint of each configured generator that exists (zero_shot: the configured model)."""
-  from pgen_jax.train.setup import trained_checkpoint
   out = {}
   for name in cfg.eval.generators:
     if name not in GENERATORS:
@@ -220,41 +201,37 @@ def generator_sources(cfg) -> dict[str, str | None]:
   return out
 
 
-def run_generator(c: Comparison, name: str, source, out: Path):
-  from pgen_jax.sampling import Sampler, SamplingConfig
-  from pgen_jax.train.setup import Prompter, model_from_config, prompt_batch
-  cfg, e = c.cfg, c.e
-  model = model_from_config(cfg, c.mesh, source)
+def run_generator(comparison: Comparison, name: str, source, out: Path):
+  cfg, eval_cfg = comparison.cfg, comparison.eval_cfg
+  model = model_from_config(cfg, comparison.mesh, source)
   prompter = Prompter(cfg, model.config)
-  sampler = Sampler(model, c.mesh, SamplingConfig(cfg_weight=e.cfg_weight, temperature=e.temperature,
-                                                  num_samples=e.samples, decode_images=True))
-  images, tokens, progress = [], [], Progress(name, len(c.windows.users))
-  for b in test_windows(cfg, e.batch_size, e.per_user, e.windows, with_future=False):
-    key = jax.random.fold_in(jax.random.key(e.seed), len(images))
+  sampler = Sampler(model, comparison.mesh, SamplingConfig(cfg_weight=eval_cfg.cfg_weight,
+                                                           temperature=eval_cfg.temperature,
+                                                           num_samples=eval_cfg.samples, decode_images=True))
+  images, tokens, progress = [], [], Progress(name, len(comparison.windows.users))
+  for b in test_window_batches(cfg, eval_cfg.batch_size, eval_cfg.per_user, eval_cfg.windows, with_future=False):
+    key = jax.random.fold_in(jax.random.key(eval_cfg.seed), len(images))
     roll = sampler(prompt_batch(prompter(b), cfg.prompt.uncond), key)
-    images.extend(np.asarray(roll.images).reshape(len(b["user"]), e.samples, *roll.images.shape[1:]))
-    tokens.extend(np.asarray(roll.tokens).reshape(len(b["user"]), e.samples, -1))
+    images.extend(np.asarray(roll.images).reshape(len(b["user"]), eval_cfg.samples, *roll.images.shape[1:]))
+    tokens.extend(np.asarray(roll.tokens).reshape(len(b["user"]), eval_cfg.samples, -1))
     progress(len(images))
   images, tokens = np.stack(images), np.stack(tokens)
-  values = c.measure(images, tokens)
-  ranked = c.ground(images)
-  ranking = ranking_metrics(ranked, c.windows.target, ks=(1, 10))
+  values = comparison.measure(images, tokens)
+  ranked = comparison.ground(images)
+  ranking = ranking_metrics(ranked, comparison.windows.target, ks=(1, 10))
   logging.info("generator %s, generate-then-ground on %d test windows: %s", name, len(images), ranking)
   _save_method(out, name, "generator", values, {"ranking": ranking, "source": source or
                                                 f"random {cfg.model.preset} (seed {cfg.seed})",
-                                                "ground_embedding": "clip" if c.models.has_clip else "pixels"},
-               images, e.report_users, setup_digest(cfg))
+                                                "ground_embedding": "clip" if comparison.models.has_clip else "pixels"},
+               images, eval_cfg.report_users, setup_digest(cfg))
 
 
 def run_eval(cfg) -> dict:
-  from pgen_jax.eval.report import write_results
-  from pgen_jax.recommenders.build import training_windows
-  from pgen_jax.train.setup import mesh_from_config
-  out, e = eval_dir(cfg), cfg.eval
+  out, eval_cfg = eval_dir(cfg), cfg.eval
   if jax.process_count() > 1:  # every host would write the same directory; gathering is not built yet
     raise ValueError("eval: runs on one host only for now; run it with a single process")
   gens = generator_sources(cfg)
-  methods = list(e.recommenders) + list(gens)
+  methods = list(eval_cfg.recommenders) + list(gens)
   setup = setup_digest(cfg)
 
   def done(m):
@@ -267,32 +244,31 @@ def run_eval(cfg) -> dict:
   if (out / "results.json").exists() and all(done(m) for m in methods):
     logging.info("eval already done: %s", out)
     return json.loads((out / "results.json").read_text())
-  c = Comparison(cfg, mesh_from_config(cfg))
+  comparison = Comparison(cfg, mesh_from_config(cfg))
   out.mkdir(parents=True, exist_ok=True)
   old = json.loads((out / "windows.json").read_text()).get("setup") if (out / "windows.json").exists() else None
   if old != setup:
     shutil.rmtree(out / "windows", ignore_errors=True)
-  write_json(out / "windows.json", {"users": c.windows.users.tolist(), "items": c.catalog.ids[c.windows.items].tolist(),
-                                    "history_len": c.windows.history_len, "setup": setup})
+  w = comparison.windows
+  write_json(out / "windows.json", {"users": w.users.tolist(), "items": comparison.catalog.ids[w.items].tolist(),
+                                    "history_len": w.history_len, "setup": setup})
   if not (out / "windows").exists():  # the report users' items, as the metrics saw them
     with atomic_directory(out / "windows") as tmp:
-      w = c.windows
-      for i in range(min(e.report_users, len(w.users))):
+      for i in range(min(eval_cfg.report_users, len(w.users))):
         for tag, idx in [(f"h{j}", w.history[i, j]) for j in range(w.history.shape[1])] + [("target", w.target[i])] + \
                         [(f"f{j}", w.future[i, j]) for j in range(w.future.shape[1])]:
-          (tmp / f"{i:05d}_{tag}.png").write_bytes(png_bytes(c.catalog.images(np.array([idx]))[0]))
+          (tmp / f"{i:05d}_{tag}.png").write_bytes(png_bytes(comparison.catalog.images(np.array([idx]))[0]))
   train = None
   for m in methods:
     if done(m):
       logging.info("eval: %s already measured", m)
       continue
     if m in gens:
-      run_generator(c, m, gens[m], out)
+      run_generator(comparison, m, gens[m], out)
     else:
       train = train or training_windows(cfg)
-      run_recommender(c, m, train, out)
+      run_recommender(comparison, m, train, out)
   extra = {}
-  if c.genre:
-    from pgen_jax.data import synthetic
-    extra = {"genre_chance": 1 / len(synthetic.GENRES), "genre_classifier_accuracy": c.genre.ceiling}
-  return write_results(cfg, out, methods, c, extra)
+  if comparison.genre:
+    extra = {"genre_chance": 1 / len(synthetic.GENRES), "genre_classifier_accuracy": comparison.genre.ceiling}
+  return write_results(cfg, out, methods, comparison, extra)

@@ -10,19 +10,20 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from pgen_jax.models.janus import from_uint8
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 
 
 def metric_model_section(cfg):
   """The section load_reward_models reads, with eval.clip / eval.dino in place of the reward's models."""
-  g, e = cfg.grpo, cfg.eval
+  grpo_cfg, eval_cfg = cfg.grpo, cfg.eval
   for key in ("clip", "dino"):
-    if not e.get(key) and g.get(key):
+    if not eval_cfg.get(key) and grpo_cfg.get(key):
       logging.warning("eval.%s is empty: measuring with the reward's model grpo.%s = %s, which GRPO optimised; "
-                      "set eval.%s to an independent model", key, key, g[key], key)
-  return types.SimpleNamespace(clip=e.get("clip") or g.clip, dino=e.get("dino") or g.dino,
-                               dino_size=g.dino_size, lpips_vgg=g.lpips_vgg,
-                               lpips_heads=g.lpips_heads)
+                      "set eval.%s to an independent model", key, key, grpo_cfg[key], key)
+  return types.SimpleNamespace(clip=eval_cfg.get("clip") or grpo_cfg.clip, dino=eval_cfg.get("dino") or grpo_cfg.dino,
+                               dino_size=grpo_cfg.dino_size, lpips_vgg=grpo_cfg.lpips_vgg,
+                               lpips_heads=grpo_cfg.lpips_heads)
 
 
 @nnx.jit(static_argnums=(1, 2))
@@ -39,8 +40,7 @@ def _dino(dino, resize, crop, x):
 def _pair(lpips, a, b):
   out = {"ssim_target": ssim(a, b)}
   if lpips is not None:
-    signed = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
-    out["lpips_target"] = lpips(signed(a), signed(b))
+    out["lpips_target"] = lpips(from_uint8(a), from_uint8(b))
   return out
 
 

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from pgen_jax.metrics import similarity_to_other_users, unit
+from pgen_jax.sampling import per_sample
+
 LOWER_IS_BETTER = frozenset({"lpips_target", "cross_user"})
-
-
-def unit(x):
-  x = np.asarray(x, np.float64)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def image_similarities(prefix: str, g, history, target, future=None) -> dict[str, np.ndarray]:
@@ -48,8 +46,5 @@ def text_similarity(g, text) -> np.ndarray:
 def cross_user(g, users) -> np.ndarray:
   """g (W, N, D), users (W,) -> (W, N): each image's mean cosine x 100 to the images of other users."""
   w, n = g.shape[:2]
-  e = unit(g).reshape(w * n, -1)
-  u = np.repeat(np.asarray(users), n)
-  other = u[:, None] != u[None, :]
-  sim = e @ e.T
-  return (100.0 * np.where(other, sim, 0.0).sum(1) / np.maximum(other.sum(1), 1)).reshape(w, n)
+  flat = np.asarray(g).reshape(w * n, -1)
+  return 100.0 * similarity_to_other_users(flat, per_sample(np.asarray(users), n)).reshape(w, n)

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from pgen_jax.eval import stats
-from pgen_jax.eval.grids import png_bytes
+from pgen_jax.viz import png_bytes
 from pgen_jax.eval.metrics import LOWER_IS_BETTER
 from pgen_jax.fileio import write_bytes
 
@@ -87,7 +87,7 @@ def markdown(res: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_results(cfg, out: Path, methods: list[str], c, extra: dict) -> dict:
+def write_results(cfg, out: Path, methods: list[str], comparison, extra: dict) -> dict:
   values, info = {}, {}
   for m in methods:
     d = out / "methods" / m
@@ -95,7 +95,7 @@ def write_results(cfg, out: Path, methods: list[str], c, extra: dict) -> dict:
       values[m] = {k: z[k] for k in z.files}
     info[m] = json.loads((d / "method.json").read_text())
   s = summarise(values, {m: info[m]["kind"] for m in methods}, cfg.eval.bootstrap, cfg.eval.seed)
-  res = {"windows": int(len(c.windows.users)), "samples": int(cfg.eval.samples),
+  res = {"windows": int(len(comparison.windows.users)), "samples": int(cfg.eval.samples),
          "metric_models": {"clip": cfg.eval.clip or cfg.grpo.clip, "dino": cfg.eval.dino or cfg.grpo.dino},
          "methods": {m: {"kind": info[m]["kind"], "ranking": info[m]["ranking"],
                          **({"source": info[m]["source"]} if "source" in info[m] else {}),
@@ -108,7 +108,7 @@ def write_results(cfg, out: Path, methods: list[str], c, extra: dict) -> dict:
   write_bytes(out / "results.json", json.dumps(res, indent=2).encode())  # rows in the configured order
   md = markdown(res)
   write_bytes(out / "results.md", md.encode())
-  write_bytes(out / "report.html", page(cfg, out, res, values, info, c).encode())
+  write_bytes(out / "report.html", page(cfg, out, res, values, info, comparison).encode())
   logging.info("eval results:\n%s", md)
   return res
 
@@ -125,7 +125,9 @@ def _img(data: bytes, caption: str = "", size: int = 96, title: str = "") -> str
 def _curves(workdir: Path) -> str:
   """SVG plots of the SFT loss and GRPO reward scalars from the runs' TensorBoard events, when present."""
   try:
+    # lazy: tensorboard and TensorFlow (optional, pgen_jax[data]) only for the curves
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorflow import make_ndarray
   except ImportError:
     return ""
   parts = []
@@ -139,7 +141,7 @@ def _curves(workdir: Path) -> str:
     for tag in acc.Tags().get("tensors", []):
       if any(w in tag for w in want):
         ev = acc.Tensors(tag)
-        series[tag] = [(e.step, float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto)))) for e in ev]
+        series[tag] = [(e.step, float(np.asarray(make_ndarray(e.tensor_proto)))) for e in ev]
     for tag in acc.Tags().get("scalars", []):
       if any(w in tag for w in want):
         series[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
@@ -189,14 +191,15 @@ def _table_html(res: dict) -> str:
   return "".join(parts)
 
 
-def page(cfg, out: Path, res: dict, values: dict, info: dict, c) -> str:
+def page(cfg, out: Path, res: dict, values: dict, info: dict, comparison) -> str:
   """report.html: images inlined as PNG data, so the page is one file."""
-  w = c.windows
+  w = comparison.windows
   sections = []
   for i in range(min(cfg.eval.report_users, len(w.users))):
-    hist = c.catalog.images(w.history[i])
+    hist = comparison.catalog.images(w.history[i])
     strip = "".join(_img(png_bytes(x), f"history {j + 1}") for j, x in enumerate(hist))
-    target = _img(png_bytes(c.catalog.images(w.target[i:i + 1])[0]), "target: " + c.catalog.texts(w.target[i:i + 1])[0])
+    catalog = comparison.catalog
+    target = _img(png_bytes(catalog.images(w.target[i:i + 1])[0]), "target: " + catalog.texts(w.target[i:i + 1])[0])
     rows = []
     for m, v in values.items():
       imgs = []

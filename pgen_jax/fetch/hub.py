@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import filelock
+from huggingface_hub import errors, snapshot_download
 
 from pgen_jax.fetch import FetchError
 from pgen_jax.fileio import write_json
@@ -28,7 +29,6 @@ def endpoint(configured: str = "") -> str:
 
 def _reason(e: BaseException) -> str:
   """The cause a user can act on, from huggingface_hub's (chained) exceptions."""
-  from huggingface_hub import errors
   chain, seen = [], e
   while seen is not None and len(chain) < 10:
     chain.append(seen)
@@ -67,7 +67,6 @@ def download_repo(repo: str, revision: str, dest: str | Path, *, allow: list[str
   try:
     if dest.exists():  # the other process finished it
       return dest
-    from huggingface_hub import snapshot_download
     partial = Path(str(dest) + ".partial")
     logging.info("downloading %s@%s from %s to %s", repo, revision, url, dest)
     try:

@@ -51,7 +51,7 @@ def plan(cfg) -> list[tuple[str, str, Path]]:
 
 def fetch_from_config(cfg) -> dict:
   """Downloads what `plan` lists; returns {config key: destination}."""
-  f, done = cfg.fetch, {}
+  fetch_cfg, done = cfg.fetch, {}
   todo = plan(cfg)
   if not todo:
     logging.info("fetch: everything the config names is present")
@@ -60,15 +60,17 @@ def fetch_from_config(cfg) -> dict:
       if not cfg.data.version:
         raise FetchError(f"data.root: {dest} does not exist and data.version is empty; set data.version "
                          f"(one of {archive.VERSIONS}) to download it, or put the MovieLens files there")
-      archive.fetch_movielens(cfg.data.version, dest, base_url=f.movielens_url, checksum=f.movielens_md5)
+      archive.fetch_movielens(cfg.data.version, dest, base_url=fetch_cfg.movielens_url,
+                              checksum=fetch_cfg.movielens_md5)
     elif what == "posters":
       _posters(cfg, dest)
     elif what == "nima":
-      hub.download_file(f.nima.repo, f.nima.revision, f.nima.file, dest, hf_endpoint=f.hf_endpoint)
+      hub.download_file(fetch_cfg.nima.repo, fetch_cfg.nima.revision, fetch_cfg.nima.file, dest,
+                        hf_endpoint=fetch_cfg.hf_endpoint)
     else:
-      spec = f[what]
-      hub.download_repo(spec.repo, spec.revision, dest, allow=list(spec.allow), hf_endpoint=f.hf_endpoint,
-                        lock_timeout=f.lock_timeout)
+      spec = fetch_cfg[what]
+      hub.download_repo(spec.repo, spec.revision, dest, allow=list(spec.allow), hf_endpoint=fetch_cfg.hf_endpoint,
+                        lock_timeout=fetch_cfg.lock_timeout)
     done[key] = str(dest)
   return done
 
@@ -81,7 +83,7 @@ def _posters(cfg, dest: Path) -> None:
                        "'tmdb' with TMDB_API_KEY set")
     os.symlink(Path(source).resolve(), dest, target_is_directory=True)
     return
-  from pgen_jax.data import tmdb
+  from pgen_jax.data import tmdb  # lazy: tmdb defines its command line's absl flags when imported
   key = os.environ.get("TMDB_API_KEY", "")
   if not key:
     raise FetchError(f"{dest}: no posters; set TMDB_API_KEY to fetch them from TMDB, or "

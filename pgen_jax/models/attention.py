@@ -215,7 +215,7 @@ def _cudnn(q, k, v, key_mask, causal_q, return_lse):
 
 
 def _pallas(q, k, v, key_mask, causal_q, return_lse):
-  from jax.experimental.pallas.ops.tpu import flash_attention as fa  # TPU-only kernel, imported on use
+  from jax.experimental.pallas.ops.tpu import flash_attention as fa  # lazy: TPU-only kernel, imported on use
   if return_lse or causal_q is None:
     raise ValueError("the pallas kernel covers causal self-attention without lse; use blockwise")
   b, h, t, d = q.shape

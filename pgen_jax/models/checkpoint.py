@@ -15,10 +15,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.models.config import JanusConfig
+from pgen_jax.models.hf import HFCheckpoint, hf_key
+from pgen_jax.models.hf_params import majority_float_dtype, place
 from pgen_jax.models.janus import Janus
 from pgen_jax.models.sharding import make_mesh, param_shardings
 
@@ -50,20 +53,16 @@ def load_janus(path: str | os.PathLike, *, mesh=None, dtype=None, param_dtype=No
   mesh = mesh if mesh is not None else make_mesh()
   if is_pgen_checkpoint(path):
     return _load_ours(Path(path), mesh, dtype, param_dtype)
-  from converters.janus_hf import HFCheckpoint
   return from_hf_checkpoint(HFCheckpoint(path), mesh=mesh, dtype=dtype, param_dtype=param_dtype)
 
 
-def from_hf_checkpoint(ckpt, *, mesh, dtype=None, param_dtype=None) -> Janus:
-  from converters.hf_params import majority_float_dtype, place
-  from converters.janus_hf import hf_key
+def from_hf_checkpoint(ckpt: HFCheckpoint, *, mesh, dtype=None, param_dtype=None) -> Janus:
   param_dtype = param_dtype if param_dtype is not None else majority_float_dtype(ckpt.tensors)
   graphdef, abstract = abstract_janus(ckpt.config, dtype=dtype, param_dtype=param_dtype)
   return place(ckpt.tensors, graphdef, abstract, mesh, hf_key, str(ckpt.dir))
 
 
 def _load_ours(path: Path, mesh, dtype, param_dtype) -> Janus:
-  import orbax.checkpoint as ocp
   meta = json.loads((path / CONFIG_FILE).read_text())
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -87,7 +86,6 @@ def save_janus(model: Janus, path: str | os.PathLike, *, hf_files: str | os.Path
 
   hf_files: a HF checkpoint directory whose config.json and tokenizer/processor files are kept.
   """
-  import orbax.checkpoint as ocp
   with atomic_directory(path) as tmp:
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     # Every parameter of a Janus has the model's param_dtype.

@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from pgen_jax.models.layers import ACTIVATIONS
+
 
 class ConfigError(ValueError):
   """A config that cannot describe a Janus model; the message names the offending key."""
@@ -113,7 +115,6 @@ class JanusConfig:
              f"{v.projection_dim} must equal text hidden_size={t.hidden_size}")
     _require(q.image_token_embed_dim == t.hidden_size and q.projection_dim == t.hidden_size,
              "vq_config.projection_dim", "generation aligner/head width must equal text hidden_size")
-    from pgen_jax.models.layers import ACTIVATIONS
     for key, act in (("vision_config.hidden_act", v.hidden_act), ("vq_config.hidden_act", q.hidden_act)):
       _require(act in ACTIVATIONS, key, f"{act!r} unsupported; choose one of {sorted(ACTIVATIONS)}")
     factor = 2 ** (len(q.channel_multiplier) - 1)

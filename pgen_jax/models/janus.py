@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pgen_jax.models.config import JanusConfig
@@ -127,6 +128,12 @@ class Janus(nnx.Module):
   def decode_image_tokens(self, image_tokens):
     """VQ tokens (B, grid*grid) -> images (B, H, W, 3) roughly in [-1, 1]."""
     return self.vqmodel.decode(image_tokens).astype(jnp.float32)
+
+
+def from_uint8(images_uint8):
+  """uint8 pixels -> float32 in [-1, 1], the range of the model's image inputs (numpy in, numpy out;
+  jax in, jax out)."""
+  return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
 def to_uint8(images):

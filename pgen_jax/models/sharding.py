@@ -12,6 +12,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
@@ -75,9 +76,16 @@ def path_str(path: tuple) -> str:
 
 def place_on_mesh(module, mesh: Mesh):
   """An NNX module with its parameters moved to their shardings on `mesh` (spec_for's rules)."""
-  from flax import nnx
   graphdef, state = nnx.split(module)
   return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+
+
+def to_device(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local batch -> global arrays split over the mesh's batch axes."""
+  def put(x):
+    spec = P(BATCH) if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else P()
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.ascontiguousarray(x))
+  return {k: put(v) for k, v in batch.items()}
 
 
 def param_shardings(abstract_state, mesh: Mesh):

@@ -16,6 +16,7 @@ from absl import app, flags
 
 from pgen_jax.data import movielens
 from pgen_jax.data.histories import WindowConfig, make_windows, sequences
+from pgen_jax.fileio import write_json
 from pgen_jax.recommenders.build import NAMES, fit_all
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
 
@@ -37,7 +38,6 @@ def evaluate(windows, users, test, num_items, names=NAMES, sasrec=None, k=10) ->
 
 
 def main(_):
-  from pgen_jax.fileio import write_json
   catalog, inter, _ = movielens.read(FLAGS[0].value)
   cfg = WindowConfig(history_len=_HIST.value, future_len=_FUT.value)
   w = make_windows(sequences(inter, cfg, set(np.unique(inter.item).tolist()), collections.Counter()), cfg,

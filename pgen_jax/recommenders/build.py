@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
+from pgen_jax.data.pipeline import spec_from_config, store_dir
+from pgen_jax.data.store import builders
 from pgen_jax.recommenders.baselines import ItemKNN, LastItem, Pop, Random
 from pgen_jax.recommenders.sasrec import SASRec, SASRecConfig
 
@@ -13,8 +15,6 @@ NAMES = ("random", "pop", "itemknn", "lastitem", "sasrec")
 
 def training_windows(cfg) -> tuple[np.ndarray, np.ndarray, int]:
   """(windows (W, L) item indices, users (W,), number of catalog items) of the store's training split."""
-  from pgen_jax.data.pipeline import spec_from_config, store_dir
-  from pgen_jax.data.store import builders
   items_b, windows_b = builders(spec_from_config(cfg), store_dir(cfg))
   num_items = items_b.info.splits["items"].num_examples
   if "train" not in windows_b.info.splits:

@@ -1,8 +1,8 @@
 """CLIP image and text towers in Flax NNX, frozen reward/metric models.
 
 Parameter paths mirror transformers' CLIPModel (vision_model.*, text_model.*, visual_projection,
-text_projection, logit_scale), so converters/hf_params.py maps HF checkpoints; open_clip checkpoints
-are renamed to these keys by converters/clip.py. Embeddings are L2-normalised by `image_features` /
+text_projection, logit_scale), so models/hf_params.py maps HF checkpoints; open_clip checkpoints
+are renamed to these keys by rewards/hf.py. Embeddings are L2-normalised by `image_features` /
 `text_features`; similarity scores are 100 * cosine as in the metric literature.
 """
 

@@ -29,6 +29,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from pgen_jax.models.janus import from_uint8
 from pgen_jax.rewards.clip import normalize as unit
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 
@@ -100,8 +101,7 @@ def in_jit_terms(cfg: RewardConfig, generated, *, history=None, target=None, fut
   if "ssim_target" in want:
     out["ssim_target"] = ssim(generated, target)
   if "lpips_target" in want:
-    signed = lambda x: x.astype(jnp.float32) / 127.5 - 1.0
-    out["lpips_target"] = -lpips(signed(generated), signed(target))
+    out["lpips_target"] = -lpips(from_uint8(generated), from_uint8(target))
   return out
 
 

@@ -138,7 +138,7 @@ class Embeddings(nnx.Module):
     pos = self.position_embeddings[...]
     if x.shape[1] + 1 != pos.shape[1]:
       raise ValueError(f"DINO was built for {pos.shape[1] - 1} patches, got {x.shape[1]}: convert it for this "
-                       "input size (converters.dino, image_size=...)")
+                       "input size (rewards/hf.py load_dino, image_size=...)")
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     return jnp.concatenate([cls, x], 1) + pos.astype(x.dtype)
 

@@ -12,7 +12,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from pgen_jax.models import place_on_mesh
+from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
+from pgen_jax.rewards.hf import load_clip, load_dino, load_lpips
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
 
 
@@ -60,28 +63,24 @@ def random_preset(spec: str, presets: dict, key: str):
   return presets[name]
 
 
-def load_reward_models(g, mesh, dtype) -> RewardModels:
-  """The models named in a config section `g` (grpo.clip, grpo.dino, grpo.lpips_vgg + grpo.lpips_heads):
+def load_reward_models(section, mesh, dtype) -> RewardModels:
+  """The models named in a config section `section` (grpo.clip, grpo.dino, grpo.lpips_vgg + grpo.lpips_heads):
   directories of weights, or "random:<preset>" for random weights at a real shape (benchmarks)."""
-  from pgen_jax.models import place_on_mesh
-  from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
   kw = dict(mesh=mesh, dtype=dtype, param_dtype=dtype)
-  out = RewardModels(dino_size=g.dino_size)
-  if random_preset(g.clip, clip_lib.PRESETS, "grpo.clip"):
-    logging.warning("grpo.clip is %s: random CLIP weights, for timing only", g.clip)
-    out.clip = place_on_mesh(clip_lib.CLIP(random_preset(g.clip, clip_lib.PRESETS, "grpo.clip"), nnx.Rngs(0),
+  out = RewardModels(dino_size=section.dino_size)
+  if random_preset(section.clip, clip_lib.PRESETS, "grpo.clip"):
+    logging.warning("grpo.clip is %s: random CLIP weights, for timing only", section.clip)
+    out.clip = place_on_mesh(clip_lib.CLIP(random_preset(section.clip, clip_lib.PRESETS, "grpo.clip"), nnx.Rngs(0),
                                            dtype=dtype, param_dtype=dtype), mesh)
-  elif g.clip:
-    from converters.clip import load_clip
-    out.clip = load_clip(g.clip, **kw)
-  if random_preset(g.dino, dino_lib.PRESETS, "grpo.dino"):
-    logging.warning("grpo.dino is %s: random DINO weights, for timing only", g.dino)
-    cfg = dataclasses.replace(random_preset(g.dino, dino_lib.PRESETS, "grpo.dino"), image_size=g.dino_size)
-    out.dino = place_on_mesh(dino_lib.Dino(cfg, nnx.Rngs(1), dtype=dtype, param_dtype=dtype), mesh)
-  elif g.dino:
-    from converters.dino import load_dino
-    out.dino = load_dino(g.dino, image_size=g.dino_size, **kw)
-  if g.lpips_vgg:
-    from converters.lpips import load_lpips
-    out.lpips = load_lpips(g.lpips_vgg, g.lpips_heads, **kw)
+  elif section.clip:
+    out.clip = load_clip(section.clip, **kw)
+  if random_preset(section.dino, dino_lib.PRESETS, "grpo.dino"):
+    logging.warning("grpo.dino is %s: random DINO weights, for timing only", section.dino)
+    dino_config = dataclasses.replace(random_preset(section.dino, dino_lib.PRESETS, "grpo.dino"),
+                                      image_size=section.dino_size)
+    out.dino = place_on_mesh(dino_lib.Dino(dino_config, nnx.Rngs(1), dtype=dtype, param_dtype=dtype), mesh)
+  elif section.dino:
+    out.dino = load_dino(section.dino, image_size=section.dino_size, **kw)
+  if section.lpips_vgg:
+    out.lpips = load_lpips(section.lpips_vgg, section.lpips_heads, **kw)
   return out

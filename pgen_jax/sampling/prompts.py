@@ -14,6 +14,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from pgen_jax.models.janus import from_uint8
+
 IMAGE = "{image}"
 
 
@@ -194,4 +196,4 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
   """uint8 (H, W, 3) -> float32 in [-1, 1] (mean/std 0.5, as Janus's image processor)."""
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"history images must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
-  return image.astype(np.float32) / 127.5 - 1.0
+  return from_uint8(image)

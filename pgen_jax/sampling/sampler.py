@@ -43,27 +43,33 @@ class SampleOutput:
   images: jax.Array | None  # (B * n, H, W, 3) uint8
 
 
-def guided_logits(cond, uncond, cfg: SamplingConfig):
+def per_sample(x, n: int):
+  """(B, ...) -> (B * n, ...): each prompt's row once for each of its n samples, a prompt's samples
+  adjacent (the order of the sampler's outputs). numpy in, numpy out; jax (or traced) in, jax out."""
+  return (jnp if isinstance(x, jax.Array) else np).repeat(x, n, axis=0)
+
+
+def guided_logits(cond, uncond, sampling: SamplingConfig):
   """CFG, temperature, top-k and top-p: the logits the next token is drawn from (fp32)."""
-  logits = uncond + cfg.cfg_weight * (cond - uncond)
-  if cfg.temperature > 0:
-    logits = logits / cfg.temperature
-  if cfg.top_k:
-    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
+  logits = uncond + sampling.cfg_weight * (cond - uncond)
+  if sampling.temperature > 0:
+    logits = logits / sampling.temperature
+  if sampling.top_k:
+    kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if cfg.top_p < 1.0:
+  if sampling.top_p < 1.0:
     order = jnp.argsort(-logits, axis=-1)
     sorted_probs = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), order, axis=-1)
     # Drop a token once the more likely ones already reach top_p (the most likely always stays).
-    drop_sorted = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs > cfg.top_p
+    drop_sorted = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs > sampling.top_p
     drop = jnp.take_along_axis(drop_sorted, jnp.argsort(order, axis=-1), axis=-1)
     logits = jnp.where(drop, -jnp.inf, logits)
   return logits
 
 
-def choose(logits, keys, step, cfg: SamplingConfig):
+def choose(logits, keys, step, sampling: SamplingConfig):
   """Next token per row and its log-prob under softmax(logits)."""
-  if cfg.temperature > 0:
+  if sampling.temperature > 0:
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
     tok = jax.vmap(jax.random.categorical)(step_keys, logits)
   else:
@@ -72,15 +78,15 @@ def choose(logits, keys, step, cfg: SamplingConfig):
   return tok.astype(jnp.int32), logp
 
 
-def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, cfg: SamplingConfig,
+def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, sampling: SamplingConfig,
              uncond_images: bool, mesh=None):
   """The whole sampler as one traceable function; see `Sampler` for the jitted, sharded entry.
 
   ids/mask (B, T): conditional prompts; uncond/uncond_mask (B, U): the unconditional rows as they are
   attended (U may be shorter than T); images (N, H, W, 3) in [-1, 1]; keys (B * n,).
   """
-  n = cfg.num_samples
-  num_tokens = cfg.num_tokens or model.config.num_image_tokens
+  n = sampling.num_samples
+  num_tokens = sampling.num_tokens or model.config.num_image_tokens
   b = ids.shape[0]
   lm = model.language_model
   feats = model.get_image_features(images) if images.shape[0] else None
@@ -100,12 +106,11 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, cfg:
   else:
     (first_c, pc), (first_u, pu) = prefill(cond_emb, mask), prefill(uncond_emb, uncond_mask)
     prefixes = [pc, pu]
-  per_sample = lambda x: jnp.repeat(x, n, axis=0)  # (B, ...) -> (B * n, ...), a prompt's samples adjacent
-  tok, logp = choose(guided_logits(per_sample(first_c), per_sample(first_u), cfg), keys, 0, cfg)
+  tok, logp = choose(guided_logits(per_sample(first_c, n), per_sample(first_u, n), sampling), keys, 0, sampling)
   tokens = jnp.zeros((b * n, num_tokens), jnp.int32).at[:, 0].set(tok)
   logps = jnp.zeros((b * n, num_tokens), jnp.float32).at[:, 0].set(logp)
   # Rows [cond samples; uncond samples]; each continues its prompt's prefix from its length on.
-  start = jnp.concatenate([per_sample(mask.sum(1)), per_sample(uncond_mask.sum(1))])[:, None]
+  start = jnp.concatenate([per_sample(mask.sum(1), n), per_sample(uncond_mask.sum(1), n)])[:, None]
   dtype = lm.dtype or jnp.float32
   cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, max(num_tokens - 1, 1)), dtype)) for _ in "kv")
            for _ in lm.layers]
@@ -115,12 +120,12 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, cfg:
     e = model.prepare_embeddings_for_image_generation(tok[:, None])
     hidden, cache = lm(jnp.concatenate([e, e]), start + i - 1, None, cache, i - 1, prefixes=prefixes)
     logits = model.image_logits(hidden[:, 0])
-    tok, logp = choose(guided_logits(logits[:b * n], logits[b * n:], cfg), keys, i, cfg)
+    tok, logp = choose(guided_logits(logits[:b * n], logits[b * n:], sampling), keys, i, sampling)
     return cache, tokens.at[:, i].set(tok), logps.at[:, i].set(logp), tok
 
   _, tokens, logps, _ = jax.lax.fori_loop(1, num_tokens, step, (cache, tokens, logps, tok))
   images_out = None
-  if cfg.decode_images and num_tokens == model.config.num_image_tokens:
+  if sampling.decode_images and num_tokens == model.config.num_image_tokens:
     images_out = to_uint8(model.decode_image_tokens(tokens))
   return tokens, logps, images_out
 
@@ -128,8 +133,8 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, cfg:
 class Sampler:
   """Jitted, sharded sampler. `num_samples` images per prompt, the prompt prefilled once for them."""
 
-  def __init__(self, model: Janus, mesh, cfg: SamplingConfig = SamplingConfig()):
-    self.mesh, self.cfg, self.config = mesh, cfg, model.config
+  def __init__(self, model: Janus, mesh, sampling: SamplingConfig = SamplingConfig()):
+    self.mesh, self.sampling, self.config = mesh, sampling, model.config
     self.compute_dtype = model.language_model.dtype
     self.graphdef, state = nnx.split(model)
     self.state_shardings = param_shardings(state, mesh)
@@ -142,7 +147,7 @@ class Sampler:
     if n_ph != batch.images.shape[0] * self.config.num_image_tokens:
       raise ValueError(f"prompts hold {n_ph} image placeholders but {batch.images.shape[0]} images were given")
     uncond, uncond_mask = batch.uncond_rows()
-    keys = np.asarray(jax.random.key_data(jax.random.split(key, batch.ids.shape[0] * self.cfg.num_samples)))
+    keys = np.asarray(jax.random.key_data(jax.random.split(key, batch.ids.shape[0] * self.sampling.num_samples)))
     return [batch.ids, batch.mask, uncond, uncond_mask, batch.images.astype(np.float32), keys]
 
   def __call__(self, batch: PromptBatch, key: jax.Array) -> SampleOutput:
@@ -158,12 +163,12 @@ class Sampler:
   def compiled(self, uncond_images: bool):
     """The jitted sampler for this model, mesh and config."""
     if uncond_images not in self._fns:
-      self._fns[uncond_images] = jit_generate(self.graphdef, self.state_shardings, self.mesh, self.cfg, uncond_images,
+      self._fns[uncond_images] = jit_generate(self.graphdef, self.state_shardings, self.mesh, self.sampling, uncond_images,
                                               self.compute_dtype)
     return self._fns[uncond_images]
 
 
-def jit_generate(graphdef, state_shardings, mesh, cfg: SamplingConfig, uncond_images: bool, compute_dtype=None):
+def jit_generate(graphdef, state_shardings, mesh, sampling: SamplingConfig, uncond_images: bool, compute_dtype=None):
   """`generate` jitted over the mesh: (state, ids, mask, uncond, uncond_mask, images, key_data) ->
   (tokens, logprobs, images). Also lowered ahead of time, on abstract inputs, by pgen_jax.bench.memory.
 
@@ -175,7 +180,7 @@ def jit_generate(graphdef, state_shardings, mesh, cfg: SamplingConfig, uncond_im
   def run(state, ids, mask, uncond, uncond_mask, images, key_data):
     keys = jax.random.wrap_key_data(key_data)
     return generate(nnx.merge(graphdef, cast(state)), ids, mask, uncond, uncond_mask,
-                    images, keys, cfg=cfg, uncond_images=uncond_images, mesh=mesh)
+                    images, keys, sampling=sampling, uncond_images=uncond_images, mesh=mesh)
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(run, in_shardings=(state_shardings,) + (replicated,) * 6,

@@ -37,7 +37,7 @@ def load_tokenizer(name: str, model_config, checkpoint: str = ""):
   if name == "bytes":
     tok = ByteTokenizer(model_config.text.vocab_size, model_config.image_token_id)
     return tok, tok.special
-  from transformers import AutoTokenizer
+  from transformers import AutoTokenizer  # lazy: transformers may import torch; the byte tokenizer needs none
   path = name or checkpoint
   if not path:
     raise ValueError("model.tokenizer: empty and no model.checkpoint to read a tokenizer from")

@@ -31,11 +31,11 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   backends = {}
   if args.nima:
-    from pgen_jax.scorer import nima
+    from pgen_jax.scorer import nima  # lazy: each backend's torch models load only when asked for
     model = nima.load_nima(args.nima)
     backends["nima"] = lambda images, _profiles: nima.score(model, images, args.batch)
   if args.qwen:
-    from pgen_jax.scorer.judge import ProfileJudge
+    from pgen_jax.scorer.judge import ProfileJudge  # lazy: as nima
     judge = ProfileJudge(args.qwen, image_size=args.judge_image_size)
     backends["profile"] = lambda images, profiles: judge(images, profiles)
   if not backends:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import transformers as T
 from PIL import Image
 
 TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{image}"
@@ -19,7 +20,6 @@ TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_st
 
 class ProfileJudge:
   def __init__(self, path: str, *, image_size: int = 448, template: str = TEMPLATE, dtype=None):
-    import transformers as T
     dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     self.model = T.Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(self.device).eval()

@@ -23,8 +23,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
+
+import jax
 
 from pgen_jax.scorer.client import ScorerClient, ScorerUnavailable
 
@@ -33,8 +37,6 @@ _RUNNING: list["ScorerProcess"] = []
 
 def answers(url: str, timeout: float = 2.0) -> bool:
   """Whether an HTTP server answers at url (any status: a scorer with another token also counts)."""
-  import urllib.error
-  import urllib.request
   try:
     with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout):
       return True
@@ -174,23 +176,23 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
-def scorer_client(g, workdir: str | Path) -> ScorerClient:
-  """The client of the scorer at g.scorer_url: the one answering there, else one this job starts (when
-  g.scorer_start), health-checked before it is returned."""
-  if answers(g.scorer_url):
+def scorer_client(grpo_cfg, workdir: str | Path) -> ScorerClient:
+  """The client of the scorer at grpo_cfg.scorer_url: the one answering there, else one this job starts (when
+  grpo_cfg.scorer_start), health-checked before it is returned."""
+  if answers(grpo_cfg.scorer_url):
     try:  # a wrong token is a one-line error now, not at the first step
-      ScorerClient(g.scorer_url, token=g.scorer_token, timeout=10.0, retries=0).health()
+      ScorerClient(grpo_cfg.scorer_url, token=grpo_cfg.scorer_token, timeout=10.0, retries=0).health()
     except ScorerUnavailable as e:
       if "(401)" in str(e):
         raise ScorerUnavailable(f"{e}; set grpo.scorer_token to the scorer's token") from None
-      logging.warning("the scorer at %s answers, but not its health check: %s", g.scorer_url, e)
-    return ScorerClient(g.scorer_url, token=g.scorer_token)
-  if not g.scorer_start:
-    raise ScorerUnavailable(f"nothing answers at grpo.scorer_url {g.scorer_url}; start the scorer "
+      logging.warning("the scorer at %s answers, but not its health check: %s", grpo_cfg.scorer_url, e)
+    return ScorerClient(grpo_cfg.scorer_url, token=grpo_cfg.scorer_token)
+  if not grpo_cfg.scorer_start:
+    raise ScorerUnavailable(f"nothing answers at grpo.scorer_url {grpo_cfg.scorer_url}; start the scorer "
                             "(python -m pgen_jax.scorer serve ...) or set grpo.scorer_start=True")
-  _warn_about_memory(g.scorer_device)
-  proc = ScorerProcess(g.scorer_url, nima=g.scorer_nima, qwen=g.scorer_qwen, device=g.scorer_device,
-                       log=Path(workdir) / "scorer.log").start()
+  _warn_about_memory(grpo_cfg.scorer_device)
+  proc = ScorerProcess(grpo_cfg.scorer_url, nima=grpo_cfg.scorer_nima, qwen=grpo_cfg.scorer_qwen,
+                       device=grpo_cfg.scorer_device, log=Path(workdir) / "scorer.log").start()
   return ManagedClient(proc)
 
 
@@ -198,7 +200,6 @@ def _warn_about_memory(device: str) -> None:
   if device == "cpu" or "XLA_PYTHON_CLIENT_MEM_FRACTION" in os.environ or \
      os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() == "false":
     return
-  import jax
   if jax.default_backend() == "gpu":
     logging.warning("the scorer shares the GPU with JAX, which preallocated 75%% of its memory; if the scorer "
                     "runs out, start the job with XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 or set grpo.scorer_device")

@@ -1,1 +1,1 @@
-"""Training: SFT (sft.py, run by loop.py), checkpoints, and the shared set-up from a config."""
+"""Training: SFT (sft.py, run by sft_loop.py) and GRPO (grpo.py, run by grpo_loop.py), checkpoints."""

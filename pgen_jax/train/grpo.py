@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgen_jax.models.janus import Janus
+from pgen_jax.models.janus import Janus, from_uint8
 from pgen_jax.models.llama import Prefix
-from pgen_jax.train.sft import to_unit
+from pgen_jax.sampling.sampler import per_sample
 from pgen_jax.train.update import guarded_update
 
 
@@ -85,10 +85,10 @@ def image_token_logprobs(model: Janus, ids, mask, images, tokens, *, uncond=None
     emb = model.embed_inputs(prompt_ids, image_features=feats if use_images else None)
     hidden, kv = lm(emb, jnp.maximum(jnp.cumsum(pmask, 1) - 1, 0), pmask, return_kv=True)
     first = model.image_logits(hidden[:, -1])  # (B, V): token 0 of every sample of the prompt
-    start = jnp.repeat(pmask.sum(1), g)[:, None]
+    start = per_sample(pmask.sum(1), g)[:, None]
     cont, _ = lm(fed.astype(emb.dtype), start + jnp.arange(tokens.shape[1] - 1), None,
                  prefixes=[Prefix(kv, pmask)])
-    return jnp.concatenate([jnp.repeat(first, g, axis=0)[:, None], model.image_logits(cont)], axis=1)
+    return jnp.concatenate([per_sample(first, g)[:, None], model.image_logits(cont)], axis=1)
 
   logits = logits_of(ids, mask, True)
   if uncond is not None and cfg_weight:
@@ -109,7 +109,7 @@ class GRPOConfig:
   uncond_images: bool = False
 
 
-def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig):
+def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, step_cfg: GRPOConfig):
   """Clipped surrogate + beta KL for a batch of sampled images.
 
   batch, per prompt: ids, mask (B, P); uncond, uncond_mask (B, U); images (B, k, H, W, 3) uint8.
@@ -119,11 +119,11 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
   exactly 1 in any dtype and mode; otherwise old_logp (the same teacher-forced function, evaluated
   with the sampling parameters).
   """
-  images = to_unit(batch["images"].reshape(-1, *batch["images"].shape[2:]))
-  kw = dict(temperature=cfg.temperature)
-  if cfg.logprobs == "cfg":
-    kw.update(uncond=batch["uncond"], uncond_mask=batch.get("uncond_mask"), cfg_weight=cfg.cfg_weight,
-              uncond_images=cfg.uncond_images)
+  images = from_uint8(batch["images"].reshape(-1, *batch["images"].shape[2:]))
+  kw = dict(temperature=step_cfg.temperature)
+  if step_cfg.logprobs == "cfg":
+    kw.update(uncond=batch["uncond"], uncond_mask=batch.get("uncond_mask"), cfg_weight=step_cfg.cfg_weight,
+              uncond_images=step_cfg.uncond_images)
 
   def logprobs(p):
     return image_token_logprobs(nnx.merge(graphdef, p, frozen), batch["ids"], batch["mask"], images,
@@ -131,16 +131,16 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, cfg: GRPOConfig
 
   logp = logprobs(params)
   old_logp = jnp.where(batch["on_policy"], jax.lax.stop_gradient(logp), batch["old_logp"])
-  per_token, clipped = clipped_surrogate(logp, old_logp, batch["advantages"], eps_low=cfg.eps_low,
-                                         eps_high=cfg.eps_high)
+  per_token, clipped = clipped_surrogate(logp, old_logp, batch["advantages"], eps_low=step_cfg.eps_low,
+                                         eps_high=step_cfg.eps_high)
   keep = batch["weights"][:, None]
   loss = aggregate(per_token, keep)
   # ratio_mean is 1 on-policy; with sample-ahead it shows how far one update moved the policy.
   metrics = {"clip_fraction": aggregate(clipped.astype(jnp.float32), keep), "neg_logp": -logp.mean(),
              "ratio_mean": jnp.exp(logp - old_logp).mean(), "logp": jax.lax.stop_gradient(logp)}
-  if cfg.beta:
+  if step_cfg.beta:
     kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(logprobs(ref_params))), keep)
-    loss = loss + cfg.beta * kl
+    loss = loss + step_cfg.beta * kl
     metrics["kl"] = kl
   return loss, metrics
 
@@ -152,7 +152,7 @@ def split_prompts(batch: dict, parts: int) -> dict:
                       else jnp.broadcast_to(x, (parts,)), batch)
 
 
-def update_step(graphdef, tx, cfg: GRPOConfig, state: dict, frozen, ref_params, batch: dict, *,
+def update_step(graphdef, tx, step_cfg: GRPOConfig, state: dict, frozen, ref_params, batch: dict, *,
                 micro_batches: int = 1):
   """One guarded optimizer update, gradients accumulated over `micro_batches` slices of the prompts
   (equal slices: their means average to the batch's, up to dynamic sampling's uneven weights). Call
@@ -161,7 +161,7 @@ def update_step(graphdef, tx, cfg: GRPOConfig, state: dict, frozen, ref_params, 
   later ones off-policy corrected."""
   def grads_of(b):
     (loss, metrics), grads = jax.value_and_grad(grpo_loss, argnums=1, has_aux=True)(
-        graphdef, state["params"], frozen, ref_params, b, cfg)
+        graphdef, state["params"], frozen, ref_params, b, step_cfg)
     logp = metrics.pop("logp")
     return (loss, metrics, grads), logp
 

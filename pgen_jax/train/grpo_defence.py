@@ -2,43 +2,63 @@
 
 grpo.defence_response = stop: the run exits (status 3) naming the last healthy checkpoint.
 grpo.defence_response = rollback: the last checkpoint is restored and training continues more
-cautiously; after the n-th roll-back the learning rate is lr_factor^n x the schedule's and the
-diversity weight max(grpo.diversity_weight, 0.1) x diversity_weight_factor^n, and rollouts are drawn
-with keys folded with n (the restored step would otherwise replay the very samples that were
-hacked). n, the two factors and the monitor's state are saved with every checkpoint, so a run
+cautiously (after grpo.defence_max_rollbacks roll-backs the next alarm stops the run); after the
+n-th roll-back the learning rate is lr_factor^n x the schedule's and the diversity weight
+max(grpo.diversity_weight, 0.1) x diversity_weight_factor^n, and rollouts are drawn with keys folded
+with n (the restored step would otherwise replay the very samples that were hacked). n, the two factors and the monitor's state are saved with every checkpoint, so a run
 resumed after a roll-back continues exactly as the uninterrupted one.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import NoReturn
+
 import jax
 import numpy as np
 
-from pgen_jax.train.hacking import DefenceConfig, HackingMonitor
+from pgen_jax.train.hacking import Alarm, DefenceConfig, HackingMonitor
+from pgen_jax.train.update import RunStopped
 
 
-def defence_config(g) -> DefenceConfig:
-  return DefenceConfig(window=g.defence_window, std_ratio=g.defence_std_ratio, distance_ratio=g.defence_distance_ratio,
-                       patience=g.defence_patience, warmup=g.defence_warmup, drift_alarm=tuple(g.defence_drift),
-                       drift_z=g.defence_drift_z, response=g.defence_response,
-                       diversity_weight_factor=g.defence_diversity_factor, lr_factor=g.defence_lr_factor)
+class HackingDetected(RunStopped):
+  pass
+
+
+def defence_config(grpo_cfg) -> DefenceConfig:
+  return DefenceConfig(window=grpo_cfg.defence_window, std_ratio=grpo_cfg.defence_std_ratio,
+                       distance_ratio=grpo_cfg.defence_distance_ratio, patience=grpo_cfg.defence_patience,
+                       warmup=grpo_cfg.defence_warmup, drift_alarm=tuple(grpo_cfg.defence_drift),
+                       drift_z=grpo_cfg.defence_drift_z, response=grpo_cfg.defence_response,
+                       diversity_weight_factor=grpo_cfg.defence_diversity_factor,
+                       lr_factor=grpo_cfg.defence_lr_factor)
 
 
 class Defence:
   def __init__(self, cfg):
-    self.cfg = defence_config(cfg.grpo)
-    self.monitor = HackingMonitor(self.cfg)
+    self.settings = defence_config(cfg.grpo)
+    self.monitor = HackingMonitor(self.settings)
     self.base_diversity = cfg.grpo.diversity_weight
+    self.max_rollbacks = cfg.grpo.defence_max_rollbacks
     self.rollbacks = 0
+
+  def must_stop(self, healthy_step: int | None) -> bool:
+    """Whether an alarm stops the run: the response is stop, there is no checkpoint to roll back to,
+    or the roll-backs are spent."""
+    return self.settings.response == "stop" or healthy_step is None or self.rollbacks >= self.max_rollbacks
+
+  def stop(self, alarm: Alarm, step: int, healthy_step: int | None, latest: Path) -> NoReturn:
+    raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; the "
+                          f"last healthy checkpoint is step {healthy_step} in {latest}")
 
   @property
   def lr_scale(self) -> float:
-    return float(np.float32(self.cfg.lr_factor) ** self.rollbacks)
+    return float(np.float32(self.settings.lr_factor) ** self.rollbacks)
 
   def diversity(self) -> float:
     if not self.rollbacks:
       return self.base_diversity
-    return max(self.base_diversity, 0.1) * self.cfg.diversity_weight_factor ** self.rollbacks
+    return max(self.base_diversity, 0.1) * self.settings.diversity_weight_factor ** self.rollbacks
 
   def sampling_key(self, key, at: int):
     key = jax.random.fold_in(key, at)

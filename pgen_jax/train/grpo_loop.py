@@ -1,6 +1,6 @@
 """The GRPO stage: rollouts with the CFG sampler, rewards (pgen_jax.train.grpo_rewards), group
 advantages, guarded updates, the reward-hacking defence (signals in pgen_jax.train.hacking, the
-response in pgen_jax.train.grpo_defence), validation, checkpoints and resume. Starts from
+stop / roll-back response in pgen_jax.train.grpo_defence), validation, checkpoints and resume. Starts from
 <workdir>/sft/final (else the configured model) and writes under <workdir>/grpo: latest/ best/
 (orbax), tb/, grids/, rollouts/ (grpo.save_rollouts), summary.json, final/.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import time
 from pathlib import Path
@@ -40,24 +41,21 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.data.pipeline import loader_from_config
-from pgen_jax.eval.grids import save_grid
 from pgen_jax.fileio import write_bytes, write_json
+from pgen_jax.metrics import cross_user_similarity
 from pgen_jax.models.checkpoint import save_janus
-from pgen_jax.models.janus import to_uint8
-from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.models.janus import from_uint8, to_uint8
 from pgen_jax.models.llama import remat_policy
+from pgen_jax.models.sharding import to_device
+from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
+from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
 from pgen_jax.train import grpo, update
-from pgen_jax.train.sft import to_unit
 from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.train.grpo_defence import Defence
-from pgen_jax.train.grpo_rewards import Rewards
-from pgen_jax.train.hacking import cross_user_similarity, drift_stats
-from pgen_jax.train.setup import (Prompter, mesh_from_config, model_from_config, prompt_batch, to_device,
-                                  trained_checkpoint)
-
-
-class HackingDetected(update.RunStopped):
-  pass
+from pgen_jax.train.grpo_rewards import Rewards, Scored
+from pgen_jax.train.hacking import drift_stats
+from pgen_jax.viz import save_grid
 
 
 @dataclasses.dataclass
@@ -74,185 +72,108 @@ def grpo_dir(cfg) -> Path:
   return Path(cfg.workdir) / "grpo"
 
 
+def _uses_future(grpo_cfg) -> bool:
+  return any("future" in k and v for k, v in grpo_cfg.reward_weights.items())
+
+
 def run_grpo(cfg) -> dict:
   out = grpo_dir(cfg)
   if (out / "final").exists():
     logging.info("GRPO already finished: %s", out / "final")
     return json.loads((out / "summary.json").read_text())
   out.mkdir(parents=True, exist_ok=True)
-  g = cfg.grpo
+  grpo_cfg = cfg.grpo
   mesh = mesh_from_config(cfg)
   model = model_from_config(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)))
-  model.language_model.remat = remat_policy(g.remat)
-  prompter = Prompter(cfg, model.config)
+  model.language_model.remat = remat_policy(grpo_cfg.remat)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
-  ref_params = jax.tree.map(jnp.copy, params) if g.beta else None
+  ref_params = jax.tree.map(jnp.copy, params) if grpo_cfg.beta else None
   # The schedule counts optimizer updates: inner_updates per step.
-  tx = update.make_optimizer(g.lr, g.warmup_steps * g.inner_updates, g.num_steps * g.inner_updates, cfg.sft.b1,
-                             cfg.sft.b2, 0.0, cfg.sft.clip)
+  tx = update.make_optimizer(grpo_cfg.lr, grpo_cfg.warmup_steps * grpo_cfg.inner_updates,
+                             grpo_cfg.num_steps * grpo_cfg.inner_updates, grpo_cfg.b1, grpo_cfg.b2,
+                             grpo_cfg.weight_decay, grpo_cfg.grad_clip)
   state = update.init_state(params, tx, cfg.seed, mesh)
-  step_cfg = grpo.GRPOConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, logprobs=g.logprobs,
-                             cfg_weight=g.cfg_weight, temperature=g.temperature,
-                             uncond_images=cfg.prompt.uncond == "keep_images")
   replicated = NamedSharding(mesh, P())
-  micro_batches = g.prompts_per_step // g.micro_batch if g.micro_batch else 1
-  update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro_batches),
-                      donate_argnums=(0,),
-                      out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated))
-  cfg_kw = (dict(cfg_weight=g.cfg_weight, uncond_images=step_cfg.uncond_images) if g.logprobs == "cfg" else {})
-  # The loss's own teacher-forced log-probs (grpo.grpo_loss), for batches sampled ahead.
-  old_logp_fn = jax.jit(lambda p, b: grpo.image_token_logprobs(
-      nnx.merge(graphdef, p, frozen), b["ids"], b["mask"], to_unit(b["images"].reshape(-1, *b["images"].shape[2:])),
-      b["tokens"], uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"], temperature=g.temperature,
-      **cfg_kw))
-  decode_fn = jax.jit(lambda p, t: to_uint8(nnx.merge(graphdef, p, frozen).decode_image_tokens(t)))
-  sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=g.cfg_weight, temperature=g.temperature,
-                                                num_samples=g.group_size, decode_images=g.reward == "models"))
+  fns = StepFunctions(cfg, graphdef, frozen, tx, state, replicated)
   rewards = Rewards(cfg, model, mesh)
   defence = Defence(cfg)
-  with_future = any("future" in k and v for k, v in g.reward_weights.items())
-  loader = loader_from_config(cfg, "train", batch_size=g.prompts_per_step // jax.process_count(), seed=cfg.seed,
-                              with_future=with_future)
-  it = iter(loader)
+  rollouts = Rollouts(cfg, model, mesh, graphdef, frozen, rewards, defence, fns)
+  validation = Validation(cfg) if grpo_cfg.eval_every else None
   ckpts = Checkpoints(out, keep=cfg.sft.keep)
   summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
   restored = ckpts.restore_latest(state)
   step = 0
   if restored is not None:
     step, state, data_state = restored
-    extra = json.loads(data_state)
-    it.set_state(extra["iterator"].encode())
+    extra = rollouts.restore(data_state)
     if "defence" in extra:  # checkpoints from before the roll-back state was saved have none
       defence.restore(extra["defence"], rewards)
-    if rewards.scale is not None:
-      rewards.scale.restore(extra.get("reward_scale", {}))
     _truncate(summary, step)  # the summary may be ahead of the checkpoint
     logging.info("resumed GRPO at step %d", step)
   writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=g.num_steps, writer=writer, every_steps=g.log_every)
-  on_policy = {b: jax.device_put(np.bool_(b), replicated) for b in (False, True)}
-
-  rows = lambda a: np.repeat(a, g.group_size, axis=0)
-
-  def rollout(raw: dict, key) -> tuple[dict, object, object]:
-    x = prompter(raw)
-    pb = prompt_batch(x, cfg.prompt.uncond)
-    sampler.state = jax.device_put(nnx.state(nnx.merge(graphdef, state["params"], frozen)), sampler.state_shardings)
-    return x, pb, sampler(pb, key)
-
-  def sample(at: int, ahead: bool) -> Rollout:
-    """Draws the next batch and samples it with the current parameters (rollout index `at`)."""
-    raw = {k: np.array(v) for k, v in next(it).items()}
-    t = time.perf_counter()
-    x, pb, roll = rollout(raw, defence.sampling_key(jax.random.key(cfg.seed + 1), at))
-    tokens = np.asarray(roll.tokens)
-    seconds = time.perf_counter() - t
-    job = rewards.submit(tokens, None if roll.images is None else np.asarray(roll.images), rows(raw["user"]), raw,
-                         g.group_size)
-    # Per prompt (its G samples share it in the update) and per sample.
-    uncond, uncond_mask = pb.uncond_rows()  # at their true length, as the sampler prefilled them
-    dev = to_device({"ids": x["ids"], "mask": x["mask"], "uncond": uncond, "uncond_mask": uncond_mask,
-                     "images": x["history"], "tokens": tokens}, mesh)
-    if ahead:  # trained after this step's update: old log-probs under the sampling parameters, now
-      # (waited for, as the update donates these parameters)
-      dev["old_logp"] = jax.block_until_ready(old_logp_fn(state["params"], dev))
-    else:  # the update's own log-probs stand in (GRPOConfig's on_policy)
-      dev["old_logp"] = to_device({"z": np.zeros(tokens.shape, np.float32)}, mesh)["z"]
-    return Rollout(x=x, batch=dev, job=job, seconds=seconds, on_policy=not ahead)
-
-  validation = Validation(cfg) if g.eval_every else None
-
-  def validate() -> float:
-    raw = validation.raw
-    _, _, roll = rollout(raw, jax.random.key(cfg.seed + 2))  # the same key every time
-    job = rewards.submit(np.asarray(roll.tokens), None if roll.images is None else np.asarray(roll.images),
-                         rows(raw["user"]), raw, g.group_size)
-    return float(rewards.finish(job, learn_scale=False).base.mean())
+  progress = periodic_actions.ReportProgress(num_train_steps=grpo_cfg.num_steps, writer=writer,
+                                             every_steps=grpo_cfg.log_every)
 
   ahead = None  # the batch sampled ahead during the previous step
-  while step < g.num_steps:
+  while step < grpo_cfg.num_steps:
     t0 = time.perf_counter()
     if ahead is None:
-      cur = sample(step, ahead=False)
+      cur = rollouts.sample(step, state["params"], ahead=False)
       rollout_time = cur.seconds
     else:  # sampled (and timed) during the previous step
       cur, ahead, rollout_time = ahead, None, 0.0
-    if g.sample_ahead and step + 1 < g.num_steps and (step + 1) % g.ckpt_every:
-      ahead = sample(step + 1, ahead=True)  # while the scorer works on `cur`
+    if grpo_cfg.sample_ahead and step + 1 < grpo_cfg.num_steps and (step + 1) % grpo_cfg.ckpt_every:
+      ahead = rollouts.sample(step + 1, state["params"], ahead=True)  # while the scorer works on `cur`
       rollout_time += ahead.seconds
     t1 = time.perf_counter()
-    users = cur.job["users"]
-    r = rewards.finish(cur.job)
+    scored = rewards.finish(cur.job)
     t2 = time.perf_counter()
-    adv = np.asarray(grpo.group_advantages(jnp.asarray(r.train), g.group_size, scale=g.advantage_scale,
-                                           eps=g.advantage_eps))
-    signal = np.asarray(grpo.groups_with_signal(jnp.asarray(r.train), g.group_size, g.advantage_eps))
-    weights = rows(signal if g.dynamic_sampling else np.ones_like(signal)).astype(np.float32)
-    dev = {**cur.batch, **to_device({"advantages": adv, "weights": weights}, mesh), "on_policy": on_policy[cur.on_policy]}
-    m = {}
-    if weights.any():  # dynamic sampling: a batch without signal is not trained on
-      for k in range(g.inner_updates):
-        state, metrics = update_fn(state, frozen, ref_params, dev)
-        logp = metrics.pop("logp")
-        if k == 0 and cur.on_policy:  # later inner updates: the policy before the first one
-          dev = {**dev, "old_logp": jax.device_put(logp, dev["tokens"].sharding), "on_policy": on_policy[False]}
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    adv, signal, state, metrics = fns.train_on(cur, scored, state, ref_params)
     t3 = time.perf_counter()
     step += 1
     progress(step)
-    m.update({"time/rollout": rollout_time, "time/reward": t2 - t1, "time/scorer_wait": rewards.scorer_wait,
-              "time/update": t3 - t2, "time/step": t3 - t0})
-    similarity = float(np.mean(_cross(r.emb, users)))
+    metrics.update({"time/rollout": rollout_time, "time/reward": t2 - t1, "time/scorer_wait": rewards.scorer_wait,
+                    "time/update": t3 - t2, "time/step": t3 - t0})
+    similarity = cross_user_similarity(scored.emb, cur.job["users"])
     drift = drift_stats(cur.job["tokens"], cur.job["images"], rewards.vocab)
-    scalars = {"reward_mean": float(r.total.mean()), "reward_std": float(r.total.std()), "cross_user_similarity":
-               similarity, "advantage_abs_mean": float(np.abs(adv).mean()),
-               "groups_without_signal": float((~signal).sum()), **{f"drift/{k}": v for k, v in drift.items()}, **m}
-    if rewards.scale is not None:
-      scalars["reward_train_mean"] = float(r.train.mean())
-    for k, v in r.terms.items():
-      scalars[f"reward/{k}_mean"], scalars[f"reward/{k}_std"] = float(np.mean(v)), float(np.std(v))
-    summary.setdefault("initial_reward", float(r.total.mean()))
-    summary.setdefault("rewards", []).append(float(r.total.mean()))
-    if step % g.log_every == 0 or step == g.num_steps:
+    scalars = _step_scalars(scored, adv, signal, similarity, drift, metrics, rewards)
+    summary.setdefault("initial_reward", float(scored.total.mean()))
+    summary.setdefault("rewards", []).append(float(scored.total.mean()))
+    if step % grpo_cfg.log_every == 0 or step == grpo_cfg.num_steps:
       writer.write_scalars(step, scalars)
-    if g.save_rollouts and step % g.save_rollouts == 0:
-      _save_rollout(out / "rollouts" / f"step_{step:07d}.npz", cur, r, scalars["reward_mean"])
-    if m.get("bad_streak", 0) >= cfg.sft.max_bad_steps:
-      raise update.RunStopped(f"GRPO stopped at step {step}: {int(m['bad_streak'])} non-finite steps in a row; the last "
-                         f"good checkpoint is step {ckpts.latest.latest_step()} in {out / 'latest'}")
-    alarm = defence.monitor.update(step, float(r.total.std()), similarity, drift)
+    if grpo_cfg.save_rollouts and step % grpo_cfg.save_rollouts == 0:
+      _save_rollout(out / "rollouts" / f"step_{step:07d}.npz", cur, scored, scalars["reward_mean"])
+    if metrics.get("bad_streak", 0) >= cfg.sft.max_bad_steps:
+      raise update.RunStopped(f"GRPO stopped at step {step}: {int(metrics['bad_streak'])} non-finite steps in a row; "
+                              f"the last good checkpoint is step {ckpts.latest.latest_step()} in {out / 'latest'}")
+    alarm = defence.monitor.update(step, float(scored.total.std()), similarity, drift)
     if alarm is not None:
       summary.setdefault("alarms", []).append({"step": step, "reasons": alarm.reasons})
       write_json(out / "summary.json", summary)
       healthy = ckpts.latest.latest_step()
-      if g.defence_response == "stop" or healthy is None or defence.rollbacks >= g.defence_max_rollbacks:
+      if defence.must_stop(healthy):
         ckpts.wait()
-        raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; the "
-                              f"last healthy checkpoint is step {healthy} in {out / 'latest'}")
+        defence.stop(alarm, step, healthy, out / "latest")
       step, state, data_state = ckpts.restore_latest(state)  # roll back, then train more cautiously
       ahead = None
-      extra = json.loads(data_state)
-      it.set_state(extra["iterator"].encode())
-      if rewards.scale is not None:
-        rewards.scale.restore(extra.get("reward_scale", {}))
+      rollouts.restore(data_state)
       state = defence.roll_back(state, rewards, replicated)
       summary["alarms"][-1]["rolled_back_to"] = step
       _truncate(summary, step)
       write_json(out / "summary.json", summary)
-      progress = periodic_actions.ReportProgress(num_train_steps=g.num_steps, writer=writer, every_steps=g.log_every)
+      progress = periodic_actions.ReportProgress(num_train_steps=grpo_cfg.num_steps, writer=writer,
+                                                 every_steps=grpo_cfg.log_every)
       logging.warning("reward hacking suspected (%s): rolled back to step %d (roll-back %d), lr x%g, diversity "
                       "weight %g", alarm.reasons, step, defence.rollbacks, defence.lr_scale, rewards.diversity)
       continue
-    if step % g.grid_every == 0 or step == g.num_steps:
-      n = min(4, len(cur.x["ids"])) * g.group_size
-      images = cur.job["images"] if cur.job["images"] is not None else decode_fn(state["params"], cur.job["tokens"][:n])
-      save_grid(cur.x["history"][:n // g.group_size], np.asarray(images[:n]), cur.x["target"][:n // g.group_size],
-                out, step, writer)
-    if step % g.ckpt_every == 0 or step == g.num_steps:
-      ckpts.save(step, state, json.dumps({"iterator": it.get_state().decode(), "defence": defence.state(rewards),
+    if step % grpo_cfg.grid_every == 0 or step == grpo_cfg.num_steps:
+      _grid(cur, fns, state["params"], grpo_cfg.group_size, out, step, writer)
+    if step % grpo_cfg.ckpt_every == 0 or step == grpo_cfg.num_steps:
+      ckpts.save(step, state, json.dumps({"iterator": rollouts.iterator.get_state().decode(),
+                                          "defence": defence.state(rewards),
                                           "reward_scale": rewards.scale.state() if rewards.scale else {}}))
-      if validation is not None and (step % g.eval_every == 0 or step == g.num_steps):
-        val = validate()
+      if validation is not None and (step % grpo_cfg.eval_every == 0 or step == grpo_cfg.num_steps):
+        val = rollouts.validate(validation.raw, state["params"])
         writer.write_scalars(step, {"val/reward": val})
         summary.setdefault("validation", []).append({"step": step, "reward": val,
                                                      "flagged": defence.monitor.flagged})
@@ -262,7 +183,8 @@ def run_grpo(cfg) -> dict:
             summary.update(best_step=step, best_reward=val)
       write_json(out / "summary.json", summary)
   ckpts.wait()
-  summary.update(steps=g.num_steps, final_reward=float(np.mean(summary["rewards"][-max(1, g.log_every):])))
+  summary.update(steps=grpo_cfg.num_steps,
+                 final_reward=float(np.mean(summary["rewards"][-max(1, grpo_cfg.log_every):])))
   write_json(out / "summary.json", summary)
   writer.flush()
   save_janus(nnx.merge(graphdef, state["params"], frozen), out / "final")
@@ -270,25 +192,150 @@ def run_grpo(cfg) -> dict:
   return summary
 
 
+class StepFunctions:
+  """The jitted functions of a GRPO step: the update (with its advantages), the old log-probs of a
+  batch sampled ahead, and decoding tokens for the grids."""
+
+  def __init__(self, cfg, graphdef, frozen, tx, state, replicated):
+    grpo_cfg = cfg.grpo
+    self.grpo_cfg, self.frozen, self.mesh = grpo_cfg, frozen, replicated.mesh
+    step_cfg = grpo.GRPOConfig(eps_low=grpo_cfg.eps_low, eps_high=grpo_cfg.eps_high, beta=grpo_cfg.beta,
+                               logprobs=grpo_cfg.logprobs, cfg_weight=grpo_cfg.cfg_weight,
+                               temperature=grpo_cfg.temperature, uncond_images=cfg.prompt.uncond == "keep_images")
+    micro_batches = grpo_cfg.prompts_per_step // grpo_cfg.micro_batch if grpo_cfg.micro_batch else 1
+    self.update = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro_batches),
+                          donate_argnums=(0,),
+                          out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated))
+    cfg_kw = (dict(cfg_weight=grpo_cfg.cfg_weight, uncond_images=step_cfg.uncond_images)
+              if grpo_cfg.logprobs == "cfg" else {})
+    # The loss's own teacher-forced log-probs (grpo.grpo_loss), for batches sampled ahead.
+    self.old_logp = jax.jit(lambda p, b: grpo.image_token_logprobs(
+        nnx.merge(graphdef, p, frozen), b["ids"], b["mask"],
+        from_uint8(b["images"].reshape(-1, *b["images"].shape[2:])), b["tokens"], uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"],
+        temperature=grpo_cfg.temperature, **cfg_kw))
+    self.decode = jax.jit(lambda p, t: to_uint8(nnx.merge(graphdef, p, frozen).decode_image_tokens(t)))
+    self.on_policy = {b: jax.device_put(np.bool_(b), replicated) for b in (False, True)}
+
+  def train_on(self, cur: Rollout, scored: Scored, state, ref_params):
+    """Group advantages and grpo.inner_updates updates on one rollout -> (advantages, groups with
+    signal, state, metrics)."""
+    grpo_cfg = self.grpo_cfg
+    adv = np.asarray(grpo.group_advantages(jnp.asarray(scored.train), grpo_cfg.group_size,
+                                           scale=grpo_cfg.advantage_scale, eps=grpo_cfg.advantage_eps))
+    signal = np.asarray(grpo.groups_with_signal(jnp.asarray(scored.train), grpo_cfg.group_size,
+                                                grpo_cfg.advantage_eps))
+    weights = per_sample(signal if grpo_cfg.dynamic_sampling else np.ones_like(signal),
+                         grpo_cfg.group_size).astype(np.float32)
+    dev = {**cur.batch, **to_device({"advantages": adv, "weights": weights}, self.mesh),
+           "on_policy": self.on_policy[cur.on_policy]}
+    metrics = {}
+    if weights.any():  # dynamic sampling: a batch without signal is not trained on
+      for k in range(grpo_cfg.inner_updates):
+        state, step_metrics = self.update(state, self.frozen, ref_params, dev)
+        logp = step_metrics.pop("logp")
+        if k == 0 and cur.on_policy:  # later inner updates: the policy before the first one
+          dev = {**dev, "old_logp": jax.device_put(logp, dev["tokens"].sharding), "on_policy": self.on_policy[False]}
+      metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    return adv, signal, state, metrics
+
+
+class Rollouts:
+  """Draws training batches and samples them (G per history) with given parameters, for the update
+  and the reward job; resumes the data iterator from a checkpoint."""
+
+  def __init__(self, cfg, model, mesh, graphdef, frozen, rewards: Rewards, defence: Defence, fns: StepFunctions):
+    grpo_cfg = cfg.grpo
+    self.cfg, self.grpo_cfg, self.mesh = cfg, grpo_cfg, mesh
+    self.graphdef, self.frozen, self.rewards, self.defence, self.fns = graphdef, frozen, rewards, defence, fns
+    self.prompter = Prompter(cfg, model.config)
+    self.sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=grpo_cfg.cfg_weight, temperature=grpo_cfg.temperature,
+                                                       num_samples=grpo_cfg.group_size,
+                                                       decode_images=grpo_cfg.reward == "models"))
+    loader = loader_from_config(cfg, "train", batch_size=grpo_cfg.prompts_per_step // jax.process_count(),
+                                seed=cfg.seed, with_future=_uses_future(grpo_cfg))
+    self.iterator = iter(loader)
+
+  def restore(self, data_state: str) -> dict:
+    """The iterator and the running reward scale from a checkpoint's extra state, which it returns."""
+    extra = json.loads(data_state)
+    self.iterator.set_state(extra["iterator"].encode())
+    if self.rewards.scale is not None:
+      self.rewards.scale.restore(extra.get("reward_scale", {}))
+    return extra
+
+  def _roll(self, raw: dict, params, key):
+    x = self.prompter(raw)
+    pb = prompt_batch(x, self.cfg.prompt.uncond)
+    self.sampler.state = jax.device_put(nnx.state(nnx.merge(self.graphdef, params, self.frozen)),
+                                        self.sampler.state_shardings)
+    return x, pb, self.sampler(pb, key)
+
+  def _submit(self, raw: dict, roll) -> dict:
+    return self.rewards.submit(np.asarray(roll.tokens), None if roll.images is None else np.asarray(roll.images),
+                               per_sample(raw["user"], self.grpo_cfg.group_size), raw, self.grpo_cfg.group_size)
+
+  def sample(self, at: int, params, ahead: bool) -> Rollout:
+    """Draws the next batch and samples it with `params` (rollout index `at`)."""
+    raw = {k: np.array(v) for k, v in next(self.iterator).items()}
+    t = time.perf_counter()
+    x, pb, roll = self._roll(raw, params, self.defence.sampling_key(jax.random.key(self.cfg.seed + 1), at))
+    tokens = np.asarray(roll.tokens)
+    seconds = time.perf_counter() - t
+    job = self._submit(raw, roll)
+    # Per prompt (its G samples share it in the update) and per sample.
+    uncond, uncond_mask = pb.uncond_rows()  # at their true length, as the sampler prefilled them
+    dev = to_device({"ids": x["ids"], "mask": x["mask"], "uncond": uncond, "uncond_mask": uncond_mask,
+                     "images": x["history"], "tokens": tokens}, self.mesh)
+    if ahead:  # trained after this step's update: old log-probs under the sampling parameters, now
+      # (waited for, as the update donates these parameters)
+      dev["old_logp"] = jax.block_until_ready(self.fns.old_logp(params, dev))
+    else:  # the update's own log-probs stand in (GRPOConfig's on_policy)
+      dev["old_logp"] = to_device({"z": np.zeros(tokens.shape, np.float32)}, self.mesh)["z"]
+    return Rollout(x=x, batch=dev, job=job, seconds=seconds, on_policy=not ahead)
+
+  def validate(self, raw: dict, params) -> float:
+    """The mean validation reward of `raw` (the training terms without the diversity penalty)."""
+    _, _, roll = self._roll(raw, params, jax.random.key(self.cfg.seed + 2))  # the same key every time
+    return float(self.rewards.finish(self._submit(raw, roll), learn_scale=False).base.mean())
+
+
 class Validation:
   """The fixed validation batch: the first prompts_per_step windows of the validation split, in order."""
 
   def __init__(self, cfg):
-    g = cfg.grpo
-    loader = loader_from_config(cfg, "validation", batch_size=g.prompts_per_step // jax.process_count(), seed=cfg.seed,
-                                shuffle=False, num_epochs=1, drop_remainder=False,
-                                with_future=any("future" in k and v for k, v in g.reward_weights.items()))
+    grpo_cfg = cfg.grpo
+    loader = loader_from_config(cfg, "validation", batch_size=grpo_cfg.prompts_per_step // jax.process_count(),
+                                seed=cfg.seed, shuffle=False, num_epochs=1, drop_remainder=False,
+                                with_future=_uses_future(grpo_cfg))
     batch = next(iter(loader), None)
     if batch is None:
       raise ValueError("grpo.eval_every: the validation split has no windows; set data.val_windows >= 1 or grpo.eval_every=0")
     self.raw = {k: np.array(v) for k, v in batch.items()}
 
 
-def _save_rollout(path: Path, cur: Rollout, r, reward_mean: float) -> None:
+def _step_scalars(scored: Scored, adv, signal, similarity: float, drift: dict, metrics: dict, rewards: Rewards) -> dict:
+  scalars = {"reward_mean": float(scored.total.mean()), "reward_std": float(scored.total.std()),
+             "cross_user_similarity": similarity, "advantage_abs_mean": float(np.abs(adv).mean()),
+             "groups_without_signal": float((~signal).sum()), **{f"drift/{k}": v for k, v in drift.items()}, **metrics}
+  if rewards.scale is not None:
+    scalars["reward_train_mean"] = float(scored.train.mean())
+  for k, v in scored.terms.items():
+    scalars[f"reward/{k}_mean"], scalars[f"reward/{k}_std"] = float(np.mean(v)), float(np.std(v))
+  return scalars
+
+
+def _grid(cur: Rollout, fns: StepFunctions, params, group_size: int, out: Path, step: int, writer) -> None:
+  """History | the G samples | target for the first 4 histories of the rollout."""
+  n = min(4, len(cur.x["ids"])) * group_size
+  images = cur.job["images"] if cur.job["images"] is not None else fns.decode(params, cur.job["tokens"][:n])
+  save_grid(cur.x["history"][:n // group_size], np.asarray(images[:n]), cur.x["target"][:n // group_size],
+            out, step, writer)
+
+
+def _save_rollout(path: Path, cur: Rollout, scored: Scored, reward_mean: float) -> None:
   """One step's samples and scores, for checking the logged reward from outside."""
-  import io
-  arrays = {"tokens": cur.job["tokens"], "users": cur.job["users"], "total": r.total, "reward_mean": reward_mean,
-            **{f"term_{k}": v for k, v in r.terms.items()}}
+  arrays = {"tokens": cur.job["tokens"], "users": cur.job["users"], "total": scored.total, "reward_mean": reward_mean,
+            **{f"term_{k}": v for k, v in scored.terms.items()}}
   if cur.job["images"] is not None:
     arrays["images"] = cur.job["images"]
   for k in ("history", "target", "future"):
@@ -305,7 +352,3 @@ def _truncate(summary: dict, step: int) -> None:
   summary["rewards"] = summary.get("rewards", [])[:step]
   if "validation" in summary:
     summary["validation"] = [v for v in summary["validation"] if v["step"] <= step]
-
-
-def _cross(emb: np.ndarray, users: np.ndarray) -> np.ndarray:
-  return np.asarray(cross_user_similarity(jnp.asarray(emb), jnp.asarray(users)))

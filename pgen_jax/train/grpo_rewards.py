@@ -6,7 +6,7 @@
           compose's docstring. grpo.reward_normalize=running divides the terms by their running
           within-group spread for the advantages only; the logged reward is always the raw total.
   genre   (synthetic world) how much more likely the tokens are under the user's preferred genre than
-          under the average genre (the token classifier of pgen_jax.eval.genre).
+          under the average genre (the token classifier of pgen_jax.data.genre_probe).
   fixed   (tests) the share of tokens drawn from one fixed image's few codes: a hackable reward, the
           same image wins for every user. The same term can be injected into `models` with a weight
           for `fixed` in grpo.reward_weights.
@@ -23,7 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgen_jax.data import synthetic
-from pgen_jax.train.hacking import diversity_penalty
+from pgen_jax.data.genre_probe import fit_classifier
+from pgen_jax.metrics import similarity_to_other_users
+from pgen_jax.rewards.compose import RunningScale, combine
+from pgen_jax.rewards.models import load_reward_models
+from pgen_jax.sampling.sampler import per_sample
+from pgen_jax.scorer.client import profile_text
+from pgen_jax.scorer.launch import scorer_client
 
 
 def token_embeddings(tokens: np.ndarray, vocab: int) -> np.ndarray:
@@ -44,14 +50,13 @@ class Rewards:
   """Per-sample reward terms and their weighted total for one rollout."""
 
   def __init__(self, cfg, model, mesh):
-    g = cfg.grpo
-    self.kind, self.vocab = g.reward, model.config.vq.num_embeddings
-    self.diversity = g.diversity_weight
+    grpo_cfg = cfg.grpo
+    self.kind, self.vocab = grpo_cfg.reward, model.config.vq.num_embeddings
+    self.diversity = grpo_cfg.diversity_weight
     self.scorer_wait = 0.0  # seconds the last step waited for the scorer
-    self.fixed = np.random.default_rng(g.fixed_seed).choice(self.vocab, 4, replace=False)
+    self.fixed = np.random.default_rng(grpo_cfg.fixed_seed).choice(self.vocab, 4, replace=False)
     self.scale = None
     if self.kind == "genre":
-      from pgen_jax.eval.genre import fit_classifier
       self.classifier, _ = fit_classifier(cfg, model)
     elif self.kind == "models":
       self._init_models(cfg, mesh)
@@ -59,26 +64,23 @@ class Rewards:
       raise ValueError(f"grpo.reward: {self.kind!r}; use models, genre or fixed")
 
   def _init_models(self, cfg, mesh):
-    from pgen_jax.rewards.compose import RunningScale
-    from pgen_jax.rewards.models import load_reward_models
-    g = cfg.grpo
-    self.models = load_reward_models(g, mesh, jnp.dtype(cfg.model.dtype))
-    self.rcfg = self.models.config(((k, float(v)) for k, v in g.reward_weights.items()), g.reward_normalize)
-    self.terms_fn = self.models.terms_fn(self.rcfg)
-    self.scale = RunningScale() if g.reward_normalize == "running" else None
+    grpo_cfg = cfg.grpo
+    self.models = load_reward_models(grpo_cfg, mesh, jnp.dtype(cfg.model.dtype))
+    self.reward_cfg = self.models.config(((k, float(v)) for k, v in grpo_cfg.reward_weights.items()),
+                                         grpo_cfg.reward_normalize)
+    self.terms_fn = self.models.terms_fn(self.reward_cfg)
+    self.scale = RunningScale() if grpo_cfg.reward_normalize == "running" else None
     self.scorer = None
-    if any(self.rcfg.active.get(k) for k in ("profile", "nima")):
-      from pgen_jax.scorer.launch import scorer_client
-      self.scorer = scorer_client(g, cfg.workdir)  # the one answering at scorer_url, else one started here
+    if any(self.reward_cfg.active.get(k) for k in ("profile", "nima")):
+      self.scorer = scorer_client(grpo_cfg, cfg.workdir)  # the one answering at scorer_url, else one started here
 
   def submit(self, tokens: np.ndarray, images: np.ndarray | None, users: np.ndarray, raw: dict,
              samples: int) -> dict:
     """Starts the slow part, the scorer request, and returns what `finish` needs; N = prompts x samples."""
     future = None
     if self.kind == "models" and self.scorer is not None:
-      from pgen_jax.scorer.client import profile_text
-      profiles = [profile_text(list(t)) for t in np.repeat(np.asarray(raw["history_text"]), samples, axis=0)]
-      future = self.scorer.submit(images, [k for k in ("profile", "nima") if k in self.rcfg.active], profiles)
+      profiles = [profile_text(list(t)) for t in per_sample(np.asarray(raw["history_text"]), samples)]
+      future = self.scorer.submit(images, [k for k in ("profile", "nima") if k in self.reward_cfg.active], profiles)
     return dict(tokens=tokens, images=images, users=users, raw=raw, samples=samples, future=future)
 
   def finish(self, job: dict, *, learn_scale: bool = True) -> Scored:
@@ -102,7 +104,7 @@ class Rewards:
       base, train, terms, emb = self._models(job, learn_scale)
     total = base
     if self.diversity:
-      terms["diversity"] = np.asarray(diversity_penalty(jnp.asarray(emb), jnp.asarray(users)))
+      terms["diversity"] = similarity_to_other_users(emb, users).astype(np.float32)
       total, train = base - self.diversity * terms["diversity"], train - self.diversity * terms["diversity"]
     return Scored(total=total, train=train, base=base, terms=terms, emb=emb)
 
@@ -110,22 +112,21 @@ class Rewards:
     return np.isin(tokens, self.fixed).mean(1).astype(np.float32)
 
   def _models(self, job, learn_scale: bool):
-    from pgen_jax.rewards.compose import combine
     raw, images = job["raw"], job["images"]
-    rep = lambda x: np.repeat(np.asarray(x), job["samples"], axis=0)
-    data = {"generated": images, "history": rep(raw["history"]), "target": rep(raw["target"])}
+    data = {"generated": images, "history": per_sample(np.asarray(raw["history"]), job["samples"]),
+            "target": per_sample(np.asarray(raw["target"]), job["samples"])}
     if "future" in raw:
-      data["future"] = rep(raw["future"])
+      data["future"] = per_sample(np.asarray(raw["future"]), job["samples"])
     terms = self.terms_fn(data)
-    if "fixed" in self.rcfg.active:
+    if "fixed" in self.reward_cfg.active:
       terms["fixed"] = self.fixed_share(job["tokens"])
     if job["future"] is not None:
       t = time.perf_counter()
       terms.update(job["future"].result())
       self.scorer_wait = time.perf_counter() - t
-    active = {k: np.asarray(terms[k], np.float32) for k in self.rcfg.active if k in terms}
-    total = np.asarray(combine(self.rcfg, active))
+    active = {k: np.asarray(terms[k], np.float32) for k in self.reward_cfg.active if k in terms}
+    total = np.asarray(combine(self.reward_cfg, active))
     train = total
     if self.scale is not None and learn_scale:
-      train = np.asarray(combine(self.rcfg, active, self.scale.update(active, job["samples"])))
+      train = np.asarray(combine(self.reward_cfg, active, self.scale.update(active, job["samples"])))
     return total, train, terms, self.models.embeddings(images)

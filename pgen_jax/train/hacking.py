@@ -12,8 +12,7 @@ reward's spread collapsing as it began. Signals, logged every GRPO step:
   entropy of the batch's image-token histogram; flagged when one named in `drift_alarm` leaves its
   baseline mean by more than `drift_z` baseline standard deviations.
 
-An alarm needs `patience` consecutive flagged steps. `diversity_penalty` is a reward term that
-penalises an image for resembling other users' images (mean cosine, -1..1).
+An alarm needs `patience` consecutive flagged steps. The similarity itself is pgen_jax.metrics'.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -37,26 +35,6 @@ class DefenceConfig:
   response: str = "stop"          # stop | rollback
   diversity_weight_factor: float = 2.0  # rollback: multiply the diversity term's weight
   lr_factor: float = 0.5                # rollback: multiply the learning rate
-
-
-def _unit(x):
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def cross_user_similarity(embeddings, users):
-  """Mean cosine similarity over pairs of images generated for different users (scalar)."""
-  e = _unit(embeddings.astype(jnp.float32))
-  sim = e @ e.T
-  other = users[:, None] != users[None, :]
-  return jnp.sum(jnp.where(other, sim, 0.0)) / jnp.maximum(other.sum(), 1)
-
-
-def diversity_penalty(embeddings, users):
-  """Per image: its mean cosine similarity to images of other users (subtract it from the reward)."""
-  e = _unit(embeddings.astype(jnp.float32))
-  sim = e @ e.T
-  other = users[:, None] != users[None, :]
-  return jnp.sum(jnp.where(other, sim, 0.0), 1) / jnp.maximum(other.sum(1), 1)
 
 
 DRIFT = ("brightness", "saturation", "edge_density", "token_entropy")
@@ -86,34 +64,34 @@ class Alarm:
 
 
 class HackingMonitor:
-  def __init__(self, cfg: DefenceConfig = DefenceConfig()):
-    self.cfg = cfg
-    self.stds: collections.deque = collections.deque(maxlen=cfg.window)
+  def __init__(self, settings: DefenceConfig = DefenceConfig()):
+    self.settings = settings
+    self.stds: collections.deque = collections.deque(maxlen=settings.window)
     self.flagged = 0
     self.early: dict[str, list[float]] = {}  # the first `warmup` steps of similarity and drift stats
 
   def _baseline(self, key: str):
     v = self.early.get(key, [])
-    return (float(np.mean(v)), float(np.std(v))) if len(v) >= self.cfg.warmup else None
+    return (float(np.mean(v)), float(np.std(v))) if len(v) >= self.settings.warmup else None
 
   def update(self, step: int, reward_std: float, similarity: float, drift: dict | None = None) -> Alarm | None:
-    c, reasons = self.cfg, []
-    if len(self.stds) >= c.warmup and reward_std < c.std_ratio * float(np.median(self.stds)):
-      reasons.append(f"reward std {reward_std:.4g} < {c.std_ratio} x recent median {np.median(self.stds):.4g}")
+    defence, reasons = self.settings, []
+    if len(self.stds) >= defence.warmup and reward_std < defence.std_ratio * float(np.median(self.stds)):
+      reasons.append(f"reward std {reward_std:.4g} < {defence.std_ratio} x recent median {np.median(self.stds):.4g}")
     base = self._baseline("similarity")
-    if base is not None and 1.0 - similarity < c.distance_ratio * (1.0 - base[0]):
+    if base is not None and 1.0 - similarity < defence.distance_ratio * (1.0 - base[0]):
       reasons.append(f"images for different users are {similarity:.4f} similar (baseline {base[0]:.4f}: distance "
-                     f"below {c.distance_ratio} x the baseline's)")
-    for key in c.drift_alarm:
+                     f"below {defence.distance_ratio} x the baseline's)")
+    for key in defence.drift_alarm:
       base = self._baseline(key)
-      if base is not None and drift and key in drift and abs(drift[key] - base[0]) > c.drift_z * max(base[1], 1e-6):
+      if base is not None and drift and key in drift and abs(drift[key] - base[0]) > defence.drift_z * max(base[1], 1e-6):
         reasons.append(f"{key} drifted to {drift[key]:.4g} (baseline {base[0]:.4g} +- {base[1]:.2g})")
     self.stds.append(float(reward_std))
     for key, v in {"similarity": similarity, **(drift or {})}.items():
-      if len(self.early.setdefault(key, [])) < c.warmup:
+      if len(self.early.setdefault(key, [])) < defence.warmup:
         self.early[key].append(float(v))
     self.flagged = self.flagged + 1 if reasons else 0
-    return Alarm(step, reasons) if self.flagged >= c.patience else None
+    return Alarm(step, reasons) if self.flagged >= defence.patience else None
 
   def after_rollback(self) -> None:
     """Forgets the recent (hacked) steps; the baseline from the run's start stays."""

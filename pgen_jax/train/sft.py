@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from pgen_jax.models.janus import Janus
+from pgen_jax.models.janus import Janus, from_uint8
 from pgen_jax.train.update import guarded_update
 
 def image_loss(model: Janus, ids, mask, images, targets):
@@ -30,10 +30,6 @@ def image_loss(model: Janus, ids, mask, images, targets):
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def to_unit(images_uint8):
-  return images_uint8.astype(jnp.float32) / 127.5 - 1.0
-
-
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   grad_accum: int = 1
@@ -42,13 +38,13 @@ class StepConfig:
 
 def batch_loss(graphdef, params, frozen, batch, key, cfg: StepConfig):
   model = nnx.merge(graphdef, params, frozen)
-  targets = jax.lax.stop_gradient(model.get_image_tokens(to_unit(batch["target"])))
+  targets = jax.lax.stop_gradient(model.get_image_tokens(from_uint8(batch["target"])))
   ids, mask = batch["ids"], batch["mask"]
   if cfg.uncond_prob > 0:  # the CFG row exactly as the sampler attends it
     drop = jax.random.bernoulli(key, cfg.uncond_prob, (ids.shape[0], 1))
     ids = jnp.where(drop, batch["uncond"], ids)
     mask = jnp.where(drop, batch.get("uncond_mask", mask), mask)
-  return image_loss(model, ids, mask, to_unit(batch["history"]), targets)
+  return image_loss(model, ids, mask, from_uint8(batch["history"]), targets)
 
 
 def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
@@ -73,5 +69,5 @@ def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
 
 def eval_loss(graphdef, params, frozen, batch):
   model = nnx.merge(graphdef, params, frozen)
-  targets = model.get_image_tokens(to_unit(batch["target"]))
-  return image_loss(model, batch["ids"], batch["mask"], to_unit(batch["history"]), targets)
+  targets = model.get_image_tokens(from_uint8(batch["target"]))
+  return image_loss(model, batch["ids"], batch["mask"], from_uint8(batch["history"]), targets)

@@ -4,6 +4,7 @@ A naive-Bayes classifier over VQ tokens (bag of tokens, Laplace smoothing) is fi
 of every item's poster, labelled by the item's genre; each generated sample is classified and counts
 as a hit when the class is the user's preferred genre. Chance is 1 / number of genres. Evaluated on
 the test windows of users never seen in training (data.holdout_users), or all test windows if none.
+Used by SFT (the hit rate after training), GRPO (grpo.reward=genre) and eval (genre_hit).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import numpy as np
 from flax import nnx
 
 from pgen_jax.data import synthetic
-from pgen_jax.data.pipeline import spec_from_config, store_dir
+from pgen_jax.data.pipeline import spec_from_config, store_dir, test_window_batches
 from pgen_jax.data.store import builders
-from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.models.janus import from_uint8
+from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
+from pgen_jax.sampling.prompter import prompt_batch
 
 
 class TokenGenreClassifier:
@@ -53,7 +56,7 @@ def fit_classifier(cfg, model) -> tuple[TokenGenreClassifier, float]:
   world = synthetic.WorldConfig()
   rows = [source[i] for i in range(len(source))]
   labels = np.array([synthetic.GENRES.index(synthetic.genre_of_movie(int(r["item_id"]), world)) for r in rows])
-  imgs = np.stack([r["target"] for r in rows]).astype(np.float32) / 127.5 - 1.0
+  imgs = from_uint8(np.stack([r["target"] for r in rows]))
   tokens = image_tokens(model, imgs)
   clf = TokenGenreClassifier(tokens, labels, model.config.vq.num_embeddings, len(synthetic.GENRES))
   return clf, float((clf(tokens) == labels).mean())
@@ -61,14 +64,12 @@ def fit_classifier(cfg, model) -> tuple[TokenGenreClassifier, float]:
 
 def genre_hit_rate(cfg, model, mesh, prompter, *, samples: int = 4, per_user: int = 4) -> dict:
   """Hit rate over `samples` images for each of the first `per_user` test windows of every user."""
-  from pgen_jax.eval.evaluate import test_windows
-  from pgen_jax.train.setup import prompt_batch
   clf, ceiling = fit_classifier(cfg, model)
   sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=cfg.sft.cfg_weight, num_samples=samples))
   hits, total, users = 0, 0, set()
-  for b in test_windows(cfg, 8, per_user, with_future=False):
+  for b in test_window_batches(cfg, 8, per_user, with_future=False):
     tokens = np.asarray(sampler(prompt_batch(prompter(b), cfg.prompt.uncond), jax.random.key(total)).tokens)
-    want = np.repeat([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
+    want = per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
     hits += int((clf(tokens) == want).sum())
     total += len(tokens)
     users.update(map(int, b["user"]))

@@ -1,48 +1,13 @@
-"""What every stage builds from the config: mesh, model, tokenizer, prompts, device batches."""
+"""Loader batches -> the sampler's and the train steps' inputs: prompts built with the configured
+template and tokenizer (Prompter), and the sampler's PromptBatch from them (prompt_batch)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import logging
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pgen_jax.models import Janus, load_janus, make_mesh, place_on_mesh, preset
-from pgen_jax.models.sharding import BATCH
+from pgen_jax.models.janus import from_uint8
 from pgen_jax.sampling.prompts import HistoryItem, PromptBatch, PromptTemplate, build_batch, max_prompt_len
 from pgen_jax.sampling.tokenizers import load_tokenizer
-
-
-def mesh_from_config(cfg):
-  return make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-
-
-def model_from_config(cfg, mesh, checkpoint: str | Path | None = None) -> Janus:
-  """The configured Janus on the mesh: from `checkpoint` (default model.checkpoint) or a seeded init."""
-  dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
-  path = checkpoint or cfg.model.checkpoint
-  if path:
-    model = load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
-  else:
-    logging.warning("model.checkpoint is empty: using a randomly initialised %s (seed %d)", cfg.model.preset,
-                    cfg.seed)
-    model = place_on_mesh(Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype,
-                                param_dtype=param_dtype), mesh)
-  model.language_model.attention_impl = cfg.model.attention
-  return model
-
-
-def trained_checkpoint(cfg, stages=("grpo", "sft")) -> Path | None:
-  """The newest finished training result, <workdir>/<stage>/final for the first of `stages` that has one."""
-  for stage in stages:
-    final = Path(cfg.workdir) / stage / "final"
-    if final.exists():
-      return final
-  return None
 
 
 def template_from_config(cfg) -> PromptTemplate:
@@ -82,13 +47,5 @@ class Prompter:
 def prompt_batch(x: dict[str, np.ndarray], uncond: str) -> PromptBatch:
   """The sampler's input from a Prompter output; history images scaled to [-1, 1]."""
   return PromptBatch(ids=x["ids"], mask=x["mask"], uncond=x["uncond"], uncond_mask=x.get("uncond_mask"),
-                     images=x["history"].reshape(-1, *x["history"].shape[2:]).astype(np.float32) / 127.5 - 1.0,
+                     images=from_uint8(x["history"].reshape(-1, *x["history"].shape[2:])),
                      uncond_has_images=uncond == "keep_images")
-
-
-def to_device(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Host-local batch -> global arrays split over the mesh's batch axes."""
-  def put(x):
-    spec = P(BATCH) if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else P()
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.ascontiguousarray(x))
-  return {k: put(v) for k, v in batch.items()}

@@ -1,24 +1,40 @@
-"""CLIP checkpoints -> pgen_jax.rewards.clip.CLIP: transformers CLIPModel directories and open_clip ones.
+"""CLIP, DINO and LPIPS checkpoints -> our reward modules (pgen_jax.rewards.clip / dino / lpips).
 
-transformers: config.json + model.safetensors (or sharded). open_clip: open_clip_config.json +
-open_clip_model.safetensors (or open_clip_pytorch_model.bin, read with torch's weights_only loader),
-whose keys are renamed to transformers' (fused attention split, projections transposed).
+CLIP: transformers CLIPModel directories (config.json + model.safetensors, or sharded) and open_clip
+ones (open_clip_config.json + open_clip_model.safetensors, or open_clip_pytorch_model.bin read with
+torch's weights_only loader), whose keys are renamed to transformers' (fused attention split,
+projections transposed).
+
+DINO: DINOv2 (Dinov2Model) and DINOv1 (ViTModel) safetensors, by their own keys. `image_size` builds
+the model for the input size the metric uses (e.g. 224 for DINOv2-L, whose checkpoint holds 37x37
+positions for 518px): the position grid is resampled here exactly as transformers does at run time
+(torch's bicubic, align_corners=False).
+
+LPIPS-VGG: torchvision's VGG16 state dict (features.*; the classifier is dropped) and the lpips
+package's linear heads (weights/v0.1/vgg.pth: linK.model.1.weight). Both are torch files, read with
+torch's weights_only loader (no arbitrary unpickling), or safetensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 
-from converters.hf_params import Tensor, leaf_key, majority_float_dtype, place
-from converters.janus_hf import read_safetensors, read_torch
-from converters.safetensors_io import CheckpointError
+from pgen_jax.models.hf_params import Tensor, leaf_key, majority_float_dtype, place, read_safetensors, read_torch
 from pgen_jax.rewards.clip import CLIP, CLIPConfig, TowerConfig
+from pgen_jax.rewards.dino import Dino, DinoConfig
+from pgen_jax.rewards.lpips import LPIPS
+from pgen_jax.safetensors_io import CheckpointError
 
-_DROPPED = (r"position_ids$", r"^attn_mask$", r"\.attn_mask$")
+
+# ---- CLIP ------------------------------------------------------------------------------------------
+
+_CLIP_DROPPED = (r"position_ids$", r"^attn_mask$", r"\.attn_mask$")
 
 
 def open_clip_config(d: dict) -> CLIPConfig:
@@ -91,13 +107,12 @@ def read_clip(directory: str | Path) -> tuple[CLIPConfig, dict[str, Tensor]]:
     tensors = read_safetensors(weights)
   else:
     raise CheckpointError(f"{d}: neither open_clip_config.json nor config.json")
-  tensors = {k: v for k, v in tensors.items() if not any(re.search(p, k) for p in _DROPPED)}
+  tensors = {k: v for k, v in tensors.items() if not any(re.search(p, k) for p in _CLIP_DROPPED)}
   return config, tensors
 
 
 def load_clip(directory: str | Path, *, mesh, dtype=None, param_dtype=None) -> CLIP:
   """A frozen CLIP on `mesh` from a transformers or open_clip directory."""
-  from flax import nnx
   config, tensors = read_clip(directory)
   param_dtype = param_dtype if param_dtype is not None else majority_float_dtype(tensors)
   model = nnx.eval_shape(lambda: CLIP(config, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
@@ -118,3 +133,75 @@ def tokenize(texts: list[str], tokenizer, context_length: int = 77) -> np.ndarra
     row = [sot] + ids + [eot]
     out[i, :len(row)] = row
   return out
+
+
+# ---- DINO ------------------------------------------------------------------------------------------
+
+_DINO_DROPPED = (r"^pooler\.",)  # ViTModel's tanh pooler: DINO features are the normed CLS token
+
+
+def _cubic(t, a=-0.75):
+  t = np.abs(t)
+  return np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                  np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+
+
+def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of torch's bicubic upsample/downsample along one axis, align_corners=False."""
+  scale = n_in / n_out
+  src = (np.arange(n_out) + 0.5) * scale - 0.5
+  base = np.floor(src).astype(int)
+  frac = src - base
+  m = np.zeros((n_out, n_in))
+  for k in range(-1, 3):
+    idx = np.clip(base + k, 0, n_in - 1)
+    np.add.at(m, (np.arange(n_out), idx), _cubic(frac - k))
+  return m
+
+
+def resize_positions(pos: np.ndarray, grid: int) -> np.ndarray:
+  """(1, 1 + n*n, D) position embeddings -> (1, 1 + grid*grid, D)."""
+  n = int(round((pos.shape[1] - 1) ** 0.5))
+  if n == grid:
+    return pos
+  patches = pos[0, 1:].astype(np.float32).reshape(n, n, -1)
+  m = _bicubic_matrix(n, grid)
+  out = np.einsum("ai,bj,ijd->abd", m, m, patches).reshape(1, grid * grid, -1)
+  return np.concatenate([pos[:, :1].astype(np.float32), out], 1).astype(pos.dtype)
+
+
+def load_dino(directory: str | Path, *, mesh, image_size: int | None = None, dtype=None, param_dtype=None) -> Dino:
+  """A frozen DINO on `mesh`, built for `image_size` inputs (default: the checkpoint's)."""
+  d = Path(directory)
+  try:
+    config = DinoConfig.from_hf(json.loads((d / "config.json").read_text()))
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{d / 'config.json'}: {e}") from e
+  weights = next((d / f for f in ("model.safetensors.index.json", "model.safetensors") if (d / f).exists()), None)
+  if weights is None:
+    raise CheckpointError(f"{d}: no model.safetensors")
+  tensors = {k: v for k, v in read_safetensors(weights).items() if not any(re.search(p, k) for p in _DINO_DROPPED)}
+  if image_size and image_size != config.image_size:
+    grid = image_size // config.patch_size
+    shape, dt, load = tensors["embeddings.position_embeddings"]
+    tensors["embeddings.position_embeddings"] = ((1, 1 + grid * grid, shape[2]), dt,
+                                                 lambda load=load: resize_positions(load(), grid))
+    config = dataclasses.replace(config, image_size=image_size)
+  param_dtype = param_dtype if param_dtype is not None else majority_float_dtype(tensors)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Dino(config, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)))
+  return place(tensors, graphdef, abstract, mesh, leaf_key, str(d))
+
+
+# ---- LPIPS -----------------------------------------------------------------------------------------
+
+def _read(path: Path):
+  path = Path(path)
+  return read_safetensors(path) if path.suffix == ".safetensors" else read_torch(path)
+
+
+def load_lpips(vgg: str | Path, heads: str | Path, *, mesh, dtype=None, param_dtype=None) -> LPIPS:
+  tensors = {k: v for k, v in _read(vgg).items() if re.match(r"^features\.\d+\.(weight|bias)$", k)}
+  tensors.update({k: v for k, v in _read(heads).items() if re.match(r"^lin\d\.model\.1\.weight$", k)})
+  param_dtype = param_dtype if param_dtype is not None else majority_float_dtype(tensors)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: LPIPS(nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)))
+  return place(tensors, graphdef, abstract, mesh, leaf_key, f"{vgg} + {heads}")

@@ -1,7 +1,7 @@
 """Janus parameters between Hugging Face layouts and our Flax NNX model.
 
 Our parameter paths mirror transformers' JanusForConditionalGeneration names, so the rule of
-converters/hf_params.py maps them, after dropping the `model.` prefix (all but lm_head). The original deepseek layout is first
+models/hf_params.py maps them, after dropping the `model.` prefix (all but lm_head). The original deepseek layout is first
 renamed to transformers' names (fused SigLIP qkv split, pos_embed squeezed).
 """
 
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from converters.hf_params import Tensor, leaf_key
-from converters.safetensors_io import CheckpointError, Reader
+from pgen_jax import safetensors_io
+from pgen_jax.fileio import atomic_directory
 from pgen_jax.models.config import ConfigError, JanusConfig
+from pgen_jax.models.hf_params import Tensor, leaf_key, read_safetensors, read_torch, state_dict
+from pgen_jax.safetensors_io import CheckpointError
 
 
 def hf_key(path: tuple) -> str:
@@ -161,40 +165,21 @@ def _deepseek_shapes(config: JanusConfig, tensors: dict[str, Tensor], where: Pat
     raise CheckpointError(f"{where}: {e}") from e
 
 
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-  r = Reader(path)
-  return {k: (r.shape(k), r.dtype(k), lambda k=k: r.get(k)) for k in r.keys()}
+# ---- writing a transformers directory --------------------------------------------------------------
+
+def hf_tensors(model) -> dict[str, np.ndarray]:
+  """transformers state dict (numpy) of a Janus model."""
+  return state_dict(model, hf_key)
 
 
-def read_torch(path: Path) -> dict[str, Tensor]:
-  """pytorch_model.bin (the original Janus release): needs torch, loaded with weights_only."""
-  try:
-    import torch
-  except ImportError as e:
-    raise CheckpointError(f"{path}: reading .bin checkpoints needs torch (pip install 'pgen_jax[dev]'), "
-                          "or convert them to safetensors first") from e
-  files = ([path.parent / f for f in sorted(set(json.loads(path.read_text())["weight_map"].values()))]
-           if path.name.endswith(".index.json") else [path])
-  out: dict[str, Tensor] = {}
-  for f in files:
-    try:
-      sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises many types for corrupt files
-      raise CheckpointError(f"{f}: cannot load ({type(e).__name__}: {e})") from e
-    for k, t in sd.items():
-      out[k] = (tuple(t.shape), _torch_np_dtype(t.dtype), lambda t=t: _torch_to_numpy(t))
-  return out
-
-
-def _torch_np_dtype(dtype) -> np.dtype:
-  import ml_dtypes
-  import torch
-  return np.dtype(ml_dtypes.bfloat16) if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def _torch_to_numpy(t) -> np.ndarray:
-  import ml_dtypes
-  import torch
-  if t.dtype == torch.bfloat16:
-    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-  return t.numpy()
+def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | None = None) -> None:
+  """Writes config.json + model.safetensors that JanusForConditionalGeneration loads."""
+  with atomic_directory(dst) as tmp:
+    base = None
+    if side_files is not None and Path(side_files).is_dir():
+      for f in Path(side_files).iterdir():
+        shutil.copy2(f, tmp / f.name)
+      if (tmp / "config.json").exists():
+        base = json.loads((tmp / "config.json").read_text())
+    (tmp / "config.json").write_text(json.dumps(model.config.to_hf(base), indent=2))
+    safetensors_io.write(tmp / "model.safetensors", hf_tensors(model))

@@ -17,15 +17,18 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax.data.genre_probe import genre_hit_rate
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
-from pgen_jax.eval.grids import save_grid
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.models.llama import remat_policy
+from pgen_jax.models.sharding import to_device
 from pgen_jax.sampling import Sampler, SamplingConfig
+from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.setup import mesh_from_config, model_from_config
 from pgen_jax.train import sft, update
 from pgen_jax.train.checkpoints import Checkpoints
-from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, prompt_batch, to_device
+from pgen_jax.viz import save_grid
 
 
 class NonFiniteError(update.RunStopped):
@@ -42,31 +45,31 @@ def run_sft(cfg) -> dict:
     logging.info("SFT already finished: %s", out / "final")
     return json.loads((out / "summary.json").read_text())
   out.mkdir(parents=True, exist_ok=True)
-  c = cfg.sft
+  sft_cfg = cfg.sft
   mesh = mesh_from_config(cfg)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if (c.batch_size // c.grad_accum) % shards or c.batch_size % jax.process_count():
-    raise ValueError(f"sft.batch_size: {c.batch_size} / grad_accum {c.grad_accum} must split evenly over the "
+  if (sft_cfg.batch_size // sft_cfg.grad_accum) % shards or sft_cfg.batch_size % jax.process_count():
+    raise ValueError(f"sft.batch_size: {sft_cfg.batch_size} / grad_accum {sft_cfg.grad_accum} must split evenly over the "
                      f"{shards} data-parallel devices and {jax.process_count()} hosts")
   model = model_from_config(cfg, mesh)
-  model.language_model.remat = remat_policy(c.remat)
+  model.language_model.remat = remat_policy(sft_cfg.remat)
   prompter = Prompter(cfg, model.config)
-  graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(c.trainable)), ...)
-  train_loader = loader_from_config(cfg, "train", batch_size=c.batch_size // jax.process_count(), seed=cfg.seed,
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(sft_cfg.trainable)), ...)
+  train_loader = loader_from_config(cfg, "train", batch_size=sft_cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                     with_future=False)
-  per_epoch = len(source_from_config(cfg, "train", with_future=False)) // c.batch_size
-  total = c.num_steps or max(1, int(c.epochs * per_epoch))
-  tx = update.make_optimizer(c.lr, c.warmup_steps, total, c.b1, c.b2, c.weight_decay, c.clip)
+  per_epoch = len(source_from_config(cfg, "train", with_future=False)) // sft_cfg.batch_size
+  total = sft_cfg.num_steps or max(1, int(sft_cfg.epochs * per_epoch))
+  tx = update.make_optimizer(sft_cfg.lr, sft_cfg.warmup_steps, total, sft_cfg.b1, sft_cfg.b2, sft_cfg.weight_decay, sft_cfg.clip)
   state = update.init_state(params, tx, cfg.seed, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   replicated = NamedSharding(mesh, P())
-  step_cfg = sft.StepConfig(grad_accum=c.grad_accum, uncond_prob=c.uncond_prob)
+  step_cfg = sft.StepConfig(grad_accum=sft_cfg.grad_accum, uncond_prob=sft_cfg.uncond_prob)
   train_step = jax.jit(functools.partial(sft.train_step, graphdef, tx, step_cfg), donate_argnums=(0,),
                        in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, replicated))
   eval_step = jax.jit(functools.partial(sft.eval_loss, graphdef), out_shardings=replicated)
 
-  ckpts = Checkpoints(out, keep=c.keep)
+  ckpts = Checkpoints(out, keep=sft_cfg.keep)
   it = iter(train_loader)
   restored = ckpts.restore_latest(state)
   summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
@@ -77,9 +80,9 @@ def run_sft(cfg) -> dict:
   else:
     start = 0
   writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=c.log_every)
-  val_batches = _validation_batches(cfg, prompter, c.eval_batches)
-  sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=c.cfg_weight, num_samples=c.grid_samples))
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=sft_cfg.log_every)
+  val_batches = _validation_batches(cfg, prompter, sft_cfg.eval_batches)
+  sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=sft_cfg.cfg_weight, num_samples=sft_cfg.grid_samples))
 
   def evaluate(step):
     losses = [float(eval_step(state["params"], frozen, to_device(b, mesh))) for b in val_batches]
@@ -98,28 +101,27 @@ def run_sft(cfg) -> dict:
     state, metrics = train_step(state, frozen, batch)
     step += 1
     progress(step)
-    if step % c.log_every == 0 or step == total:
+    if step % sft_cfg.log_every == 0 or step == total:
       m = jax.device_get(metrics)
       writer.write_scalars(step, {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
                                   "skipped_steps": int(m["skipped"])})
-      if int(m["bad_streak"]) >= c.max_bad_steps:
+      if int(m["bad_streak"]) >= sft_cfg.max_bad_steps:
         ckpts.wait()
         raise NonFiniteError(f"SFT stopped at step {step}: {int(m['bad_streak'])} steps in a row had a non-finite "
                              f"loss or gradient ({int(m['skipped'])} skipped in all); the last good checkpoint "
                              f"is step {ckpts.latest.latest_step()} in {out / 'latest'}")
-    if step % c.eval_every == 0 or step == total:
+    if step % sft_cfg.eval_every == 0 or step == total:
       val = evaluate(step)
       ckpts.save_best(step, state["params"], val)
       _grid(sampler, graphdef, state["params"], frozen, val_batches[0], mesh, out, step, writer, cfg)
-    if step % c.ckpt_every == 0 or step == total:
+    if step % sft_cfg.ckpt_every == 0 or step == total:
       if int(jax.device_get(state["bad_streak"])) == 0:  # never checkpoint in the middle of a bad streak
         ckpts.save(step, state, it.get_state())
   ckpts.wait()
   summary.update(steps=total, skipped_steps=int(jax.device_get(state["skipped"])))
   write_json(out / "summary.json", summary)
   final = nnx.merge(graphdef, state["params"], frozen)
-  if cfg.data.name == "synthetic" and c.genre_probe:
-    from pgen_jax.eval.genre import genre_hit_rate
+  if cfg.data.name == "synthetic" and sft_cfg.genre_probe:
     summary["genre_probe"] = genre_hit_rate(cfg, final, mesh, prompter)
     writer.write_scalars(total, {"genre_hit_rate": summary["genre_probe"]["hit_rate"]})
     write_json(out / "summary.json", summary)

@@ -1,5 +1,7 @@
 """Flax NNX parameters <-> torch state dicts, for models whose paths mirror the torch module names.
 
+Used by the checkpoint names of Janus (models/hf.py) and of CLIP, DINO, LPIPS (rewards/hf.py).
+
 One rule: Linear `weight` (out, in) <-> `kernel` (in, out); Conv `weight` OIHW <-> `kernel` HWIO;
 Embedding `weight` <-> `embedding`; norm `weight` <-> `scale`; `bias` stays. Tensors are read lazily
 and each goes straight into its sharding on the mesh.
@@ -7,14 +9,18 @@ and each goes straight into its sharding on the mesh.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Callable
 
 import jax
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from converters.safetensors_io import CheckpointError
+from pgen_jax.models.sharding import param_shardings
+from pgen_jax.safetensors_io import CheckpointError, Reader
 
 Tensor = tuple[tuple[int, ...], np.dtype, Callable[[], np.ndarray]]  # shape, dtype, loader
 
@@ -79,7 +85,6 @@ def majority_float_dtype(tensors: dict[str, Tensor]):
 
 def place(tensors: dict[str, Tensor], graphdef, abstract, mesh, key_fn: Callable[[tuple], str], where: str):
   """The module `graphdef` with every parameter read from `tensors` (checked first) onto `mesh`."""
-  from pgen_jax.models.sharding import param_shardings
   pure = nnx.to_pure_dict(abstract)
   paths = {tuple(k.key for k in p): x for p, x in jax.tree_util.tree_flatten_with_path(pure)[0]}
   check_against(tensors, {key_fn(p): hf_shape(p, x.shape) for p, x in paths.items()}, where)
@@ -106,3 +111,42 @@ def state_dict(model, key_fn: Callable[[tuple], str]) -> dict[str, np.ndarray]:
     p = tuple(k.key for k in path)
     out[key_fn(p)] = to_hf(p, np.asarray(jax.device_get(x)))
   return out
+
+
+# ---- reading checkpoint files -----------------------------------------------------------------------
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+  r = Reader(path)
+  return {k: (r.shape(k), r.dtype(k), lambda k=k: r.get(k)) for k in r.keys()}
+
+
+def read_torch(path: Path) -> dict[str, Tensor]:
+  """pytorch_model.bin (the original Janus release): needs torch, loaded with weights_only."""
+  try:
+    import torch  # lazy: torch only for .bin checkpoints, never in a safetensors-only process
+  except ImportError as e:
+    raise CheckpointError(f"{path}: reading .bin checkpoints needs torch (pip install 'pgen_jax[dev]'), "
+                          "or convert them to safetensors first") from e
+  files = ([path.parent / f for f in sorted(set(json.loads(path.read_text())["weight_map"].values()))]
+           if path.name.endswith(".index.json") else [path])
+  out: dict[str, Tensor] = {}
+  for f in files:
+    try:
+      sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for corrupt files
+      raise CheckpointError(f"{f}: cannot load ({type(e).__name__}: {e})") from e
+    for k, t in sd.items():
+      out[k] = (tuple(t.shape), _torch_np_dtype(t.dtype), lambda t=t: _torch_to_numpy(t))
+  return out
+
+
+def _torch_np_dtype(dtype) -> np.dtype:
+  import torch  # lazy: only reached from read_torch
+  return np.dtype(ml_dtypes.bfloat16) if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+  import torch  # lazy: only reached from read_torch
+  if t.dtype == torch.bfloat16:
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
