@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import pytorch_msssim
 import torch
+import transformers as T
 from PIL import Image
 
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess
@@ -30,6 +31,13 @@ def evaluated(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("eval")
   hc, hd = hf_clip("gelu", 2), dinov2(28)
   hc.save_pretrained(tmp / "clip")
+  # CLIP's BPE files beside the weights, as the hub ships them: one symbol per character (no merges),
+  # <end> the highest id (this config pools at the highest id, as open_clip does).
+  symbols = [c for c in "abcdefghijklmnopqrstuvwxyz"] + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz0123456789()|,-"]
+  vocab = {sym: i + 1 for i, sym in enumerate(symbols)}
+  vocab.update({"<|startoftext|>": 96, "<|endoftext|>": 98})
+  (tmp / "clip" / "vocab.json").write_text(json.dumps(vocab))
+  (tmp / "clip" / "merges.txt").write_text("#version: 0.2\n")
   hd.save_pretrained(tmp / "dino")
   torch.manual_seed(0)
   features = vgg16_features().eval()
@@ -74,6 +82,18 @@ def test_every_method_is_measured_like_the_references(evaluated):
     hist = np.stack([[_png(out / "windows" / f"{w:05d}_h{j}.png") for j in range(h)] for w in range(5)])
     target = np.stack([_png(out / "windows" / f"{w:05d}_target.png") for w in range(5)])
     future = np.stack([_png(out / "windows" / f"{w:05d}_f0.png") for w in range(5)])
+    # cts: the target's "title | genres" from movies.dat, tokenized open_clip's way for 16 positions
+    movies = {int(m): (t, g) for m, t, g in (line.split("::") for line in
+                                            (tmp / "world" / "movies.dat").read_text("latin-1").splitlines())}
+    tok = T.CLIPTokenizer(str(tmp / "clip" / "vocab.json"), str(tmp / "clip" / "merges.txt"))
+    ids = np.zeros((5, 16), np.int64)
+    for w, item in enumerate(np.array(win["items"])[:, h]):
+      title, genres = movies[int(item)]
+      row = tok(f"{title} | {genres.replace('|', ', ')}")["input_ids"]
+      row = row[:15] + [98] if len(row) > 16 else row
+      assert 98 not in row[:-1]  # every character is in the vocabulary
+      ids[w, :len(row)] = row
+    target_text = hc.get_text_features(input_ids=torch.tensor(ids)).pooler_output.numpy()
     for method in ["pop", "lastitem", "sft"]:
       gen = np.stack([[_png(out / "methods" / method / "images" / f"{w:05d}_s{k}.png") for k in range(2)]
                       for w in range(5)])
@@ -92,6 +112,7 @@ def test_every_method_is_measured_like_the_references(evaluated):
                                                 torch.tensor(tgt).permute(0, 3, 1, 2).float(), data_range=255,
                                                 size_average=False).numpy().reshape(5, 2),
              "lpips_target": lp.reshape(5, 2)}
+      ref["cts"] = cos100(g, target_text[:, None])
       values = np.load(out / "methods" / method / "values.npz")
       for name, want in ref.items():
         np.testing.assert_allclose(values[name], want, atol=2e-3, rtol=1e-3, err_msg=f"{method} {name}")

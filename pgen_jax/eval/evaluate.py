@@ -44,6 +44,7 @@ from pgen_jax.metrics import unit
 from pgen_jax.models.janus import from_uint8
 from pgen_jax.recommenders.build import make, training_windows
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
+from pgen_jax.rewards.hf import load_clip_tokenizer
 from pgen_jax.rewards.models import load_reward_models
 from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
@@ -83,7 +84,9 @@ class Comparison:
     if not users:
       raise ValueError("eval: no test windows to evaluate; check data.test_windows and data.holdout_users")
     self.windows = EvalWindows(np.concatenate(users), self.catalog.index(np.concatenate(ids)), cfg.data.history_len)
-    self.models = MetricModels(load_reward_models(metric_model_section(cfg), mesh, np.float32))
+    section = metric_model_section(cfg)
+    tokenizer = load_clip_tokenizer(section.clip) if section.clip and not section.clip.startswith("random:") else None
+    self.models = MetricModels(load_reward_models(section, mesh, np.float32), tokenizer=tokenizer)
     self.genre = None
     if cfg.data.name == "synthetic":
       self.genre = _GenreProbe(cfg, mesh)
@@ -95,6 +98,8 @@ class Comparison:
         self.refs[kind] = (self.catalog.embeddings(kind, fn, w.history), self.catalog.embeddings(kind, fn, w.target),
                            self.catalog.embeddings(kind, fn, w.future))
     self.target_images = self.catalog.images(w.target)
+    # cts: the target item's text (title | genres) as CLIP sees it, when the CLIP directory has its tokenizer
+    self.target_text = self.models.text(self.catalog.texts(w.target)) if self.models.has_text else None
 
   def measure(self, images: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """images uint8 (W, N, S, S, 3) -> {metric: (W, N)}; `tokens` (W, N, T) the VQ tokens for the genre probe."""
@@ -109,6 +114,8 @@ class Comparison:
     for kind, g in emb.items():
       h, t, f = self.refs[kind]
       out.update(M.image_similarities(kind, g, h, t, f))
+    if self.target_text is not None:
+      out["cts"] = M.text_similarity(emb["cis"], self.target_text)
     out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, per_sample(self.target_images, n)).items()})
     g = emb["cis"] if "cis" in emb else flat.reshape(w, n, -1).astype(np.float32)
     out["cross_user"] = M.cross_user(g, self.windows.users)

@@ -11,6 +11,7 @@ from absl import logging
 from flax import nnx
 
 from pgen_jax.models.janus import from_uint8
+from pgen_jax.rewards.hf import tokenize
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
 
 
@@ -29,6 +30,11 @@ def metric_model_section(cfg):
 @nnx.jit(static_argnums=(1, 2))
 def _clip(clip, size, _, x):
   return clip.get_image_features(preprocess(x, size, size, CLIP_MEAN, CLIP_STD))
+
+
+@nnx.jit
+def _clip_text(clip, ids):
+  return clip.get_text_features(ids)
 
 
 @nnx.jit(static_argnums=(1, 2))
@@ -69,8 +75,8 @@ def jax_to_numpy(out, keep: int):
 class MetricModels:
   """CLIP / DINO image embeddings and SSIM / LPIPS of uint8 image pairs; `models` a RewardModels."""
 
-  def __init__(self, models, chunk: int = 32):
-    self.m, self.chunk = models, chunk
+  def __init__(self, models, chunk: int = 32, tokenizer=None):
+    self.m, self.chunk, self.tokenizer = models, chunk, tokenizer
 
   @property
   def has_clip(self):
@@ -82,6 +88,15 @@ class MetricModels:
 
   def clip(self, images: np.ndarray) -> np.ndarray:
     return _chunked(lambda x: _clip(self.m.clip, self.m.clip_size, 0, x), [images], self.chunk)
+
+  @property
+  def has_text(self):
+    return self.has_clip and self.tokenizer is not None
+
+  def text(self, texts: list[str]) -> np.ndarray:
+    """CLIP text embeddings (len(texts), D), open_clip's tokenization cut to the model's context."""
+    ids = tokenize(texts, self.tokenizer, self.m.clip.config.text.max_position_embeddings)
+    return _chunked(lambda x: _clip_text(self.m.clip, x), [ids], self.chunk)
 
   def dino(self, images: np.ndarray) -> np.ndarray:
     size = self.m.dino_size

@@ -3,7 +3,8 @@ from their embeddings (CLIP, DINO), pixels (SSIM, LPIPS) and the window's items.
 
 Names (all similarities 100 x cosine; one value per image):
   cis_target, dis_target       CLIP / DINO image similarity to the target item's image
-  cts                          CLIP image-text similarity to the target's text (title | genres)
+  cts                          CLIP image-text similarity to the target's text (title | genres), when
+                               the CLIP directory has its tokenizer
   cis_history, dis_history     to the mean of the history's unit embeddings
   cis_history_items, dis_...   Pigeon's: the mean of the per-item cosines to the history
   cis_future, dis_future       the mean over the p future items; *_future_max their max

@@ -120,6 +120,16 @@ def load_clip(directory: str | Path, *, mesh, dtype=None, param_dtype=None) -> C
   return place(tensors, graphdef, abstract, mesh, leaf_key, str(directory))
 
 
+def load_clip_tokenizer(directory: str | Path):
+  """The CLIP BPE tokenizer saved beside the weights (vocab.json + merges.txt, as both the transformers
+  and the open_clip hub layouts ship them), or None when the directory has none."""
+  d = Path(directory)
+  if not ((d / "vocab.json").exists() and (d / "merges.txt").exists()):
+    return None
+  import transformers  # lazy: only the eval's text metric needs it; keeps transformers out of training
+  return transformers.CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+
+
 def tokenize(texts: list[str], tokenizer, context_length: int = 77) -> np.ndarray:
   """open_clip's ids: <start> + BPE + <end>, cut to the context keeping <end> last, zero-padded.
 
