@@ -130,6 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()  # the comparison: recommenders and generators on the same windows
   c.eval.clip = ""                     # metric CLIP; "": grpo.clip (the optimised reward, with a warning)
   c.eval.dino = ""                     # metric DINO; "": grpo.dino
+  c.eval.scorer_terms = ()             # nima, profile: per image from the scorer (grpo.scorer_*; started if none)
   c.eval.recommenders = ("random", "pop", "itemknn", "lastitem", "sasrec")
   c.eval.generators = ("zero_shot", "sft", "grpo")  # rows for those that exist
   c.eval.sasrec = ml_collections.ConfigDict(dict(dim=64, layers=2, heads=1, dropout=0.2, lr=1e-3, weight_decay=0.0,

@@ -143,6 +143,9 @@ def _check_eval(cfg) -> None:
     bad = [n for n in _get(cfg, key) if n not in known]
     if bad:
       raise ConfigError(f"{key}: {bad} unknown; choose from {known}")
+  bad = [t for t in _get(cfg, "eval.scorer_terms") if t not in ("nima", "profile")]
+  if bad:
+    raise ConfigError(f"eval.scorer_terms: {bad} unknown; choose from ('nima', 'profile')")
   for key in ("eval.clip", "eval.dino"):
     if _get(cfg, key) and not _get(cfg, key).startswith("random:") and not Path(_get(cfg, key)).exists():
       raise ConfigError(f"{key}: {_get(cfg, key)} does not exist; download the model there or clear the key")

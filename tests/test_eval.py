@@ -16,7 +16,9 @@ import torch
 import transformers as T
 from PIL import Image
 
+from fake_sites import closed_port_url
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess
+from pgen_jax.scorer.nima import NIMA, load_nima, score as nima_score
 from test_clip import hf_clip
 from test_dino import dinov2
 from test_lpips import reference as lpips_reference, vgg16_features
@@ -44,7 +46,10 @@ def evaluated(tmp_path_factory):
   torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp / "vgg16.pth")
   heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
   torch.save(heads, tmp / "vgg.pth")
-  args = ["--config=configs/demo.py", f"--config.workdir={tmp}/run", f"--config.data.root={tmp}/world",
+  torch.save({"params": NIMA().eval().state_dict()}, tmp / "nima.pth")  # the job starts its scorer with it
+  args = ["--config=configs/demo.py", f"--config.grpo.scorer_nima={tmp / 'nima.pth'}",
+          f"--config.grpo.scorer_url={closed_port_url()}", "--config.grpo.scorer_device=cpu",
+          "--config.eval.scorer_terms=('nima',)", f"--config.workdir={tmp}/run", f"--config.data.root={tmp}/world",
           "--config.sft.num_steps=10", "--config.sft.genre_probe=False", "--config.sft.eval_every=10",
           f"--config.eval.clip={tmp / 'clip'}", f"--config.eval.dino={tmp / 'dino'}", "--config.grpo.dino_size=28",
           f"--config.grpo.lpips_vgg={tmp / 'vgg16.pth'}", f"--config.grpo.lpips_heads={tmp / 'vgg.pth'}",
@@ -94,6 +99,7 @@ def test_every_method_is_measured_like_the_references(evaluated):
       assert 98 not in row[:-1]  # every character is in the vocabulary
       ids[w, :len(row)] = row
     target_text = hc.get_text_features(input_ids=torch.tensor(ids)).pooler_output.numpy()
+    nima = load_nima(tmp / "nima.pth")
     for method in ["pop", "lastitem", "sft"]:
       gen = np.stack([[_png(out / "methods" / method / "images" / f"{w:05d}_s{k}.png") for k in range(2)]
                       for w in range(5)])
@@ -113,6 +119,7 @@ def test_every_method_is_measured_like_the_references(evaluated):
                                                 size_average=False).numpy().reshape(5, 2),
              "lpips_target": lp.reshape(5, 2)}
       ref["cts"] = cos100(g, target_text[:, None])
+      ref["nima"] = np.asarray(nima_score(nima, list(flat)), np.float64).reshape(5, 2)
       values = np.load(out / "methods" / method / "values.npz")
       for name, want in ref.items():
         np.testing.assert_allclose(values[name], want, atol=2e-3, rtol=1e-3, err_msg=f"{method} {name}")

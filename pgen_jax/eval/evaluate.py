@@ -48,6 +48,8 @@ from pgen_jax.rewards.hf import load_clip_tokenizer
 from pgen_jax.rewards.models import load_reward_models
 from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.scorer.client import profile_text
+from pgen_jax.scorer.launch import scorer_client
 from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
 from pgen_jax.viz import png_bytes
 
@@ -100,6 +102,10 @@ class Comparison:
     self.target_images = self.catalog.images(w.target)
     # cts: the target item's text (title | genres) as CLIP sees it, when the CLIP directory has its tokenizer
     self.target_text = self.models.text(self.catalog.texts(w.target)) if self.models.has_text else None
+    # nima / profile from the scorer; the judge reads each window's history as a profile
+    self.scorer_terms = list(self.eval_cfg.scorer_terms)
+    self.scorer = scorer_client(cfg.grpo, cfg.workdir) if self.scorer_terms else None
+    self.profiles = np.array([profile_text(self.catalog.texts(h)) for h in w.history], dtype=object)
 
   def measure(self, images: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """images uint8 (W, N, S, S, 3) -> {metric: (W, N)}; `tokens` (W, N, T) the VQ tokens for the genre probe."""
@@ -117,12 +123,21 @@ class Comparison:
     if self.target_text is not None:
       out["cts"] = M.text_similarity(emb["cis"], self.target_text)
     out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, per_sample(self.target_images, n)).items()})
+    if self.scorer is not None:
+      out.update(self._scored(flat, per_sample(self.profiles, n), w, n))
     g = emb["cis"] if "cis" in emb else flat.reshape(w, n, -1).astype(np.float32)
     out["cross_user"] = M.cross_user(g, self.windows.users)
     if self.genre is not None:
       tokens = tokens.reshape(w * n, -1) if tokens is not None else self.genre.tokens(flat)
       out["genre_hit"] = self.genre(self.windows.users, tokens).reshape(w, n)
     return out
+
+  def _scored(self, flat, profiles, w: int, n: int, chunk: int = 64) -> dict[str, np.ndarray]:
+    """The scorer's terms for each image, in requests of `chunk` images."""
+    parts = [self.scorer.score(flat[i:i + chunk], self.scorer_terms,
+                               list(profiles[i:i + chunk]) if "profile" in self.scorer_terms else None)
+             for i in range(0, len(flat), chunk)]
+    return {k: np.concatenate([p[k] for p in parts]).reshape(w, n).astype(np.float64) for k in self.scorer_terms}
 
   def ground(self, images: np.ndarray, k: int = 10) -> np.ndarray:
     """Generate-then-ground: (W, k) catalog items ranked by their best CLIP cosine to any of the window's
@@ -160,7 +175,8 @@ def setup_digest(cfg) -> str:
           "temperature": eval_cfg.temperature, "seed": eval_cfg.seed,
           "clip": eval_cfg.clip or cfg.grpo.clip, "dino": eval_cfg.dino or cfg.grpo.dino,
           "dino_size": cfg.grpo.dino_size,
-          "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "sasrec": dict(eval_cfg.sasrec), "seed_run": cfg.seed}
+          "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "scorer_terms": list(eval_cfg.scorer_terms),
+          "sasrec": dict(eval_cfg.sasrec), "seed_run": cfg.seed}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
