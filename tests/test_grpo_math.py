@@ -180,6 +180,17 @@ def test_shared_prefix_loss_and_gradients_equal_the_unshared_computation(mode):
   assert float(jnp.abs(grads["language_model"]["layers"][0]["self_attn"]["k_proj"]["kernel"]).max()) > 0
 
 
+def update_batch(rng, ids, mask, uncond, images, g):
+  """A GRPO update's batch for these prompts and g samples each: random tokens, old log-probs, advantages."""
+  rows = len(ids) * g
+  return {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+          "images": jnp.asarray(((images + 1) * 127.5).round().astype(np.uint8)),
+          "tokens": jnp.asarray(rng.integers(0, 64, (rows, 16)), jnp.int32),
+          "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (rows, 16)), jnp.float32),
+          "advantages": jnp.asarray(rng.normal(size=rows), jnp.float32), "on_policy": jnp.asarray(False),
+          "weights": jnp.ones(rows)}
+
+
 def test_micro_batched_update_equals_the_whole_batch():
   import optax
   from pgen_jax.train import update
@@ -188,12 +199,7 @@ def test_micro_batched_update_equals_the_whole_batch():
   ids, mask, uncond, images = batch_with_history(model, rng, prompts=4)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
   g = 2
-  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
-           "images": jnp.asarray(((images + 1) * 127.5).round().astype(np.uint8)),
-           "tokens": jnp.asarray(rng.integers(0, 64, (4 * g, 16)), jnp.int32),
-           "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (4 * g, 16)), jnp.float32),
-           "advantages": jnp.asarray(rng.normal(size=4 * g), jnp.float32), "on_policy": jnp.asarray(False),
-           "weights": jnp.ones(4 * g)}
+  batch = update_batch(rng, ids, mask, uncond, images, g)
   tx = optax.sgd(0.1)
   cfg = grpo.GRPOConfig(beta=0.05)
   ref_params = jax.tree.map(lambda p: p * 0.99, params)
@@ -216,12 +222,7 @@ def test_remat_scans_the_layers_with_the_same_loss_and_gradients(policy):
   rng = np.random.default_rng(5)
   ids, mask, uncond, images = batch_with_history(model, rng)
   g = 2
-  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
-           "images": jnp.asarray(((images + 1) * 127.5).round().astype(np.uint8)),
-           "tokens": jnp.asarray(rng.integers(0, 64, (2 * g, 16)), jnp.int32),
-           "old_logp": jnp.asarray(rng.normal(-4.2, 0.2, (2 * g, 16)), jnp.float32),
-           "advantages": jnp.asarray(rng.normal(size=2 * g), jnp.float32), "on_policy": jnp.asarray(False),
-           "weights": jnp.ones(2 * g)}
+  batch = update_batch(rng, ids, mask, uncond, images, g)
   cfg = grpo.GRPOConfig(logprobs="cfg", cfg_weight=2.0, beta=0.05)
 
   def loss_and_grads(remat):
