@@ -148,23 +148,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict(dict(dir=""))
 
   # The fetch stage: what to download into the paths above when they are missing. Revisions are pinned
-  # per repository; "main" follows the repository.
+  # to commits, so two runs months apart read the same bytes ("main" would follow the repository). The
+  # hashes are the commits that other public projects pin for these repositories (not checked against
+  # the Hub from here: hubs are unreachable on the build machines); a wrong one fails the fetch with a
+  # 404 naming the repository and revision.
   c.fetch = ml_collections.ConfigDict()
   c.fetch.hf_endpoint = ""             # "": $HF_ENDPOINT, else https://huggingface.co
   c.fetch.janus = ml_collections.ConfigDict(dict(  # -> model.checkpoint
-      repo="deepseek-community/Janus-Pro-1B", revision="main",
+      repo="deepseek-community/Janus-Pro-1B",
+      revision="1655280bb75959cc1cb85529a2a8b26e7016072e",
       allow=("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")))
   c.fetch.clip = ml_collections.ConfigDict(dict(   # -> grpo.clip (open_clip layout and its tokenizer)
-      repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", revision="main",
+      repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+      revision="1c2b8495b28150b8a4922ee1c8edee224c284c0c",
       allow=("open_clip_config.json", "open_clip_model.safetensors", "tokenizer*", "vocab.json", "merges.txt",
              "special_tokens_map.json")))
   c.fetch.dino = ml_collections.ConfigDict(dict(   # -> grpo.dino
-      repo="facebook/dinov2-large", revision="main", allow=("config.json", "model.safetensors",
+      repo="facebook/dinov2-large",
+      revision="47b73eefe95e8d44ec3623f8890bd894b6ea2d6c", allow=("config.json", "model.safetensors",
                                                              "preprocessor_config.json")))
   c.fetch.qwen = ml_collections.ConfigDict(dict(   # -> grpo.scorer_qwen, when reward_weights.profile > 0
-      repo="Qwen/Qwen2.5-VL-7B-Instruct", revision="main", allow=("*.json", "*.safetensors", "*.txt", "*.jinja")))
+      repo="Qwen/Qwen2.5-VL-7B-Instruct",
+      revision="cc594898137f460bfe9f0759e9844b3ce807cfb5", allow=("*.json", "*.safetensors", "*.txt", "*.jinja")))
   c.fetch.nima = ml_collections.ConfigDict(dict(   # -> grpo.scorer_nima, when reward_weights.nima > 0
-      repo="chaofengc/IQA-PyTorch-Weights", revision="main", file="NIMA_InceptionV2_ava-b0c77c00.pth"))
+      repo="chaofengc/IQA-PyTorch-Weights",
+      revision="0df2df423c65f6a64209309695f3845727431027", file="NIMA_InceptionV2_ava-b0c77c00.pth"))
   c.fetch.movielens_url = "https://files.grouplens.org/datasets/movielens"  # <url>/<data.version>.zip(.md5)
   c.fetch.movielens_md5 = ""           # "": the .md5 published beside the zip
   c.fetch.posters = "tmdb"             # tmdb: fetch with $TMDB_API_KEY; or a folder of <movieId>.jpg to use

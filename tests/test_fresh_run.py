@@ -100,6 +100,15 @@ def test_fresh_clone_runs_every_stage_from_downloads(tmp_path):
   assert not (ckpt / "CLIP-ViT-H-14-laion2B-s32B-b79K" / "open_clip_pytorch_model.bin").exists()
   assert (clone / "data" / "movielens" / "ratings.csv").read_bytes() == (tmp_path / "ml-src" / "ratings.csv").read_bytes()
   assert [r for r in sites.requests if r[1].endswith(".zip")][1][2]  # the broken archive resumed
+  # Each repository was asked for at the commit the config pins (40 hex digits), not at "main".
+  sys.path.insert(0, str(ROOT))
+  from configs.common import base_config
+  fetch = base_config().fetch
+  for spec in (fetch.janus, fetch.clip, fetch.dino, fetch.qwen, fetch.nima):
+    assert len(spec.revision) == 40 and int(spec.revision, 16) >= 0, spec
+  asked = {r[1] for r in sites.requests}
+  for spec in (fetch.janus, fetch.clip, fetch.dino):
+    assert f"/api/models/{spec.repo}/revision/{spec.revision}" in asked, (spec.repo, sorted(asked)[:10])
   # Every stage ran: SFT checkpoints, eval metrics measured with the fetched CLIP and DINO, an HF export.
   work = clone / "runs" / "movielens"
   assert (work / "sft" / "final").exists()
