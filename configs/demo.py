@@ -9,7 +9,7 @@ from configs.common import base_config
 def get_config():
   c = base_config()
   c.workdir = "runs/demo"
-  c.stages = ("prepare", "sft", "eval", "export")
+  c.stages = ("prepare", "vq", "sft", "grpo", "eval", "export")
   c.model.preset = "demo"              # tiny Janus, 32px images, random init
   c.model.dtype = "float32"
   c.model.tokenizer = "bytes"
@@ -22,6 +22,11 @@ def get_config():
   c.data.workers = 0
   c.prompt.template = "{history}"      # short prompts: the byte tokenizer spends a token per byte
   c.prompt.max_text_tokens = 40
+  c.vq.num_steps = 200                 # the tokenizer: trained on 16px crops, used on whole 32px images
+  c.vq.batch_size = 16
+  c.vq.crop = 16
+  c.vq.log_every = 25
+  c.vq.ckpt_every = 100
   c.sft.batch_size = 16
   c.sft.lr = 3e-3
   c.sft.warmup_steps = 20
@@ -30,5 +35,13 @@ def get_config():
   c.sft.eval_every = 100
   c.sft.eval_batches = 2
   c.sft.ckpt_every = 100
+  c.grpo.reward = "genre"              # the synthetic world's reward: no reward models to download
+  c.grpo.num_steps = 10
+  c.grpo.prompts_per_step = 4
+  c.grpo.group_size = 8
+  c.grpo.lr = 5e-5
+  c.grpo.log_every = 2
+  c.grpo.ckpt_every = 10
+  c.grpo.grid_every = 10
   c.export.dir = "runs/demo/hf"
   return c

@@ -1,17 +1,20 @@
 """The pgen_jax job: `python -m pgen_jax.main --config=configs/<name>.py [--config.key=value ...]`.
 
-The config names the stages to run in order (prepare, sft, grpo, eval, export); each stage can
+The config names the stages to run in order (prepare, vq, sft, grpo, eval, export); each stage can
 also be run alone with --config.stages=<name>,.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pgen_jax import distributed, run_config
+from pgen_jax.fileio import write_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -34,6 +37,13 @@ def export(cfg) -> None:
   side = Path(ckpt) / "hf" if ckpt and is_pgen_checkpoint(ckpt) else (ckpt or None)
   export_hf(model_from_config(cfg, mesh_from_config(cfg), ckpt or None), cfg.export.dir, side_files=side)
   logging.info("exported %s to %s", ckpt or "the initial model", cfg.export.dir)
+
+
+def vq(cfg) -> None:
+  """Trains the image tokenizer on the prepared items (small-image runs); SFT then uses it."""
+  import json
+  from pgen_jax.train.vq_loop import run_vq
+  print(json.dumps(run_vq(cfg)))
 
 
 def sft(cfg) -> None:
@@ -71,6 +81,7 @@ def evaluate(cfg) -> None:
 
 STAGES = {
     "prepare": prepare,
+    "vq": vq,
     "sft": sft,
     "grpo": grpo,
     "eval": evaluate,
@@ -88,6 +99,9 @@ def main(argv) -> None:
   except ValueError as e:
     print(f"{flags.FLAGS['config'].config_filename}: config error: {e}", file=sys.stderr)
     sys.exit(2)
+  if jax.process_index() == 0:  # what pgen_jax.generate reads back to rebuild the prompts and the store
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.workdir) / "config.json", cfg.to_dict())
   for stage in cfg.stages:
     logging.info("stage %s", stage)
     from pgen_jax.train.update import RunStopped

@@ -8,7 +8,7 @@ import ml_collections
 
 from pgen_jax.models.config import PRESETS, ConfigError
 
-STAGES = ("prepare", "sft", "grpo", "eval", "export")
+STAGES = ("prepare", "vq", "sft", "grpo", "eval", "export")
 DTYPES = ("float32", "bfloat16", "float16")
 DATASETS = ("synthetic", "movielens", "pixelrec")
 
@@ -73,6 +73,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"prompt.uncond: {_get(cfg, 'prompt.uncond')!r}; use 'official' or 'keep_images'")
   if "{history}" not in _get(cfg, "prompt.template"):
     raise ConfigError("prompt.template: must contain {history}")
+  if "vq" in stages:
+    _check_vq(cfg)
   if "sft" in stages:
     for key in ("sft.batch_size", "sft.grad_accum", "sft.log_every", "sft.eval_every", "sft.ckpt_every",
                 "sft.eval_batches", "sft.eval_batch_size", "sft.keep", "sft.max_bad_steps", "sft.grid_samples"):
@@ -107,6 +109,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"eval.windows: {_get(cfg, 'eval.windows')!r} must be an integer >= 0 (0: no limit)")
   if "export" in stages and not _get(cfg, "export.dir"):
     raise ConfigError("export.dir: empty; set where the HF checkpoint is written")
+
+
+def _check_vq(cfg) -> None:
+  for key in ("vq.num_steps", "vq.batch_size", "vq.restart_every", "vq.holdout_every", "vq.log_every",
+              "vq.ckpt_every", "vq.keep"):
+    if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a positive integer")
+  patch = PRESETS[_get(cfg, "model.preset")]().vision.patch_size
+  crop = _get(cfg, "vq.crop")
+  if not isinstance(crop, int) or crop < 0 or crop % patch or crop > _get(cfg, "data.image_size"):
+    raise ConfigError(f"vq.crop: {crop!r}; use 0 (whole images) or a multiple of the patch size {patch} "
+                      f"up to data.image_size")
+  for key in ("vq.lr", "vq.clip"):
+    if not _get(cfg, key) > 0:
+      raise ConfigError(f"{key}: must be positive")
 
 
 def _check_grpo(cfg) -> None:

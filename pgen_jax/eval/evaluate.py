@@ -9,6 +9,8 @@ Each window gets eval.samples images with CFG. Per image:
   ssim_target                              SSIM to the target item's image
   genre_hit                                synthetic world only: the token genre probe agrees with the
                                            user's preferred genre (pgen_jax.eval.genre)
+  pixel_genre_hit                          synthetic world only: the same from the decoded pixels
+                                           (colour and stripe direction, synthetic.pixel_genre)
 Over the run, cross_user_similarity: the mean cosine similarity of images generated for different
 users (CLIP embeddings, else pixels); lower means more personal images.
 
@@ -105,6 +107,7 @@ def run_eval(cfg) -> dict:
       if classifier is not None:
         want = rep([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]])
         terms["genre_hit"] = (classifier(tokens) == want).astype(np.float32)
+        terms["pixel_genre_hit"] = (synthetic.pixel_genre(images) == want).astype(np.float32)
       if grid is None:
         grid = (b["history"][:4], images[:4 * e.samples], b["target"][:4])
       embeddings.append(models.embeddings(images))

@@ -25,6 +25,7 @@ from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.train import sft, update
 from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.train.setup import Prompter, mesh_from_config, model_from_config, prompt_batch, to_device
+from pgen_jax.train.vq_loop import load_trained_tokenizer
 
 
 class NonFiniteError(update.RunStopped):
@@ -48,6 +49,7 @@ def run_sft(cfg) -> dict:
     raise ValueError(f"sft.batch_size: {c.batch_size} / grad_accum {c.grad_accum} must split evenly over the "
                      f"{shards} data-parallel devices and {jax.process_count()} hosts")
   model = model_from_config(cfg, mesh)
+  load_trained_tokenizer(cfg, model)  # the vq stage's tokenizer, when it ran
   model.language_model.remat = bool(c.remat)
   prompter = Prompter(cfg, model.config)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(c.trainable)), ...)
