@@ -115,7 +115,7 @@ def train_step(graphdef, tx, c, batch_sharding, images, state, rest):
   usage = c.usage_decay * state["usage"] + (1 - c.usage_decay) * counts * k / aux["codes"].size
   due = (new["step"] % c.restart_every == 0) & (new["step"] <= c.num_steps - c.restart_every)
   dead = due & (usage < c.restart_below)
-  fresh = aux["z"][jax.random.choice(k_restart, aux["z"].shape[0], (k,), replace=False)]
+  fresh = aux["z"][jax.random.choice(k_restart, aux["z"].shape[0], (k,), replace=aux["z"].shape[0] < k)]
   restart = lambda path, p: jnp.where(dead[:, None], fresh.astype(p.dtype), p) if _is_codebook(path) else p
   new["params"] = jax.tree_util.tree_map_with_path(restart, new["params"])
   new["usage"] = jnp.where(dead, 1.0, usage)
