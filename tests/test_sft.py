@@ -1,6 +1,5 @@
-"""SFT: the loss against transformers' modules, the non-finite guard, kill-and-resume, and the demo."""
+"""SFT: the loss against transformers' modules, the non-finite guard, kill-and-resume (the demo: test_demo.py)."""
 
-import json
 import os
 import shutil
 import signal
@@ -13,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers as T
 from flax import nnx
 
 from hf_janus import SIZES, hf_model
