@@ -124,8 +124,9 @@ def history_from_file(cfg, path: Path):
   return out
 
 
-def contact_sheet(history: list[np.ndarray], samples: np.ndarray, gap: int = 4) -> np.ndarray:
-  """One row: the history images | the samples, white gaps, uint8."""
+def contact_sheet(history: list[np.ndarray], samples: np.ndarray, gap: int = 4, min_tile: int = 128) -> np.ndarray:
+  """One row: the history images | the samples, a white gap, uint8; small images are enlarged by an
+  integer factor (nearest neighbour, so every pixel stays visible) to tiles of at least `min_tile`."""
   s = samples.shape[1]
   tiles = list(history) + [None] + list(samples)
   sheet = np.full((s, len(history) * s + len(samples) * s + gap, 3), 255, np.uint8)
@@ -136,7 +137,8 @@ def contact_sheet(history: list[np.ndarray], samples: np.ndarray, gap: int = 4) 
       continue
     sheet[:, x:x + s] = t
     x += s
-  return sheet
+  scale = max(1, -(-min_tile // s))
+  return sheet.repeat(scale, 0).repeat(scale, 1)
 
 
 def generate(cfg, history, checkpoint: str, samples: int, cfg_weight: float, temperature: float, seed: int):

@@ -59,7 +59,7 @@ def test_prepare_stage_builds_the_store_once(tmp_path):
   first = run_main(*args)
   assert first.returncode == 0, first.stderr[-2000:]
   stats = __import__("json").loads(first.stdout.strip().splitlines()[-1])
-  assert stats["splits"]["train"]["windows"] > 0 and stats["splits"]["test"]["users"] == 48
+  assert stats["splits"]["train"]["windows"] > 0 and stats["splits"]["test"]["users"] == 96  # every user of the world
   assert (tmp_path / "world" / "ratings.dat").exists()
   second = run_main(*args)
   assert second.returncode == 0 and "already in" in second.stderr

@@ -3,7 +3,7 @@ the pixel-level genre probe reads the world's own posters right."""
 
 import json
 
-import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 from PIL import Image
@@ -12,6 +12,9 @@ from test_janus_convert import flat_params
 from test_sft import ROOT, kill_at_checkpoint, run_main
 from pgen_jax.data import synthetic
 from pgen_jax.data.images import generation_target
+from pgen_jax.models import Janus, preset
+from pgen_jax.setup import load_trained_tokenizer
+from pgen_jax.train.vq_loop import codebook_usage, psnr
 
 
 def vq_args(workdir, store, steps=12):
@@ -22,9 +25,6 @@ def vq_args(workdir, store, steps=12):
 
 
 def vq_params(workdir):
-  import ml_collections
-  from pgen_jax.models import Janus, preset
-  from pgen_jax.train.vq_loop import load_trained_tokenizer
   model = Janus(preset("demo"), nnx.Rngs(0))
   before = flat_params(model.vqmodel)
   assert load_trained_tokenizer(ml_collections.ConfigDict({"workdir": str(workdir)}), model)
@@ -54,7 +54,6 @@ def test_vq_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
 
 
 def test_psnr_by_hand():
-  from pgen_jax.train.vq_loop import codebook_usage, psnr
   a = np.zeros((2, 4, 4, 3), np.uint8)
   b = a.copy()
   b[0] += 1           # MSE 1: 10 log10(255^2) = 48.1308 dB

@@ -29,7 +29,7 @@ SIGNATURES = {
 class WorldConfig:
   seed: int = 0
   movies_per_genre: int = 24
-  users: int = 48
+  users: int = 96
   ratings_per_user: int = 32
   preferred_share: float = 0.75   # share of a user's ratings that go to the preferred genre
   poster_size: tuple[int, int] = (48, 72)  # width, height: portrait, like real posters
