@@ -45,6 +45,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.prompt.uncond = "official"         # CFG's unconditional row: official | keep_images
   c.prompt.uncond_pads = "attend"      # the row's blanked tokens: attend (as HF) | drop (its real tokens only)
 
+  c.vq = ml_collections.ConfigDict()   # the vq stage: trains the image tokenizer (small-image runs only)
+  c.vq.num_steps = 400
+  c.vq.batch_size = 32
+  c.vq.crop = 0                        # train on random crops of this side (a multiple of the patch); 0: whole
+  c.vq.lr = 2e-3
+  c.vq.warmup_steps = 20
+  c.vq.clip = 1.0
+  c.vq.beta = 0.25                     # commitment weight
+  c.vq.restart_every = 25              # steps between dead-code restarts
+  c.vq.restart_below = 0.05            # dead: running usage below this share of the uniform rate
+  c.vq.usage_decay = 0.9
+  c.vq.holdout_every = 8               # items 0, 8, 16, ... are never trained on; PSNR is measured on them
+  c.vq.log_every = 50
+  c.vq.ckpt_every = 100
+  c.vq.keep = 2
+
   c.sft = ml_collections.ConfigDict()
   c.sft.batch_size = 64                # global, per optimizer step
   c.sft.grad_accum = 1                 # micro-batches per step

@@ -9,7 +9,7 @@ from configs.common import base_config
 def get_config():
   c = base_config()
   c.workdir = "runs/demo"
-  c.stages = ("prepare", "sft", "eval", "export")
+  c.stages = ("prepare", "vq", "sft", "grpo", "eval", "export")
   c.model.preset = "demo"              # tiny Janus, 32px images, random init
   c.model.dtype = "float32"
   c.model.tokenizer = "bytes"
@@ -22,6 +22,12 @@ def get_config():
   c.data.workers = 0
   c.prompt.template = "{history}"      # short prompts: the byte tokenizer spends a token per byte
   c.prompt.max_text_tokens = 40
+  c.vq.num_steps = 400                 # the tokenizer, on random 16px crops of the 32px posters: 4.6x
+  c.vq.crop = 16                       # cheaper per step than whole ones; truer colours than 150 whole steps
+  c.vq.lr = 3e-3
+  c.vq.batch_size = 16
+  c.vq.log_every = 25
+  c.vq.ckpt_every = 100
   c.sft.batch_size = 16
   c.sft.lr = 3e-3
   c.sft.warmup_steps = 20
@@ -30,8 +36,21 @@ def get_config():
   c.sft.eval_every = 100
   c.sft.eval_batches = 2
   c.sft.ckpt_every = 100
+  # The understanding encoder is random in the demo (the real one is pretrained): it learns to see colour.
+  c.sft.trainable = ("language_model", "generation_embeddings", "generation_aligner", "generation_head",
+                     "vision_model", "aligner")
+  c.sft.genre_probe = False            # eval measures the same users' images (sft and grpo rows)
   # a small world (144 items): HR@10 0.34 on all its test windows with these (ItemKNN 0.43, Pop 0.01)
   c.eval.sasrec.update(dict(dim=32, layers=1, epochs=40, batch_size=64, lr=3e-3))
   c.eval.bootstrap = 500
+  c.eval.report_users = 12             # every held-out user's images are kept (eval/methods/*/images)
+  c.grpo.reward = "genre"              # the synthetic world's reward: no reward models to download
+  c.grpo.num_steps = 10
+  c.grpo.prompts_per_step = 4
+  c.grpo.group_size = 8
+  c.grpo.lr = 5e-5
+  c.grpo.log_every = 2
+  c.grpo.ckpt_every = 10
+  c.grpo.grid_every = 10
   c.export.dir = "runs/demo/hf"
   return c

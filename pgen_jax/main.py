@@ -1,6 +1,6 @@
 """The pgen_jax job: `python -m pgen_jax.main --config=configs/<name>.py [--config.key=value ...]`.
 
-The config names the stages to run in order (fetch, prepare, sft, grpo, eval, export); each stage can
+The config names the stages to run in order (fetch, prepare, vq, sft, grpo, eval, export); each stage can
 also be run alone with --config.stages=<name>,.
 
 Failures a user can cause (config, data, missing files, network, scorer) end in one line on stderr
@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,6 +24,7 @@ from pgen_jax.data.tables import DataError
 from pgen_jax.eval.evaluate import run_eval
 from pgen_jax.fetch import FetchError
 from pgen_jax.fetch.stage import fetch_from_config
+from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint
 from pgen_jax.models.config import ConfigError
 from pgen_jax.models.hf import export_hf
@@ -47,6 +49,12 @@ def export(cfg) -> None:
   side = Path(ckpt) / "hf" if ckpt and is_pgen_checkpoint(ckpt) else (ckpt or None)
   export_hf(model_from_config(cfg, mesh_from_config(cfg), ckpt or None), cfg.export.dir, side_files=side)
   logging.info("exported %s to %s", ckpt or "the initial model", cfg.export.dir)
+
+
+def vq(cfg) -> None:
+  """Trains the image tokenizer on the prepared items (small-image runs); later stages use it."""
+  from pgen_jax.train.vq_loop import run_vq  # lazy: clu's TensorBoard writers import TensorFlow
+  print(json.dumps(run_vq(cfg)))
 
 
 def sft(cfg) -> None:
@@ -88,6 +96,7 @@ def fetch(cfg) -> None:
 STAGES = {
     "fetch": fetch,
     "prepare": prepare,
+    "vq": vq,
     "sft": sft,
     "grpo": grpo,
     "eval": evaluate,
@@ -118,6 +127,9 @@ def run(cfg, only: tuple[str, ...] | None = None) -> None:
 
   stages = tuple(cfg.stages)
   check(run_config.validate, files="fetch" not in stages + tuple(only or ()))
+  if jax.process_index() == 0:  # what pgen_jax.generate reads back to rebuild the prompts and the store
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.workdir) / "config.json", cfg.to_dict())
   checked = False
   for stage in only or stages:
     if stage != "fetch" and not checked:

@@ -27,8 +27,8 @@ from pgen_jax.sampling.tokenizers import load_tokenizer
 from pgen_jax.scorer.launch import answers
 from pgen_jax.train.hacking import DRIFT
 
-STAGES = ("fetch", "prepare", "sft", "grpo", "eval", "export")
-MODEL_STAGES = ("sft", "grpo", "eval", "export")  # the stages that load model.checkpoint
+STAGES = ("fetch", "prepare", "vq", "sft", "grpo", "eval", "export")
+MODEL_STAGES = ("vq", "sft", "grpo", "eval", "export")  # the stages that load model.checkpoint
 DTYPES = ("float32", "bfloat16", "float16")
 DATASETS = ("synthetic", "movielens", "pixelrec")
 
@@ -102,6 +102,8 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
       raise ConfigError(f"{key}: {_get(cfg, key)!r}; use one of {', '.join(REMAT)}")
   if "{history}" not in _get(cfg, "prompt.template"):
     raise ConfigError("prompt.template: must contain {history}")
+  if "vq" in stages:
+    _check_vq(cfg)
   if "sft" in stages:
     for key in ("sft.batch_size", "sft.grad_accum", "sft.log_every", "sft.eval_every", "sft.ckpt_every",
                 "sft.eval_batches", "sft.eval_batch_size", "sft.keep", "sft.max_bad_steps", "sft.grid_samples"):
@@ -152,6 +154,19 @@ def _check_eval(cfg) -> None:
   for key, least in (("eval.bootstrap", 1), ("eval.report_users", 0)):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < least:
       raise ConfigError(f"{key}: {_get(cfg, key)!r} must be an integer >= {least}")
+def _check_vq(cfg) -> None:
+  for key in ("vq.num_steps", "vq.batch_size", "vq.restart_every", "vq.holdout_every", "vq.log_every",
+              "vq.ckpt_every", "vq.keep"):
+    if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
+      raise ConfigError(f"{key}: {_get(cfg, key)!r} must be a positive integer")
+  patch = PRESETS[_get(cfg, "model.preset")]().vision.patch_size
+  crop = _get(cfg, "vq.crop")
+  if not isinstance(crop, int) or crop < 0 or crop % patch or crop > _get(cfg, "data.image_size"):
+    raise ConfigError(f"vq.crop: {crop!r}; use 0 (whole images) or a multiple of the patch size {patch} "
+                      f"up to data.image_size")
+  for key in ("vq.lr", "vq.clip"):
+    if not _get(cfg, key) > 0:
+      raise ConfigError(f"{key}: must be positive")
 
 
 def _check_grpo(cfg) -> None:

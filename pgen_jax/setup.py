@@ -1,10 +1,13 @@
-"""What every stage builds from the config: the mesh, the model, the newest training result."""
+"""What every stage builds from the config: the mesh, the model (with the vq stage's tokenizer when
+it ran), the newest training result."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
@@ -26,8 +29,31 @@ def model_from_config(cfg, mesh, checkpoint: str | Path | None = None) -> Janus:
                     cfg.seed)
     model = place_on_mesh(Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype,
                                 param_dtype=param_dtype), mesh)
+  if checkpoint is None:  # a training result already holds the tokenizer it was trained with
+    load_trained_tokenizer(cfg, model)
   model.language_model.attention_impl = cfg.model.attention
   return model
+
+
+def tokenizer_dir(cfg) -> Path:
+  """Where the vq stage leaves the image tokenizer it trained (its parameters, orbax)."""
+  return Path(cfg.workdir) / "vq" / "final"
+
+
+def load_trained_tokenizer(cfg, model: Janus) -> bool:
+  """Replaces model.vqmodel's parameters by the vq stage's (<workdir>/vq/final) when that stage has run."""
+  final = tokenizer_dir(cfg)
+  if not final.exists():
+    return False
+  params = nnx.state(model.vqmodel, nnx.Param)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        nnx.to_pure_dict(params))
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore((final / "params").resolve(), target)
+  nnx.replace_by_pure_dict(params, restored)
+  nnx.update(model.vqmodel, params)
+  logging.info("the image tokenizer is the vq stage's: %s", final)
+  return True
 
 
 def trained_checkpoint(cfg, stages=("grpo", "sft")) -> Path | None:

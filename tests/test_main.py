@@ -29,7 +29,7 @@ def run_main(*args):
     (["--config=configs/movielens.py", "--config.stages=('sft',)"],
      "model.checkpoint: checkpoints/Janus-Pro-1B is not a directory"),
     (["--config=configs/demo.py", "--config.stages=('grpo',)", "--config.grpo.group_size=1"], "grpo.group_size"),
-    (["--config=configs/demo.py", "--config.stages=('grpo',)"], "grpo.clip: empty"),
+    (["--config=configs/demo.py", "--config.stages=('grpo',)", "--config.grpo.reward=models"], "grpo.clip: empty"),
     (["--config=configs/bench_grpo_1b.py", "--config.grpo.dino=random:dinov3"], "grpo.dino: 'random:dinov3'"),
     (["--config=configs/pixelrec.py", "--config.model.checkpoint=", "--config.data.root=/nonexistent"],
      "data.root"),
@@ -59,7 +59,7 @@ def test_prepare_stage_builds_the_store_once(tmp_path):
   first = run_main(*args)
   assert first.returncode == 0, first.stderr[-2000:]
   stats = __import__("json").loads(first.stdout.strip().splitlines()[-1])
-  assert stats["splits"]["train"]["windows"] > 0 and stats["splits"]["test"]["users"] == 48
+  assert stats["splits"]["train"]["windows"] > 0 and stats["splits"]["test"]["users"] == 96  # every user of the world
   assert (tmp_path / "world" / "ratings.dat").exists()
   second = run_main(*args)
   assert second.returncode == 0 and "already in" in second.stderr

@@ -2,7 +2,8 @@
 
 A naive-Bayes classifier over VQ tokens (bag of tokens, Laplace smoothing) is fitted on the tokens
 of every item's poster, labelled by the item's genre; each generated sample is classified and counts
-as a hit when the class is the user's preferred genre. Chance is 1 / number of genres. Evaluated on
+as a hit when the class is the user's preferred genre. Chance is 1 / number of genres. The decoded images also get the pixel-level probe
+(synthetic.pixel_probe), which reads colour and stripe direction and needs no model. Evaluated on
 the test windows of users never seen in training (data.holdout_users), or all test windows if none.
 Used by SFT (the hit rate after training), GRPO (grpo.reward=genre) and eval (genre_hit).
 """
@@ -66,12 +67,16 @@ def genre_hit_rate(cfg, model, mesh, prompter, *, samples: int = 4, per_user: in
   """Hit rate over `samples` images for each of the first `per_user` test windows of every user."""
   clf, ceiling = fit_classifier(cfg, model)
   sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=cfg.sft.cfg_weight, num_samples=samples))
-  hits, total, users = 0, 0, set()
+  hits, total, users, images, image_users = 0, 0, set(), [], []
   for b in test_window_batches(cfg, 8, per_user, with_future=False):
-    tokens = np.asarray(sampler(prompt_batch(prompter(b), cfg.prompt.uncond), jax.random.key(total)).tokens)
+    roll = sampler(prompt_batch(prompter(b), cfg.prompt.uncond), jax.random.key(total))
+    tokens = np.asarray(roll.tokens)
+    images.append(np.asarray(roll.images))
+    image_users.append(per_sample(b["user"], samples))
     want = per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
     hits += int((clf(tokens) == want).sum())
     total += len(tokens)
     users.update(map(int, b["user"]))
   return {"hit_rate": hits / max(total, 1), "samples": total, "users": len(users),
-          "chance": 1 / len(synthetic.GENRES), "classifier_accuracy_on_posters": ceiling}
+          "chance": 1 / len(synthetic.GENRES), "classifier_accuracy_on_posters": ceiling,
+          "pixel": synthetic.pixel_probe(np.concatenate(images), np.concatenate(image_users))}

@@ -29,7 +29,7 @@ SIGNATURES = {
 class WorldConfig:
   seed: int = 0
   movies_per_genre: int = 24
-  users: int = 48
+  users: int = 96
   ratings_per_user: int = 32
   preferred_share: float = 0.75   # share of a user's ratings that go to the preferred genre
   poster_size: tuple[int, int] = (48, 72)  # width, height: portrait, like real posters
@@ -87,3 +87,41 @@ def write(root: str | Path, cfg: WorldConfig = WorldConfig()) -> Path:
         ratings.append(f"{u}::{m}::{r}::{t0 + 3600 * j}")
     (tmp / "ratings.dat").write_text("\n".join(ratings) + "\n")
   return root
+
+
+# The pixel-level probe: which genre's signature does an image carry? Independent of any model: it
+# reads colour and stripe direction off the pixels. An image's colour is its mean (stripes cover half
+# the poster at the base colour, half at 0.4 of it: 0.7 x base); its stripe direction is the one along
+# which neighbouring pixels differ least.
+DIRECTIONS = ("horizontal", "vertical", "diagonal")
+ORIENTATION_WEIGHT = 0.3  # a wrong direction costs about as much as the closest two genres' colour gap
+
+
+def stripe_direction(images: np.ndarray) -> np.ndarray:
+  """uint8 (N, H, W, 3) -> index into DIRECTIONS of each image's stripes."""
+  lum = images.astype(np.float32).mean(-1)
+  along_x = np.abs(lum[:, :, 1:] - lum[:, :, :-1]).mean((1, 2))       # small for horizontal stripes
+  along_y = np.abs(lum[:, 1:, :] - lum[:, :-1, :]).mean((1, 2))       # small for vertical ones
+  along_anti = np.abs(lum[:, 1:, :-1] - lum[:, :-1, 1:]).mean((1, 2))  # x+y constant: diagonal ones
+  return np.argmin(np.stack([along_x, along_y, along_anti], 1), 1)
+
+
+def pixel_genre(images: np.ndarray) -> np.ndarray:
+  """uint8 (N, H, W, 3) -> index into GENRES of the nearest signature by mean colour and stripe direction."""
+  colour = images.astype(np.float32).mean((1, 2)) / 255.0
+  direction = np.eye(len(DIRECTIONS))[stripe_direction(images)]
+  feats = np.concatenate([colour, ORIENTATION_WEIGHT * direction], 1)
+  refs = np.array([[*(0.7 * np.array(SIGNATURES[g][0]) / 255.0),
+                    *(ORIENTATION_WEIGHT * np.eye(len(DIRECTIONS))[DIRECTIONS.index(SIGNATURES[g][1])])]
+                   for g in GENRES])
+  return np.argmin(((feats[:, None] - refs[None]) ** 2).sum(-1), 1)
+
+
+def pixel_probe(images: np.ndarray, users) -> dict:
+  """Share of images whose nearest signature (pixel_genre) is their user's preferred genre's, and the
+  share whose stripes alone run in that genre's direction. Chance: 1/6 and about 1/3."""
+  want = np.array([GENRES.index(preferred_genre(int(u))) for u in users])
+  want_dir = np.array([DIRECTIONS.index(SIGNATURES[GENRES[w]][1]) for w in want])
+  return {"hit_rate": float((pixel_genre(images) == want).mean()),
+          "stripe_hit_rate": float((stripe_direction(images) == want_dir).mean()),
+          "images": int(len(images)), "chance": 1 / len(GENRES)}

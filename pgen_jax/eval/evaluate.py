@@ -130,6 +130,7 @@ class Comparison:
     if self.genre is not None:
       tokens = tokens.reshape(w * n, -1) if tokens is not None else self.genre.tokens(flat)
       out["genre_hit"] = self.genre(self.windows.users, tokens).reshape(w, n)
+      out["pixel_genre_hit"] = self.genre.pixels(self.windows.users, flat).reshape(w, n)
     return out
 
   def _scored(self, flat, profiles, w: int, n: int, chunk: int = 64) -> dict[str, np.ndarray]:
@@ -161,10 +162,17 @@ class _GenreProbe:
   def tokens(self, images: np.ndarray) -> np.ndarray:
     return image_tokens(self.vq_model, from_uint8(images))
 
+  @staticmethod
+  def wanted(users, n: int) -> np.ndarray:
+    return per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
+
   def __call__(self, users, tokens) -> np.ndarray:
-    n = len(tokens) // len(users)
-    want = per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
+    want = self.wanted(users, len(tokens) // len(users))
     return (self.clf(np.asarray(tokens).reshape(len(want), -1)) == want).astype(np.float64)
+
+  def pixels(self, users, images: np.ndarray) -> np.ndarray:
+    """The same from the decoded pixels (colour and stripe direction, synthetic.pixel_genre): no model."""
+    return (synthetic.pixel_genre(images) == self.wanted(users, len(images) // len(users))).astype(np.float64)
 
 
 def setup_digest(cfg) -> str:

@@ -11,7 +11,9 @@ Names (all similarities 100 x cosine; one value per image):
   ssim_target, lpips_target    SSIM (data range 255) and LPIPS distance to the target (lower better)
   cross_user                   mean cosine (CLIP, x 100) to the images of other users' windows (lower
                                better: more personal)
-  genre_hit                    synthetic world: the image's genre is the user's preferred one
+  genre_hit                    synthetic world: the image's genre (a classifier on its VQ tokens) is
+                               the user's preferred one
+  pixel_genre_hit              the same read off the pixels (nearest signature by colour and stripes)
   nima, profile                from the scorer, when one is configured
 """
 

@@ -113,7 +113,8 @@ def write_results(cfg, out: Path, methods: list[str], comparison, extra: dict) -
   return res
 
 
-CAPTION = ("cis_target", "dis_target", "cis_history", "lpips_target", "ssim_target", "genre_hit")  # the rest on hover
+CAPTION = ("cis_target", "dis_target", "cis_history", "lpips_target", "ssim_target", "genre_hit",
+           "pixel_genre_hit")  # the rest on hover
 
 
 def _img(data: bytes, caption: str = "", size: int = 96, title: str = "") -> str:

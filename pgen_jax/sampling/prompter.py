@@ -39,9 +39,11 @@ class Prompter:
                      uncond=self.uncond, uncond_pads=self.uncond_pads, pad_to=self.length,
                      max_text_tokens=self.max_text)
     uncond_mask = pb.mask if pb.uncond_mask is None else pb.uncond_mask
-    return {"ids": pb.ids, "uncond": pb.uncond, "mask": pb.mask, "uncond_mask": uncond_mask,
-            "history": np.asarray(batch["history"]),
-            "target": np.asarray(batch["target"])}
+    x = {"ids": pb.ids, "uncond": pb.uncond, "mask": pb.mask, "uncond_mask": uncond_mask,
+         "history": np.asarray(batch["history"])}
+    if "target" in batch:  # training batches; a history to generate from has none
+      x["target"] = np.asarray(batch["target"])
+    return x
 
 
 def prompt_batch(x: dict[str, np.ndarray], uncond: str) -> PromptBatch:

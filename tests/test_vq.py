@@ -1,0 +1,86 @@
+"""The vq stage: kill -9 and resume is bit-identical, the trained tokenizer goes into the model, and
+the pixel-level genre probe reads the world's own posters right."""
+
+import json
+
+import ml_collections
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from test_janus_convert import flat_params
+from test_sft import ROOT, kill_at_checkpoint, run_main
+from pgen_jax.data import synthetic
+from pgen_jax.data.images import generation_target
+from pgen_jax.models import Janus, preset
+from pgen_jax.setup import load_trained_tokenizer
+from pgen_jax.train.vq_loop import codebook_usage, psnr
+
+
+def vq_args(workdir, store, steps=12):
+  return ["--config=configs/demo.py", "--config.stages=('prepare','vq')", f"--config.workdir={workdir}",
+          f"--config.data.root={store}/world", f"--config.data.store={store}/data", f"--config.vq.num_steps={steps}",
+          "--config.vq.batch_size=8", "--config.vq.crop=16", "--config.vq.ckpt_every=4", "--config.vq.log_every=4",
+          "--config.vq.restart_every=3"]
+
+
+def vq_params(workdir):
+  model = Janus(preset("demo"), nnx.Rngs(0))
+  before = flat_params(model.vqmodel)
+  assert load_trained_tokenizer(ml_collections.ConfigDict({"workdir": str(workdir)}), model)
+  return before, flat_params(model.vqmodel)
+
+
+def test_vq_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
+  store = tmp_path / "shared"
+  plain = run_main(ROOT, *vq_args(tmp_path / "plain", store))
+  assert plain.returncode == 0, plain.stderr[-3000:]
+  kill_at_checkpoint(vq_args(tmp_path / "killed", store), tmp_path / "killed" / "vq" / "latest" / "8",
+                     tmp_path / "killed.log")
+  assert not (tmp_path / "killed" / "vq" / "final").exists()
+  resumed = run_main(ROOT, *vq_args(tmp_path / "killed", store))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed vq at step 8" in resumed.stderr
+  init, a = vq_params(tmp_path / "plain")
+  _, b = vq_params(tmp_path / "killed")
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert any((init[k] != a[k]).any() for k in a)  # trained, and loaded into a fresh model
+  summary = json.loads((tmp_path / "plain" / "vq" / "summary.json").read_text())
+  assert summary["heldout_items"] == 18 and 0 < summary["codebook"]["used"] <= 64
+  assert np.isfinite(summary["psnr_heldout"])
+  assert list((tmp_path / "plain" / "vq" / "grids").glob("*.png"))
+
+
+def test_psnr_by_hand():
+  a = np.zeros((2, 4, 4, 3), np.uint8)
+  b = a.copy()
+  b[0] += 1           # MSE 1: 10 log10(255^2) = 48.1308 dB
+  b[1, 0, 0, 0] = 48  # MSE 48^2 / 48 = 48: 10 log10(255^2 / 48)
+  np.testing.assert_allclose(psnr(a, b), [48.1308036086791, 31.318391234923233], rtol=1e-9)
+  usage = codebook_usage(np.array([[0, 0, 1, 3]]), 8)
+  assert usage["used"] == 3 and usage["share"] == 3 / 8
+  np.testing.assert_allclose(usage["perplexity"], np.exp(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))))
+
+
+def test_pixel_probe_reads_the_worlds_posters():
+  """Every genre's posters, cut to the demo's 32px as the store does, are recognised from pixels alone;
+  the label comes from the world's generator, not from the probe."""
+  rng = np.random.default_rng(3)
+  images, labels = [], []
+  for g, genre in enumerate(synthetic.GENRES):
+    for _ in range(20):
+      poster = synthetic.poster(genre, rng, synthetic.WorldConfig().poster_size)
+      images.append(generation_target(Image.fromarray(poster), 32))
+      labels.append(g)
+  images, labels = np.stack(images), np.array(labels)
+  assert (synthetic.pixel_genre(images) == labels).mean() >= 0.95
+  want_dir = [synthetic.DIRECTIONS.index(synthetic.SIGNATURES[synthetic.GENRES[g]][1]) for g in labels]
+  assert (synthetic.stripe_direction(images) == want_dir).mean() >= 0.9
+  # Users 1..6 prefer the genres in order: the probe's hit rate is the accuracy above.
+  users = labels + 1
+  assert synthetic.pixel_probe(images, users)["hit_rate"] >= 0.95
+  # A flat grey image has no stripes to read and the colour of no genre: it cannot hit every genre.
+  grey = np.full((6, 32, 32, 3), 128, np.uint8)
+  assert synthetic.pixel_probe(grey, np.arange(1, 7))["hit_rate"] <= 1 / 6
