@@ -105,16 +105,22 @@ def final_params(workdir, stage="sft"):
   return flat_params(load_janus(Path(workdir) / stage / "final", mesh=make_mesh(devices=jax.devices()[:1])))
 
 
-def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
+def plain_and_killed(tmp_path, args, stage: str, kill_at: int) -> str:
+  """Runs `args(workdir, store)` through in <tmp>/plain, and in <tmp>/killed kill -9s it once checkpoint
+  `kill_at` of `stage` exists and reruns it to the end; returns the rerun's log."""
   store = tmp_path / "shared"
-  plain = run_main(ROOT, *sft_args(tmp_path / "plain", store))
+  plain = run_main(ROOT, *args(tmp_path / "plain", store))
   assert plain.returncode == 0, plain.stderr[-3000:]
-  kill_at_checkpoint(sft_args(tmp_path / "killed", store), tmp_path / "killed" / "sft" / "latest" / "12",
+  kill_at_checkpoint(args(tmp_path / "killed", store), tmp_path / "killed" / stage / "latest" / str(kill_at),
                      tmp_path / "killed.log")
-  assert not (tmp_path / "killed" / "sft" / "final").exists()
-  resumed = run_main(ROOT, *sft_args(tmp_path / "killed", store))
+  assert not (tmp_path / "killed" / stage / "final").exists()
+  resumed = run_main(ROOT, *args(tmp_path / "killed", store))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed SFT at step" in resumed.stderr
+  return resumed.stderr
+
+
+def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
+  assert "resumed SFT at step" in plain_and_killed(tmp_path, sft_args, "sft", 12)
   a, b = final_params(tmp_path / "plain"), final_params(tmp_path / "killed")
   assert a.keys() == b.keys()
   for k in a:

@@ -9,7 +9,7 @@ from flax import nnx
 from PIL import Image
 
 from test_janus_convert import flat_params
-from test_sft import ROOT, kill_at_checkpoint, run_main
+from test_sft import plain_and_killed
 from pgen_jax.data import synthetic
 from pgen_jax.data.images import generation_target
 from pgen_jax.models import Janus, preset
@@ -32,15 +32,7 @@ def vq_params(workdir):
 
 
 def test_vq_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
-  store = tmp_path / "shared"
-  plain = run_main(ROOT, *vq_args(tmp_path / "plain", store))
-  assert plain.returncode == 0, plain.stderr[-3000:]
-  kill_at_checkpoint(vq_args(tmp_path / "killed", store), tmp_path / "killed" / "vq" / "latest" / "8",
-                     tmp_path / "killed.log")
-  assert not (tmp_path / "killed" / "vq" / "final").exists()
-  resumed = run_main(ROOT, *vq_args(tmp_path / "killed", store))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed vq at step 8" in resumed.stderr
+  assert "resumed vq at step 8" in plain_and_killed(tmp_path, vq_args, "vq", 8)
   init, a = vq_params(tmp_path / "plain")
   _, b = vq_params(tmp_path / "killed")
   assert a.keys() == b.keys()
