@@ -177,14 +177,16 @@ def main(argv) -> None:
       history, what = history_from_file(cfg, Path(_HISTORY_FILE.value)), f"file-{Path(_HISTORY_FILE.value).stem}"
     if len(history) > cfg.data.history_len:
       history = history[-cfg.data.history_len:]  # prompts were sized for history_len items
+    out = Path(_OUT.value) if _OUT.value else workdir / "generate" / what
+    if out.exists() and not _ours(out):
+      raise InputError(f"--out: {out} exists and holds more than a previous generate output; name a new folder")
     images, source = generate(cfg, history, _CHECKPOINT.value, _SAMPLES.value, _CFG.value, _TEMPERATURE.value,
                               _SEED.value)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  out = Path(_OUT.value) if _OUT.value else workdir / "generate" / what
   if out.exists():
-    shutil.rmtree(out)  # a rerun replaces the previous output, which only this command writes
+    shutil.rmtree(out)  # a rerun replaces the previous output (only ours: checked above)
   with atomic_directory(out) as tmp:
     for k, img in enumerate(images):
       (tmp / f"sample_{k}.png").write_bytes(png_bytes(img))
@@ -194,6 +196,13 @@ def main(argv) -> None:
   for k in range(len(images)):
     print(out / f"sample_{k}.png")
   print(out / "contact_sheet.png")
+
+
+def _ours(folder: Path) -> bool:
+  """Whether `folder` holds only what this command writes (sample_K.png, contact_sheet.png)."""
+  return folder.is_dir() and all(p.is_file() and (p.name == "contact_sheet.png" or
+                                                  (p.name.startswith("sample_") and p.suffix == ".png"))
+                                 for p in folder.iterdir())
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:

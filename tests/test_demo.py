@@ -111,9 +111,11 @@ def test_generate_names_bad_input_in_one_line(demo, tmp_path):
       ([f"--history_file={tmp_path / 'nope.json'}"], "nope.json"),
       ([f"--history_file={tmp_path / 'gone.json'}"], "missing.png"),
       ([f"--history_file={tmp_path / 'bad.json'}"], "corrupt.png"),
+      (["--user=3", f"--out={tmp_path}"], str(tmp_path)),  # a folder of other files is never replaced
   ]
   for args, name in cases:
     run = generate(demo, *args)
     assert run.returncode != 0, args
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in run.stderr, (args, run.stderr[-2000:])
+  assert (tmp_path / "corrupt.png").exists() and (tmp_path / "bad.json").exists()
