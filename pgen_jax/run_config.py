@@ -180,11 +180,14 @@ def _check_grpo(cfg) -> None:
                       f"grpo.prompts_per_step ({prompts})")
   if not isinstance(_get(cfg, "grpo.group_size"), int) or _get(cfg, "grpo.group_size") < 2:
     raise ConfigError(f"grpo.group_size: {_get(cfg, 'grpo.group_size')!r}; group advantages need at least 2 samples")
-  for key, choices in (("grpo.reward", ("models", "genre", "fixed")), ("grpo.reward_normalize", ("none", "running")),
+  for key, choices in (("grpo.reward", ("models", "genre", "pixel", "fixed")), ("grpo.reward_normalize", ("none", "running")),
                        ("grpo.advantage_scale", ("std", "none")), ("grpo.logprobs", ("cond", "cfg")),
                        ("grpo.defence_response", ("stop", "rollback"))):
     if _get(cfg, key) not in choices:
       raise ConfigError(f"{key}: {_get(cfg, key)!r}; choose one of {choices}")
+  if _get(cfg, "grpo.reward") in ("genre", "pixel") and _get(cfg, "data.name") != "synthetic":
+    raise ConfigError(f"grpo.reward: {_get(cfg, 'grpo.reward')!r} judges the synthetic world's genres; with "
+                      f"data.name={_get(cfg, 'data.name')!r} use models")
   for key in ("grpo.eval_every", "grpo.save_rollouts", "grpo.warmup_steps"):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 0:
       raise ConfigError(f"{key}: {_get(cfg, key)!r} must be an integer >= 0")

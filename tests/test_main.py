@@ -30,6 +30,7 @@ def run_main(*args):
      "model.checkpoint: checkpoints/Janus-Pro-1B is not a directory"),
     (["--config=configs/demo.py", "--config.stages=('grpo',)", "--config.grpo.group_size=1"], "grpo.group_size"),
     (["--config=configs/demo.py", "--config.stages=('grpo',)", "--config.grpo.reward=models"], "grpo.clip: empty"),
+    (["--config=configs/movielens.py", "--config.grpo.reward=pixel"], "grpo.reward: 'pixel' judges the synthetic"),
     (["--config=configs/bench_grpo_1b.py", "--config.grpo.dino=random:dinov3"], "grpo.dino: 'random:dinov3'"),
     (["--config=configs/pixelrec.py", "--config.model.checkpoint=", "--config.data.root=/nonexistent"],
      "data.root"),

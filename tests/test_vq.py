@@ -76,3 +76,16 @@ def test_pixel_probe_reads_the_worlds_posters():
   # A flat grey image has no stripes to read and the colour of no genre: it cannot hit every genre.
   grey = np.full((6, 32, 32, 3), 128, np.uint8)
   assert synthetic.pixel_probe(grey, np.arange(1, 7))["hit_rate"] <= 1 / 6
+  # The pixel reward: a poster scores above zero for the users who prefer its genre and highest for
+  # them; a pure signature image (stripes at 0.7 x base on average) scores the hand-computed margin.
+  margin = np.stack([synthetic.signature_margin(images, np.full(len(images), u)) for u in range(1, 7)], 1)
+  assert (margin[np.arange(len(images)), labels] > 0).all()
+  assert (margin.argmax(1) == labels).mean() >= 0.95
+  colour, _ = synthetic.SIGNATURES["Horror"]
+  flat = np.full((1, 32, 32, 3), np.round(0.7 * np.array(colour)), np.uint8)  # no stripes: luminance constant
+  refs = {g: np.array([*(0.7 * np.array(c) / 255), *(0.3 * np.eye(3)[synthetic.DIRECTIONS.index(d)])])
+          for g, (c, d) in synthetic.SIGNATURES.items()}
+  feat = np.array([*(np.round(0.7 * np.array(colour)) / 255), 0.3, 0, 0])  # argmin picks the first: horizontal
+  dist = {g: ((feat - r) ** 2).sum() for g, r in refs.items()}
+  want = np.mean(list(dist.values())) - dist["Horror"]
+  np.testing.assert_allclose(synthetic.signature_margin(flat, [4]), [want], rtol=1e-5)  # user 4 prefers Horror

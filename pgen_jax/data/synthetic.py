@@ -106,15 +106,29 @@ def stripe_direction(images: np.ndarray) -> np.ndarray:
   return np.argmin(np.stack([along_x, along_y, along_anti], 1), 1)
 
 
-def pixel_genre(images: np.ndarray) -> np.ndarray:
-  """uint8 (N, H, W, 3) -> index into GENRES of the nearest signature by mean colour and stripe direction."""
+def signature_distances(images: np.ndarray) -> np.ndarray:
+  """uint8 (N, H, W, 3) -> (N, genres) squared distance of each image's mean colour and stripe
+  direction to each genre's signature."""
   colour = images.astype(np.float32).mean((1, 2)) / 255.0
   direction = np.eye(len(DIRECTIONS))[stripe_direction(images)]
   feats = np.concatenate([colour, ORIENTATION_WEIGHT * direction], 1)
   refs = np.array([[*(0.7 * np.array(SIGNATURES[g][0]) / 255.0),
                     *(ORIENTATION_WEIGHT * np.eye(len(DIRECTIONS))[DIRECTIONS.index(SIGNATURES[g][1])])]
                    for g in GENRES])
-  return np.argmin(((feats[:, None] - refs[None]) ** 2).sum(-1), 1)
+  return ((feats[:, None] - refs[None]) ** 2).sum(-1)
+
+
+def pixel_genre(images: np.ndarray) -> np.ndarray:
+  """uint8 (N, H, W, 3) -> index into GENRES of the nearest signature by mean colour and stripe direction."""
+  return np.argmin(signature_distances(images), 1)
+
+
+def signature_margin(images: np.ndarray, users) -> np.ndarray:
+  """(N,) how much nearer each image is to its user's preferred genre's signature than to the average
+  genre's: the world's own judgement of an image, graded (the probe only counts the nearest)."""
+  d = signature_distances(images)
+  want = np.array([GENRES.index(preferred_genre(int(u))) for u in users])
+  return (d.mean(1) - d[np.arange(len(d)), want]).astype(np.float32)
 
 
 def pixel_probe(images: np.ndarray, users) -> dict:

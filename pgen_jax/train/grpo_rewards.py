@@ -7,6 +7,8 @@
           within-group spread for the advantages only; the logged reward is always the raw total.
   genre   (synthetic world) how much more likely the tokens are under the user's preferred genre than
           under the average genre (the token classifier of pgen_jax.data.genre_probe).
+  pixel   (synthetic world) how much nearer the decoded image's colour and stripe direction are to the
+          preferred genre's signature than to the average genre's (synthetic.signature_margin).
   fixed   (tests) the share of tokens drawn from one fixed image's few codes: a hackable reward, the
           same image wins for every user. The same term can be injected into `models` with a weight
           for `fixed` in grpo.reward_weights.
@@ -30,6 +32,9 @@ from pgen_jax.rewards.models import load_reward_models
 from pgen_jax.sampling.sampler import per_sample
 from pgen_jax.scorer.client import profile_text
 from pgen_jax.scorer.launch import scorer_client
+
+
+KINDS = ("models", "genre", "pixel", "fixed")
 
 
 def token_embeddings(tokens: np.ndarray, vocab: int) -> np.ndarray:
@@ -60,8 +65,8 @@ class Rewards:
       self.classifier, _ = fit_classifier(cfg, model)
     elif self.kind == "models":
       self._init_models(cfg, mesh)
-    elif self.kind != "fixed":
-      raise ValueError(f"grpo.reward: {self.kind!r}; use models, genre or fixed")
+    elif self.kind not in ("pixel", "fixed"):
+      raise ValueError(f"grpo.reward: {self.kind!r}; use {', '.join(KINDS)}")
 
   def _init_models(self, cfg, mesh):
     grpo_cfg = cfg.grpo
@@ -97,6 +102,9 @@ class Rewards:
       want = [synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users]
       terms["genre"] = logp[np.arange(len(tokens)), want] - logp.mean(1)
       base = train = terms["genre"].copy()
+    elif self.kind == "pixel":
+      terms["pixel"] = synthetic.signature_margin(job["images"], users)
+      base = train = terms["pixel"].copy()
     elif self.kind == "fixed":
       terms["fixed"] = self.fixed_share(tokens)
       base = train = terms["fixed"].copy()
