@@ -15,10 +15,9 @@ from PIL import Image
 from pgen_jax.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
-# What the demo reaches (README's demo section: 17.6 dB and a pixel probe of 0.58 seen); the goal for
-# the probe is 0.8, not met yet.
+# The goal for the probe (README's demo section: 0.875 seen after SFT and GRPO, 17.6 dB).
 VQ_PSNR = 16.0
-PIXEL_PROBE = 0.45
+PIXEL_PROBE = 0.8
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
 
 
@@ -68,7 +67,7 @@ def test_readme_demo_command(demo):
     assert abs(probe["hit_rate"] - ev["methods"][m]["metrics"]["pixel_genre_hit"]["mean"][0]) < 1e-9, (m, probe)
   assert probes["zero_shot"]["hit_rate"] <= 0.4, probes
   assert probes["sft"]["hit_rate"] >= PIXEL_PROBE, probes
-  assert probes["grpo"]["hit_rate"] >= probes["sft"]["hit_rate"] - 0.05, probes
+  assert probes["grpo"]["hit_rate"] >= probes["sft"]["hit_rate"], probes
   model = T.JanusForConditionalGeneration.from_pretrained(out / "hf")
   assert model.config.vision_config.image_size == 32
 

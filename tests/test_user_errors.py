@@ -91,7 +91,7 @@ def test_bad_data_is_one_line(tmp_path, movielens, case, code, needles):
 
 def test_cross_stage_checks_run_before_the_first_stage(tmp_path):
   args = ["--config=configs/demo.py", "--config.stages=('prepare','sft')", f"--config.workdir={tmp_path}",
-          f"--config.data.root={tmp_path}/world", "--config.prompt.max_text_tokens=200"]
+          f"--config.data.root={tmp_path}/world", "--config.data.history_len=8"]
   one_line(run_main(*args), 2, "configs/demo.py: config error: prompt.max_text_tokens / data.history_len",
            "exceed the model's 512 positions")
   assert not (tmp_path / "world").exists() and not (tmp_path / "data").exists()  # prepare never started
