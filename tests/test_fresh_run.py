@@ -3,7 +3,6 @@ local servers that play the Hub (a tiny random Janus, open_clip-layout CLIP and 
 repository names) and the MovieLens site, runs fetch -> prepare -> sft -> eval -> export."""
 
 import hashlib
-import io
 import json
 import os
 import shutil
