@@ -25,6 +25,7 @@ from pgen_jax.rewards.models import RANDOM, random_preset
 from pgen_jax.sampling.prompts import PromptTemplate, max_prompt_len
 from pgen_jax.sampling.tokenizers import load_tokenizer
 from pgen_jax.scorer.launch import answers
+from pgen_jax.train.grpo_rewards import KINDS, SYNTHETIC_ONLY
 from pgen_jax.train.hacking import DRIFT
 
 STAGES = ("fetch", "prepare", "vq", "sft", "grpo", "eval", "export")
@@ -180,12 +181,12 @@ def _check_grpo(cfg) -> None:
                       f"grpo.prompts_per_step ({prompts})")
   if not isinstance(_get(cfg, "grpo.group_size"), int) or _get(cfg, "grpo.group_size") < 2:
     raise ConfigError(f"grpo.group_size: {_get(cfg, 'grpo.group_size')!r}; group advantages need at least 2 samples")
-  for key, choices in (("grpo.reward", ("models", "genre", "pixel", "fixed")), ("grpo.reward_normalize", ("none", "running")),
+  for key, choices in (("grpo.reward", KINDS), ("grpo.reward_normalize", ("none", "running")),
                        ("grpo.advantage_scale", ("std", "none")), ("grpo.logprobs", ("cond", "cfg")),
                        ("grpo.defence_response", ("stop", "rollback"))):
     if _get(cfg, key) not in choices:
       raise ConfigError(f"{key}: {_get(cfg, key)!r}; choose one of {choices}")
-  if _get(cfg, "grpo.reward") in ("genre", "pixel") and _get(cfg, "data.name") != "synthetic":
+  if _get(cfg, "grpo.reward") in SYNTHETIC_ONLY and _get(cfg, "data.name") != "synthetic":
     raise ConfigError(f"grpo.reward: {_get(cfg, 'grpo.reward')!r} judges the synthetic world's genres; with "
                       f"data.name={_get(cfg, 'data.name')!r} use models")
   for key in ("grpo.eval_every", "grpo.save_rollouts", "grpo.warmup_steps"):

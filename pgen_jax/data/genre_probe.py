@@ -73,7 +73,7 @@ def genre_hit_rate(cfg, model, mesh, prompter, *, samples: int = 4, per_user: in
     tokens = np.asarray(roll.tokens)
     images.append(np.asarray(roll.images))
     image_users.append(per_sample(b["user"], samples))
-    want = per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in b["user"]], samples)
+    want = per_sample(synthetic.preferred_index(b["user"]), samples)
     hits += int((clf(tokens) == want).sum())
     total += len(tokens)
     users.update(map(int, b["user"]))

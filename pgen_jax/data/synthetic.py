@@ -57,6 +57,11 @@ def preferred_genre(user_id: int) -> str:
   return GENRES[(user_id - 1) % len(GENRES)]
 
 
+def preferred_index(users) -> np.ndarray:
+  """Each user's preferred genre as an index into GENRES."""
+  return np.array([GENRES.index(preferred_genre(int(u))) for u in users], dtype=np.int64)
+
+
 def write(root: str | Path, cfg: WorldConfig = WorldConfig()) -> Path:
   """Writes the world to `root` (atomically: a temporary sibling, then a rename); no-op if present."""
   root = Path(root)
@@ -127,14 +132,14 @@ def signature_margin(images: np.ndarray, users) -> np.ndarray:
   """(N,) how much nearer each image is to its user's preferred genre's signature than to the average
   genre's: the world's own judgement of an image, graded (the probe only counts the nearest)."""
   d = signature_distances(images)
-  want = np.array([GENRES.index(preferred_genre(int(u))) for u in users])
+  want = preferred_index(users)
   return (d.mean(1) - d[np.arange(len(d)), want]).astype(np.float32)
 
 
 def pixel_probe(images: np.ndarray, users) -> dict:
   """Share of images whose nearest signature (pixel_genre) is their user's preferred genre's, and the
   share whose stripes alone run in that genre's direction. Chance: 1/6 and about 1/3."""
-  want = np.array([GENRES.index(preferred_genre(int(u))) for u in users])
+  want = preferred_index(users)
   want_dir = np.array([DIRECTIONS.index(SIGNATURES[GENRES[w]][1]) for w in want])
   return {"hit_rate": float((pixel_genre(images) == want).mean()),
           "stripe_hit_rate": float((stripe_direction(images) == want_dir).mean()),

@@ -164,7 +164,7 @@ class _GenreProbe:
 
   @staticmethod
   def wanted(users, n: int) -> np.ndarray:
-    return per_sample([synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users], n)
+    return per_sample(synthetic.preferred_index(users), n)
 
   def __call__(self, users, tokens) -> np.ndarray:
     want = self.wanted(users, len(tokens) // len(users))

@@ -250,7 +250,7 @@ class Rollouts:
     self.prompter = Prompter(cfg, model.config)
     self.sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=grpo_cfg.cfg_weight, temperature=grpo_cfg.temperature,
                                                        num_samples=grpo_cfg.group_size,
-                                                       decode_images=grpo_cfg.reward in ("models", "pixel")))
+                                                       decode_images=rewards.needs_images))
     loader = loader_from_config(cfg, "train", batch_size=grpo_cfg.prompts_per_step // jax.process_count(),
                                 seed=cfg.seed, with_future=_uses_future(grpo_cfg))
     self.iterator = iter(loader)

@@ -35,6 +35,7 @@ from pgen_jax.scorer.launch import scorer_client
 
 
 KINDS = ("models", "genre", "pixel", "fixed")
+SYNTHETIC_ONLY = ("genre", "pixel")   # they judge the synthetic world's genres
 
 
 def token_embeddings(tokens: np.ndarray, vocab: int) -> np.ndarray:
@@ -61,6 +62,7 @@ class Rewards:
     self.scorer_wait = 0.0  # seconds the last step waited for the scorer
     self.fixed = np.random.default_rng(grpo_cfg.fixed_seed).choice(self.vocab, 4, replace=False)
     self.scale = None
+    self.needs_images = self.kind in ("models", "pixel")  # the sampler decodes its tokens for these
     if self.kind == "genre":
       self.classifier, _ = fit_classifier(cfg, model)
     elif self.kind == "models":
@@ -99,7 +101,7 @@ class Rewards:
       # Per-token log-likelihood ratio of the preferred genre against the average genre: smooth, unlike
       # the (saturating) posterior.
       logp = np.stack([self.classifier.log_p[:, t].mean(1) for t in tokens])  # (N, genres)
-      want = [synthetic.GENRES.index(synthetic.preferred_genre(int(u))) for u in users]
+      want = synthetic.preferred_index(users)
       terms["genre"] = logp[np.arange(len(tokens)), want] - logp.mean(1)
       base = train = terms["genre"].copy()
     elif self.kind == "pixel":
