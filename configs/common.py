@@ -8,6 +8,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stages = ("prepare", "sft", "grpo", "eval", "export")
   c.workdir = "runs/default"
   c.seed = 0
+  c.compile_cache = "~/.cache/pgen_jax/xla"  # XLA programs kept across runs (JAX's persistent cache); "": off
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "janus-pro-1b"      # architecture when no checkpoint is given

@@ -30,7 +30,7 @@ from pgen_jax.data.store import builders
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
-from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
+from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint, use_compile_cache
 from pgen_jax.viz import png_bytes
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "The run's directory (holds config.json and the models).")
@@ -168,6 +168,7 @@ def main(argv) -> None:
       raise InputError(f"give exactly one of --user, --history, --history_file (got {chosen or 'none'})")
     workdir = Path(_WORKDIR.value)
     cfg = load_config(workdir)
+    use_compile_cache(cfg.get("compile_cache", ""))  # a config.json from before the key: no cache
     if _USER.value is not None:
       ids = [str(i) for i in user_history(cfg, _USER.value)]
       history, what = history_from_ids(cfg, ids), f"user-{_USER.value}"

@@ -29,7 +29,7 @@ from pgen_jax.models.checkpoint import is_pgen_checkpoint
 from pgen_jax.models.config import ConfigError
 from pgen_jax.models.hf import export_hf
 from pgen_jax.scorer.client import ScorerUnavailable
-from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
+from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint, use_compile_cache
 from pgen_jax.train.update import RunStopped
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
@@ -127,6 +127,7 @@ def run(cfg, only: tuple[str, ...] | None = None) -> None:
 
   stages = tuple(cfg.stages)
   check(run_config.validate, files="fetch" not in stages + tuple(only or ()))
+  use_compile_cache(cfg.compile_cache)
   if jax.process_index() == 0:  # what pgen_jax.generate reads back to rebuild the prompts and the store
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
     write_json(Path(cfg.workdir) / "config.json", cfg.to_dict())

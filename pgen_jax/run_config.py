@@ -55,6 +55,10 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
     raise ConfigError("workdir: empty; set where runs write checkpoints and logs")
   if not isinstance(_get(cfg, "seed"), int):
     raise ConfigError("seed: must be an integer")
+  cache = _get(cfg, "compile_cache")
+  if not isinstance(cache, str) or (cache and Path(cache).expanduser().exists()
+                                    and not Path(cache).expanduser().is_dir()):
+    raise ConfigError(f"compile_cache: {cache!r} must be a directory path, or \"\" for no cache")
 
   preset = _get(cfg, "model.preset")
   if preset not in PRESETS:

@@ -13,9 +13,9 @@ import transformers as T
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_main(*args):
+def run_main(*args, env=None):
   return subprocess.run([sys.executable, "-m", "pgen_jax.main", *args], cwd=ROOT, capture_output=True,
-                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
 
 
 @pytest.mark.parametrize("args,key", [
@@ -34,6 +34,7 @@ def run_main(*args):
     (["--config=configs/bench_grpo_1b.py", "--config.grpo.dino=random:dinov3"], "grpo.dino: 'random:dinov3'"),
     (["--config=configs/pixelrec.py", "--config.model.checkpoint=", "--config.data.root=/nonexistent"],
      "data.root"),
+    (["--config=configs/demo.py", "--config.compile_cache=README.md"], "compile_cache: 'README.md'"),
 ])
 def test_bad_config_is_named(args, key):
   run = run_main(*args)
@@ -42,10 +43,16 @@ def test_bad_config_is_named(args, key):
 
 
 def test_export_stage_writes_a_directory_transformers_loads(tmp_path):
-  out = tmp_path / "hf"
-  run = run_main("--config=configs/demo.py", "--config.stages=('export',)", f"--config.export.dir={out}",
-                 f"--config.workdir={tmp_path}")
+  out, cache = tmp_path / "hf", tmp_path / "xla"
+  args = ["--config=configs/demo.py", "--config.stages=('export',)", f"--config.workdir={tmp_path}",
+          f"--config.compile_cache={cache}"]
+  run = run_main(*args, f"--config.export.dir={out}")
   assert run.returncode == 0, run.stderr
+  # the random init's programs were kept, and a second run loads them instead of compiling
+  assert any(p.name.startswith("jit_") for p in cache.iterdir())
+  again = run_main(*args, f"--config.export.dir={tmp_path / 'hf2'}", env={"JAX_LOG_COMPILES": "1"})
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "Persistent compilation cache hit" in again.stderr
   model = T.JanusForConditionalGeneration.from_pretrained(out).eval()
   ids = torch.tensor([[1, 5, 7, 9]])
   with torch.no_grad():

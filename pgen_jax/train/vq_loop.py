@@ -108,11 +108,15 @@ def reconstruct(vq: VQModel, images: np.ndarray, batch: int = 64) -> tuple[np.nd
   """(reconstructions uint8, tokens) through the model's own encode/decode."""
   enc = jax.jit(lambda x: vq.encode(x))
   dec = jax.jit(lambda t: to_uint8(vq.decode(t)))
+  batch = min(batch, len(images))
   recs, toks = [], []
   for i in range(0, len(images), batch):
-    t = enc(jnp.asarray(images[i:i + batch], jnp.float32) / 127.5 - 1.0)
-    toks.append(np.asarray(t))
-    recs.append(np.asarray(dec(t)))
+    chunk = images[i:i + batch]
+    n = len(chunk)  # the last chunk is padded: one shape, so each function compiles once
+    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+    t = enc(jnp.asarray(chunk, jnp.float32) / 127.5 - 1.0)
+    toks.append(np.asarray(t)[:n])
+    recs.append(np.asarray(dec(t))[:n])
   return np.concatenate(recs), np.concatenate(toks)
 
 
