@@ -88,3 +88,18 @@ def test_bf16_params_and_compute_stay_close_to_fp32(hf_path):
   # Same greedy choice almost everywhere.
   agree = (np.asarray(b.logits).argmax(-1) == np.asarray(a.logits).argmax(-1)).mean()
   assert agree > 0.9
+
+
+def test_map_chunks_pads_the_last_chunk_and_compiles_once():
+  from pgen_jax.models.janus import map_chunks
+  traced = []
+
+  @jax.jit
+  def f(x):
+    traced.append(x.shape)  # runs once per traced shape
+    return x.sum(axis=1) * 2
+
+  x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+  np.testing.assert_array_equal(map_chunks(f, x, chunk=3), x.sum(axis=1) * 2)  # 3 + 3 + 1 (padded) rows
+  assert traced == [(3, 3)]
+  np.testing.assert_array_equal(map_chunks(f, x[:2], chunk=3), x[:2].sum(axis=1) * 2)  # fewer rows than a chunk

@@ -11,14 +11,13 @@ Used by SFT (the hit rate after training), GRPO (grpo.reward=genre) and eval (ge
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from pgen_jax.data import synthetic
 from pgen_jax.data.pipeline import spec_from_config, store_dir, test_window_batches
 from pgen_jax.data.store import builders
-from pgen_jax.models.janus import from_uint8
+from pgen_jax.models.janus import from_uint8, map_chunks
 from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import prompt_batch
 
@@ -40,14 +39,8 @@ def _tokens(model, x):
 
 
 def image_tokens(model, images: np.ndarray, chunk: int = 64) -> np.ndarray:
-  """VQ ids of images in [-1, 1], jitted over fixed chunks (the last padded), so one shape compiles."""
-  out = []
-  for i in range(0, len(images), chunk):
-    part = images[i:i + chunk]
-    pad = chunk - len(part)
-    x = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part
-    out.append(np.asarray(_tokens(model, jnp.asarray(x)))[:len(part)])
-  return np.concatenate(out)
+  """VQ ids of images in [-1, 1], jitted over fixed chunks (one shape compiles)."""
+  return map_chunks(lambda x: _tokens(model, x), images, chunk)
 
 
 def fit_classifier(cfg, model) -> tuple[TokenGenreClassifier, float]:

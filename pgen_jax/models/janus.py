@@ -139,3 +139,16 @@ def from_uint8(images_uint8):
 def to_uint8(images):
   """Decoder output in [-1, 1] -> uint8 pixels, as the official sampler does."""
   return jnp.clip((images + 1.0) * 127.5, 0, 255).astype(jnp.uint8)
+
+
+def map_chunks(fn, x: np.ndarray, chunk: int = 64) -> np.ndarray:
+  """fn (jitted) over host rows in chunks of `chunk`; the last chunk is padded with its last row, so
+  fn compiles for one shape, and the padding is cut from the result."""
+  chunk = min(chunk, len(x))
+  out = []
+  for i in range(0, len(x), chunk):
+    part = x[i:i + chunk]
+    pad = chunk - len(part)
+    out.append(np.asarray(fn(jnp.asarray(np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part)))
+               [:len(part)])
+  return np.concatenate(out)

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from pgen_jax.data.pipeline import spec_from_config, store_dir
 from pgen_jax.data.store import builders
 from pgen_jax.fileio import atomic_directory, write_json
-from pgen_jax.models.janus import to_uint8
+from pgen_jax.models.janus import from_uint8, map_chunks, to_uint8
 from pgen_jax.models.sharding import BATCH
 from pgen_jax.models.vq import VQModel, l2_normalize
 from pgen_jax.setup import mesh_from_config, model_from_config, tokenizer_dir
@@ -106,18 +106,8 @@ def train_step(graphdef, tx, c, batch_sharding, images, state, rest):
 
 def reconstruct(vq: VQModel, images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
   """(reconstructions uint8, tokens) through the model's own encode/decode."""
-  enc = jax.jit(lambda x: vq.encode(x))
-  dec = jax.jit(lambda t: to_uint8(vq.decode(t)))
-  batch = min(batch, len(images))
-  recs, toks = [], []
-  for i in range(0, len(images), batch):
-    chunk = images[i:i + batch]
-    n = len(chunk)  # the last chunk is padded: one shape, so each function compiles once
-    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-    t = enc(jnp.asarray(chunk, jnp.float32) / 127.5 - 1.0)
-    toks.append(np.asarray(t)[:n])
-    recs.append(np.asarray(dec(t))[:n])
-  return np.concatenate(recs), np.concatenate(toks)
+  tokens = map_chunks(jax.jit(lambda x: vq.encode(x)), from_uint8(images), batch)
+  return map_chunks(jax.jit(lambda t: to_uint8(vq.decode(t))), tokens, batch), tokens
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
