@@ -143,12 +143,12 @@ def to_uint8(images):
 
 def map_chunks(fn, x: np.ndarray, chunk: int = 64) -> np.ndarray:
   """fn (jitted) over host rows in chunks of `chunk`; the last chunk is padded with its last row, so
-  fn compiles for one shape, and the padding is cut from the result."""
+  fn compiles for one shape, and the padding is cut from the result. Chunks go in as numpy arrays:
+  on many hosts, jit takes them as the same (replicated) value everywhere."""
   chunk = min(chunk, len(x))
   out = []
   for i in range(0, len(x), chunk):
     part = x[i:i + chunk]
     pad = chunk - len(part)
-    out.append(np.asarray(fn(jnp.asarray(np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part)))
-               [:len(part)])
+    out.append(np.asarray(fn(np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part))[:len(part)])
   return np.concatenate(out)
