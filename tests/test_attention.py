@@ -65,6 +65,25 @@ def test_kernels_equal_the_plain_softmax(impl, case):
   assert np.isfinite(np.asarray(out)).all()
 
 
+@pytest.mark.parametrize("case", ["causal_padded", "prefix_no_causal"])
+def test_cudnn_call_pads_odd_lengths_and_keeps_the_layout(case):
+  """The cuDNN kernel refuses odd lengths under a mask; `_cudnn` pads both to 64 and slices back. Its
+  padding, layouts and (B, T, N) log-sum-exp, run here through jax's XLA implementation of the same call."""
+  if case == "causal_padded":
+    q, k, v, km = inputs(7, t=37, s=37, d=16)
+    causal = np.arange(37)
+  else:
+    q, k, v, km = inputs(8, t=24, s=41, d=16, left_pad=(0, 9))
+    causal = None
+  want, want_lse = reference(q, k, v, km, causal)
+  out, lse = attn._cudnn(*map(jnp.asarray, (q, k, v)), jnp.asarray(km), None if causal is None else jnp.asarray(causal),
+                         True, implementation="xla")
+  real = np.isfinite(want_lse)
+  np.testing.assert_allclose(np.asarray(out)[np.broadcast_to(real[..., None], want.shape)],
+                             want[np.broadcast_to(real[..., None], want.shape)], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(lse)[real], want_lse[real], rtol=1e-5, atol=1e-5)
+
+
 def test_blockwise_gradients_equal_the_plain_kernel():
   q, k, v, km = inputs(4, t=29, s=29)
   causal = jnp.arange(29)

@@ -64,3 +64,16 @@ def test_rewards_benchmark_runs():
                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
   assert run.returncode == 0, run.stderr[-2000:]
   assert "ms per call" in run.stdout
+
+
+def test_attention_benchmark_checks_each_kernel_against_fp32():
+  run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.attention", "--impls=xla,blockwise,cudnn",
+                        "--check_t=64", "--t=64", "--batch=1", "--repeats=1"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert run.returncode == 0, run.stderr[-2000:]
+  rows = {f[0]: f[1:] for f in map(str.split, run.stdout.splitlines()) if f and f[0] in ("xla", "blockwise", "cudnn")}
+  for impl in ("xla", "blockwise"):  # bf16 against fp32: relative errors of a few 1e-3, never NaN
+    errors = [float(x) for x in rows[impl][:6]]
+    assert all(0 < e < 2e-2 for e in errors), (impl, errors)
+  assert rows["cudnn"][0] == "failed:"  # no cuDNN on CPU: said, and the other kernels still ran

@@ -18,7 +18,8 @@ output is never read, but it stays finite.
 - cudnn: `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused flash attention (GPU,
   bf16/fp16).
 - pallas: the Pallas TPU flash-attention kernel, padding as segment ids (TPU, self-attention).
-- auto: cudnn on GPU and pallas on TPU where they apply, xla for short queries, else blockwise.
+- auto: cudnn on GPU and pallas on TPU where they apply (neither when the log-sum-exp is asked for),
+  xla for short queries, else blockwise.
 
 With `return_lse`, the log-sum-exp of each query's logits (B, H, T) comes back too, so that partial
 attentions over disjoint key sets (a shared prefix and a sample's own tokens) merge exactly
@@ -59,7 +60,8 @@ def choose(q, k, causal_q, return_lse: bool) -> str:
   if t * s <= SMALL or t == 1:
     return "xla"
   platform = jax.devices()[0].platform
-  if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128:
+  # cuDNN gives the log-sum-exp in bf16, too coarse to merge a prefix with a continuation exactly.
+  if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and not return_lse:
     return "cudnn"
   if platform == "tpu" and not return_lse and causal_q is not None and t == s and t % 128 == 0:
     return "pallas"
@@ -199,19 +201,25 @@ def _flash_bwd(bq, bk, res, grads):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _cudnn(q, k, v, key_mask, causal_q, return_lse):
+def _cudnn(q, k, v, key_mask, causal_q, return_lse, implementation="cudnn"):
+  """cuDNN's fused attention; `implementation="xla"` runs the same padding and layout on any platform."""
   b, h, t, d = q.shape
   s = k.shape[2]
+  # cuDNN refuses odd lengths with a mask in training: pad both to multiples of 64. Padded keys are
+  # never visible; padded queries see every real key (finite, and sliced off).
+  tp, sp = -t % 64, -s % 64
+  mask = jnp.broadcast_to(visible(key_mask, causal_q, b, t, s), (b, 1, t, s))
+  real_keys = jnp.ones((b, 1, tp, s), bool) if key_mask is None else \
+      jnp.broadcast_to(key_mask.astype(bool)[:, None, None, :], (b, 1, tp, s))
+  mask = jnp.pad(jnp.concatenate([mask, real_keys], axis=2), ((0, 0), (0, 0), (0, 0), (0, sp)))
   # cuDNN takes (B, T, N, D); the mask covers left padding, which sequence lengths cannot say.
-  mask = visible(key_mask, causal_q, b, t, s)
-  out = jax.nn.dot_product_attention(
-      q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-      mask=jnp.broadcast_to(mask, (mask.shape[0], 1, t, s)), implementation="cudnn",
-      return_residual=return_lse)
-  if return_lse:
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, 0), (0, n), (0, 0))).transpose(0, 2, 1, 3)
+  out = jax.nn.dot_product_attention(pad(q, tp), pad(k, sp), pad(v, sp), mask=mask, implementation=implementation,
+                                     return_residual=return_lse)
+  if return_lse:  # the residual is (B, T, N), in the output's dtype
     out, lse = out
-    return out.transpose(0, 2, 1, 3), lse.astype(jnp.float32).reshape(b, h, t)
-  return out.transpose(0, 2, 1, 3)
+    return out[:, :t].transpose(0, 2, 1, 3), lse[:, :t].transpose(0, 2, 1).astype(jnp.float32)
+  return out[:, :t].transpose(0, 2, 1, 3)
 
 
 def _pallas(q, k, v, key_mask, causal_q, return_lse):
