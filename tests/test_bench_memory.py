@@ -23,9 +23,9 @@ SHAPE = ["--preset=tiny", "--config.data.image_size=16", "--config.data.history_
          "--config.prompt.max_text_tokens=4", "--config.grpo.dino_size=16", "--config.prompt.uncond_pads=drop"]
 
 
-def bench(stage: str, devices: int) -> list[dict]:
+def bench(stage: str, devices: int, *extra: str) -> list[dict]:
   run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.memory", "--config=configs/demo.py",
-                        f"--stage={stage}", f"--devices={devices}", *SHAPE],
+                        f"--stage={stage}", f"--devices={devices}", *SHAPE, *extra],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert run.returncode == 0, run.stderr[-3000:]
   return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -55,8 +55,11 @@ def test_rollout_arguments_are_the_weights_and_the_prompts():
                                              ("grpo", {"sampler", "update_step", "old_logprobs", "reward_terms"}),
                                              ("eval", {"sampler", "reward_terms"})])
 def test_every_stage_on_two_fake_devices(stage, functions):
-  rows = bench(stage, 2)
+  # grpo also runs each function on random inputs (--time): the step's time split without a dataset
+  rows = bench(stage, 2, *(["--time=1"] if stage == "grpo" else []))
   *fns, last = rows
+  if stage == "grpo":
+    assert all(0 < r["run_s"] < 60 for r in fns), fns
   assert {r["function"] for r in fns} == functions
   for r in fns:
     assert set(r) >= KEYS and r["devices"] == 2 and r["stage"] == stage
@@ -65,3 +68,19 @@ def test_every_stage_on_two_fake_devices(stage, functions):
   for r in fns:  # the donated training state is updated in place: its shardings in and out agree
     if r["function"] in ("train_step", "update_step"):
       assert r["alias_gb"] == pytest.approx(r["output_gb"], rel=0.05), r  # all but the metrics
+
+
+def test_random_inputs_match_the_abstract_args():
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from pgen_jax.bench.memory import random_like
+  from pgen_jax.models import make_mesh
+  s = NamedSharding(make_mesh(), P())
+  args = ({"w": jax.ShapeDtypeStruct((3, 5), jax.numpy.bfloat16, sharding=s),
+           "ids": jax.ShapeDtypeStruct((4, 7), jax.numpy.int32, sharding=s)},
+          jax.ShapeDtypeStruct((6, 2), jax.numpy.uint32, sharding=s), jax.ShapeDtypeStruct((), jax.numpy.bool_))
+  (d, keys, flag), again = random_like(args, 0), random_like(args, 1)
+  w, ids = np.asarray(d["w"], np.float32), np.asarray(d["ids"])
+  assert d["w"].dtype == jax.numpy.bfloat16 and w.shape == (3, 5) and np.abs(w).max() <= 0.02 and w.std() > 0.003
+  assert ids.dtype == np.int32 and ids.min() >= 1 and ids.max() < 64 and len(np.unique(ids)) > 10
+  assert keys.dtype == np.uint32 and len(np.unique(np.asarray(keys))) == 12 and bool(flag)
+  assert not np.array_equal(np.asarray(again[0]["w"], np.float32), w)  # each seed, other values

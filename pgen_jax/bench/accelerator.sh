@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The accelerator benchmarks in one run (at most about 10 minutes on one H200), random weights at the
+# The accelerator benchmarks in one run (at most about 15 minutes on one H200; each part has a limit), random weights at the
 # Janus-Pro-1B shape, nothing downloaded, then one summary table:
 #   attention    each kernel (xla, blockwise, cudnn) against fp32 xla, then fwd+bwd time at 3.5k tokens
 #   generation   our sampler vs transformers' generate, 16 prompts x 4 samples, bf16; HBM roofline
 #   history      5-history-image prompts (the GRPO rollout's layout): shared prefix vs unshared, 2 x 8
 #   SFT          train-step time, tokens/s and MFU, batch 16 x (5 history images + target), bf16, remat
 #   rewards      CLIP ViT-H-14 + DINOv2-L reward terms on 64 generated 384px images
-#   GRPO         the step's time split (rollout, reward, update), configs/bench_grpo_1b.py, 6 steps
+#   GRPO split   the step's jitted functions (sampler, old log-probs, reward terms, update) at
+#                configs/movielens.py's shape, timed on random inputs: no dataset needed
+#   GRPO         the whole step (rollout, reward, update), configs/bench_grpo_1b.py, 6 steps
 #                (needs tensorflow for the prepare stage; skipped, saying so, where it does not import)
 #
 #   bash pgen_jax/bench/accelerator.sh [OUTDIR]        # from the repository root; default /tmp/pgen_accel
@@ -33,6 +35,8 @@ run sft 100 $py -m pgen_jax.bench.sft --preset=janus-pro-1b --batch=16 --history
 run rewards 120 $py -m pgen_jax.bench.rewards --images=64 --size=384 --repeats=3
 run history 180 $py -m pgen_jax.bench.generate --preset=janus-pro-1b --dtype=bfloat16 --history=5 --prompts=2 \
   --samples=8 --repeats=2 --json="$out/history.jsonl"
+run grpo_split 300 $py -m pgen_jax.bench.memory --config=configs/movielens.py --stage=grpo --preset=janus-pro-1b \
+  --time=3
 if $py -c "import tensorflow, tensorflow_datasets" 2>/dev/null; then
   run grpo 150 $py -m pgen_jax.main --config=configs/bench_grpo_1b.py --config.workdir="$out/grpo_run" \
     --config.grpo.num_steps=6
@@ -62,6 +66,13 @@ if m:
 m = re.findall(r"([\d.]+) ms", text("rewards"))
 if m:
   rows.append(("rewards", "64 images", f"{m[-1]} ms/call", "", ""))
+fns = {r["function"]: r["run_s"] for r in map(json.loads, re.findall(r"^\{.*\}$", text("grpo_split"), re.M))
+       if "run_s" in r}
+if fns:
+  step = sum(fns.values())
+  rows.append(("GRPO split", "8x8, 1B, movielens", f"{step:.2f} s/step (sum)",
+               " ".join(f"{k} {v:.2f}s" for k, v in fns.items()),
+               f"rewards {fns.get('reward_terms', 0) / step:.0%} of the step (goal <= 10%)"))
 split = {}
 for key in ("rollout", "reward", "update", "step"):
   vals = [float(v) for v in re.findall(rf"time/{key}\W+([\d.]+)", text("grpo"))]

@@ -13,6 +13,11 @@ function:
 then {"stage", "peak_gb"}: the stage's largest peak. The rollout also reports `decode_step`: one
 decode step on its own, with `floor_gb`, the bytes it cannot avoid reading (weights, shared prefix
 KV and the samples' own KV).
+
+`--time=N` then runs each compiled function N times on random inputs of those shapes, made on the
+devices in their shardings (no dataset, no checkpoint), and adds `run_s`, the median wall time of a
+call after one untimed call: the GRPO step's time split (sampler, old log-probs, reward terms,
+update) at the real shape on an accelerator, without the prepare stage.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -64,6 +70,7 @@ _STAGE = flags.DEFINE_enum("stage", "rollout", STAGES, "which stage's jitted fun
 _PRESET = flags.DEFINE_string("preset", "", "model preset (default: the config's model.preset)")
 _DEVICES = flags.DEFINE_integer("devices", 0, "model a mesh of this many fake CPU devices (0: the real ones)")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 0, "prompt tokens (0: estimated from the template)")
+_TIME = flags.DEFINE_integer("time", 0, "also run each function this many times on random inputs (run_s)")
 
 GB = 1e9
 
@@ -104,10 +111,51 @@ def measure(stage: str, name: str, fn, *args) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   arg, out, temp, alias = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes,
                            mem.alias_size_in_bytes)
-  return {"stage": stage, "function": name, "preset": _PRESET.value or "", "devices": jax.device_count(),
-          "argument_gb": arg / GB, "output_gb": out / GB, "temp_gb": temp / GB, "alias_gb": alias / GB,
-          "peak_gb": (arg + out + temp - alias) / GB, "flops": float(cost.get("flops", 0.0)),
-          "bytes_accessed": float(cost.get("bytes accessed", 0.0)), "compile_s": round(seconds, 1)}
+  row = {"stage": stage, "function": name, "preset": _PRESET.value or "", "devices": jax.device_count(),
+         "argument_gb": arg / GB, "output_gb": out / GB, "temp_gb": temp / GB, "alias_gb": alias / GB,
+         "peak_gb": (arg + out + temp - alias) / GB, "flops": float(cost.get("flops", 0.0)),
+         "bytes_accessed": float(cost.get("bytes accessed", 0.0)), "compile_s": round(seconds, 1)}
+  if _TIME.value:
+    row["run_s"] = run_time(compiled, args, _TIME.value)
+  return row
+
+
+def random_like(args, seed: int):
+  """Arrays of the abstract args' shapes, dtypes and shardings, made on the devices in one jitted call:
+  floats about U(-0.02, 0.02), integers in [1, 64) (valid token ids and codes; masks all on), raw keys
+  random. A sine hash of the index, not jax.random: its many per-shape generators compile slowly on CPU."""
+  leaves, treedef = jax.tree.flatten(args)
+
+  def make(seed):
+    out = []
+    for i, x in enumerate(leaves):
+      n = jax.lax.iota(jnp.float32, max(1, int(np.prod(x.shape)))).reshape(x.shape)
+      u = jnp.mod(jnp.sin(n * 12.9898 + (i + 1) * 78.233 + seed) * 43758.5453, 1.0)  # in [0, 1)
+      if jnp.issubdtype(x.dtype, jnp.floating):
+        out.append((0.04 * u - 0.02).astype(x.dtype))
+      elif x.dtype == jnp.bool_:
+        out.append(jnp.ones(x.shape, bool))
+      elif x.dtype == jnp.uint32:  # raw PRNG key data
+        out.append((u * 2.0 ** 32).astype(jnp.uint32))
+      else:
+        out.append((1 + u * 63).astype(x.dtype))
+    return out
+
+  shardings = [getattr(x, "sharding", None) for x in leaves]
+  return jax.tree.unflatten(treedef, jax.jit(make, out_shardings=shardings)(jnp.float32(seed)))
+
+
+def run_time(compiled, args, repeats: int) -> float:
+  """Median seconds of a call on fresh random inputs (donated buffers are consumed), after a warm-up."""
+  times = []
+  for r in range(repeats + 1):
+    inputs = jax.block_until_ready(random_like(args, r))
+    t = time.perf_counter()
+    out = jax.block_until_ready(compiled(*inputs))
+    if r:
+      times.append(time.perf_counter() - t)
+    del inputs, out
+  return round(sorted(times)[len(times) // 2], 4)
 
 
 def sampler_inputs(cfg, mesh, config, prompts: int, samples: int, length: int):
