@@ -72,7 +72,7 @@ def test_every_stage_on_two_fake_devices(stage, functions):
 
 def test_random_inputs_match_the_abstract_args():
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from pgen_jax.bench.memory import random_like
+  from pgen_jax.bench.random_inputs import random_like
   from pgen_jax.models import make_mesh
   s = NamedSharding(make_mesh(), P())
   args = ({"w": jax.ShapeDtypeStruct((3, 5), jax.numpy.bfloat16, sharding=s),

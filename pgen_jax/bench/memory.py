@@ -47,13 +47,13 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from pgen_jax.bench.random_inputs import run_time  # noqa: E402
 from pgen_jax.models import Janus, from_uint8, make_mesh, preset  # noqa: E402
 from pgen_jax.models.llama import Prefix, remat_policy  # noqa: E402
 from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings  # noqa: E402
@@ -118,44 +118,6 @@ def measure(stage: str, name: str, fn, *args) -> dict:
   if _TIME.value:
     row["run_s"] = run_time(compiled, args, _TIME.value)
   return row
-
-
-def random_like(args, seed: int):
-  """Arrays of the abstract args' shapes, dtypes and shardings, made on the devices in one jitted call:
-  floats about U(-0.02, 0.02), integers in [1, 64) (valid token ids and codes; masks all on), raw keys
-  random. A sine hash of the index, not jax.random: its many per-shape generators compile slowly on CPU."""
-  leaves, treedef = jax.tree.flatten(args)
-
-  def make(seed):
-    out = []
-    for i, x in enumerate(leaves):
-      n = jax.lax.iota(jnp.float32, max(1, int(np.prod(x.shape)))).reshape(x.shape)
-      u = jnp.mod(jnp.sin(n * 12.9898 + (i + 1) * 78.233 + seed) * 43758.5453, 1.0)  # in [0, 1)
-      if jnp.issubdtype(x.dtype, jnp.floating):
-        out.append((0.04 * u - 0.02).astype(x.dtype))
-      elif x.dtype == jnp.bool_:
-        out.append(jnp.ones(x.shape, bool))
-      elif x.dtype == jnp.uint32:  # raw PRNG key data
-        out.append((u * 2.0 ** 32).astype(jnp.uint32))
-      else:
-        out.append((1 + u * 63).astype(x.dtype))
-    return out
-
-  shardings = [getattr(x, "sharding", None) for x in leaves]
-  return jax.tree.unflatten(treedef, jax.jit(make, out_shardings=shardings)(jnp.float32(seed)))
-
-
-def run_time(compiled, args, repeats: int) -> float:
-  """Median seconds of a call on fresh random inputs (donated buffers are consumed), after a warm-up."""
-  times = []
-  for r in range(repeats + 1):
-    inputs = jax.block_until_ready(random_like(args, r))
-    t = time.perf_counter()
-    out = jax.block_until_ready(compiled(*inputs))
-    if r:
-      times.append(time.perf_counter() - t)
-    del inputs, out
-  return round(sorted(times)[len(times) // 2], 4)
 
 
 def sampler_inputs(cfg, mesh, config, prompts: int, samples: int, length: int):
