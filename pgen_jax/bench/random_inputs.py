@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def random_like(args, seed: int):
-  """Arrays of the abstract args' shapes, dtypes and shardings, made on the devices in one jitted call:
+def random_maker(args):
+  """seed -> arrays of the abstract args' shapes, dtypes and shardings, made on the devices in one jitted call:
   floats about U(-0.02, 0.02), integers in [1, 64) (valid token ids and codes; masks all on), raw keys
   random. A sine hash of the index, not jax.random: its many per-shape generators compile slowly on CPU."""
   leaves, treedef = jax.tree.flatten(args)
@@ -34,14 +34,20 @@ def random_like(args, seed: int):
     return out
 
   shardings = [getattr(x, "sharding", None) for x in leaves]
-  return jax.tree.unflatten(treedef, jax.jit(make, out_shardings=shardings)(jnp.float32(seed)))
+  made = jax.jit(make, out_shardings=shardings)  # compiled once, whatever the seed
+  return lambda seed: jax.tree.unflatten(treedef, made(jnp.float32(seed)))
+
+
+def random_like(args, seed: int):
+  """One draw of `random_maker(args)`."""
+  return random_maker(args)(seed)
 
 
 def run_time(compiled, args, repeats: int) -> float:
   """Median seconds of a call on fresh random inputs (donated buffers are consumed), after a warm-up."""
-  times = []
+  times, make = [], random_maker(args)
   for r in range(repeats + 1):
-    inputs = jax.block_until_ready(random_like(args, r))
+    inputs = jax.block_until_ready(make(r))
     t = time.perf_counter()
     out = jax.block_until_ready(compiled(*inputs))
     if r:
