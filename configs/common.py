@@ -2,6 +2,10 @@
 
 import ml_collections
 
+# The Janus model's top-level parts, the units that train or stay frozen.
+PARTS = ("vision_model", "aligner", "vqmodel", "generation_embeddings", "generation_aligner", "generation_head",
+         "language_model", "lm_head")
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -74,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.weight_decay = 0.0
   c.sft.clip = 1.0
   c.sft.trainable = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
+  # lr multiplier per part: a part trained from random init may want more than the pretrained LM
+  c.sft.lr_scales = ml_collections.ConfigDict({part: 1.0 for part in PARTS})
   c.sft.remat = "none"                 # decoder layers: none | full | dots_saveable | dots_with_no_batch_dims_saveable
   c.sft.uncond_prob = 0.1              # prompts blanked to the CFG row, so guidance has a model
   c.sft.log_every = 50

@@ -125,6 +125,11 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
     bad = [p for p in _get(cfg, "sft.trainable") if p not in known]
     if bad or not _get(cfg, "sft.trainable"):
       raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {known}")
+    for part, scale in dict(_get(cfg, "sft.lr_scales")).items():
+      if part not in known:
+        raise ConfigError(f"sft.lr_scales.{part}: unknown part; choose from {known}")
+      if not (isinstance(scale, (int, float)) and scale > 0):
+        raise ConfigError(f"sft.lr_scales.{part}: {scale!r} must be a positive number")
   if "grpo" in stages or "eval" in stages:
     for key, presets in (("grpo.clip", clip.PRESETS), ("grpo.dino", dino.PRESETS)):
       random_preset(_get(cfg, key), presets, key)  # an unknown preset name raises, naming the key

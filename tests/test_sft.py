@@ -43,6 +43,27 @@ def test_image_loss_equals_teacher_forced_transformers(tmp_path):
   np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
 
 
+def test_lr_scales_multiply_one_parts_first_adam_step():
+  from pgen_jax.models import Janus, tiny
+  parts = ("language_model", "aligner", "vision_model")
+  _, params, _ = nnx.split(Janus(tiny(), nnx.Rngs(0)), update.trainable_filter(parts), ...)
+  lr = 1e-3
+  tx = update.make_optimizer(lr, 1, 10, 0.9, 0.95, 0.0, 1e9, {"aligner": 10.0, "vision_model": 0.3})
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  rng = np.random.default_rng(0)
+  grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) + 0.5, jnp.float32), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step, bias-corrected: m = g, v = g^2, so the update is -lr * g / (|g| + eps).
+  scale = {"language_model": 1.0, "aligner": 10.0, "vision_model": 0.3}
+  seen = set()
+  for (path, g), (_, u) in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves_with_path(updates)):
+    part = path[0].key
+    seen.add(part)
+    g = np.asarray(g, np.float64)
+    np.testing.assert_allclose(np.asarray(u), -lr * scale[part] * g / (np.abs(g) + 1e-8), rtol=1e-5, atol=1e-9)
+  assert seen == set(parts) and len(leaves) > 3
+
+
 def test_non_finite_steps_are_skipped_and_counted():
   from pgen_jax.models import Janus, tiny
   model = Janus(tiny(), nnx.Rngs(0))

@@ -37,11 +37,24 @@ def lr_schedule(lr: float, warmup: int, total: int, final_ratio: float = 0.1) ->
   return schedule
 
 
+def _part(path) -> str:
+  """The top-level part ('language_model', 'aligner', ...) a parameter path starts with."""
+  key = path[0]
+  return str(getattr(key, "key", getattr(key, "name", key)))
+
+
 def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, weight_decay: float,
-                   clip: float) -> optax.GradientTransformation:
-  """AdamW with global-norm clipping on lr_schedule; `warmup` and `total` count optimizer updates."""
-  return optax.chain(optax.clip_by_global_norm(clip),
-                     optax.adamw(lr_schedule(lr, warmup, total), b1=b1, b2=b2, weight_decay=weight_decay))
+                   clip: float, lr_scales: dict[str, float] | None = None) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping on lr_schedule; `warmup` and `total` count optimizer updates.
+  `lr_scales` multiplies the learning rate of whole parts (e.g. a randomly initialised encoder that has
+  further to go than the pretrained LM); the others keep `lr`."""
+  chain = [optax.clip_by_global_norm(clip),
+           optax.adamw(lr_schedule(lr, warmup, total), b1=b1, b2=b2, weight_decay=weight_decay)]
+  scales = {k: float(v) for k, v in (lr_scales or {}).items() if float(v) != 1.0}
+  if scales:
+    chain.append(optax.stateless(lambda updates, params=None: jax.tree_util.tree_map_with_path(
+        lambda path, u: u * scales.get(_part(path), 1.0), updates)))
+  return optax.chain(*chain)
 
 
 def init_state(params, tx, seed: int = 0, mesh=None) -> dict[str, Any]:
