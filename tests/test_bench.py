@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from pgen_jax.bench.generate import decode_bytes_per_step
 from pgen_jax.models import abstract_janus, janus_pro_1b
@@ -35,6 +36,19 @@ def test_benchmark_runs(tmp_path):
   assert "ratio" in run.stdout
   row = __import__("json").loads(out.read_text().splitlines()[0])
   assert row["prompts"] == 2 and row["ours_images_per_s"] > 0 and row["hf_images_per_s"] > 0
+
+
+def test_shorter_decode_times_only_ours(tmp_path):
+  out = tmp_path / "bench.jsonl"
+  run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.generate", "--preset=tiny", "--prompts=2",
+                        "--samples=2", "--repeats=1", "--prompt_len=8", "--tokens=5", "--nodecode", f"--json={out}"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert run.returncode == 0, run.stderr[-2000:]
+  row = __import__("json").loads(out.read_text().splitlines()[0])
+  # transformers always draws the whole image, so a 5-token decode is not compared with it
+  assert row["tokens"] == 5 and not row["decode"] and "hf_images_per_s" not in row
+  assert row["ms_per_token_step"] == pytest.approx(4 / (row["ours_images_per_s"] * 5) * 1e3, rel=1e-6)
 
 
 def test_history_benchmark_compares_shared_and_unshared(tmp_path):

@@ -38,6 +38,9 @@ _HISTORY = flags.DEFINE_integer("history", 0, "history images per prompt (0: tex
 _ITEM_TEXT = flags.DEFINE_integer("item_text", 8, "text tokens per history item")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "params and compute dtype")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per setting (after one warm-up)")
+_TOKENS = flags.DEFINE_integer("tokens", 0, "image tokens per sample (0: the model's); fewer decode no image, "
+                               "so the time per decode step can be split by cache length")
+_DECODE = flags.DEFINE_bool("decode", True, "decode the images with the VQ (both sides when comparing)")
 _HF = flags.DEFINE_bool("hf", True, "also time transformers' generate (needs torch)")
 _HBM = flags.DEFINE_float("hbm_gbps", 0.0, "HBM bandwidth in GB/s (default: from the device kind)")
 _JSON = flags.DEFINE_string("json", "", "append results as JSON lines to this file")
@@ -107,7 +110,8 @@ def unshared(batch: PromptBatch, n: int, k: int) -> PromptBatch:
 
 
 def time_ours(model, mesh, batch, n) -> float:
-  sampler = Sampler(model, mesh, SamplingConfig(num_samples=n))
+  sampler = Sampler(model, mesh, SamplingConfig(num_samples=n, num_tokens=_TOKENS.value or None,
+                                                decode_images=_DECODE.value))
   jax.block_until_ready(sampler(batch, jax.random.key(0)).tokens)  # compile
   times = []
   for i in range(_REPEATS.value):
@@ -131,7 +135,8 @@ def time_hf(hf_model, batch, special, n) -> float:
     for i in range(_REPEATS.value + 1):
       t0 = time.perf_counter()
       toks = hf_model.generate(ids, attention_mask=mask, generation_mode="image", generation_config=gen)
-      hf_model.decode_image_tokens(toks)
+      if _DECODE.value:
+        hf_model.decode_image_tokens(toks)
       if dev.type == "cuda":
         torch.cuda.synchronize()
       if i:
@@ -159,15 +164,16 @@ def main(argv):
   mesh = make_mesh()
   model = Janus(cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype)
   history = _HISTORY.value
-  hf = build_hf(cfg, _DTYPE.value) if _HF.value and not history else None
+  # transformers always generates the model's full image, so it is compared only at that length
+  hf = build_hf(cfg, _DTYPE.value) if _HF.value and not history and not _TOKENS.value else None
   bw = bandwidth()
-  n_tok = cfg.num_image_tokens
+  n_tok = _TOKENS.value or cfg.num_image_tokens
   against = "unshared" if history else "hf"
   layout = f"{history} history images" if history else f"prompt {_PROMPT_LEN.value} tokens"
   print(f"device: {jax.device_count()} x {jax.devices()[0].device_kind}; preset {_PRESET.value}; "
         f"{_DTYPE.value}; {layout}; {n_tok} image tokens")
-  print(f"{'prompts':>7} {'samples':>7} {'ours img/s':>11} {'ours tok/s':>11} {against + ' img/s':>14} {'ratio':>6} "
-        f"{'roofline':>8}")
+  print(f"{'prompts':>7} {'samples':>7} {'ours img/s':>11} {'ours tok/s':>11} {'ms/step':>8} {against + ' img/s':>14} "
+        f"{'ratio':>6} {'roofline':>8}")
   rng = np.random.default_rng(0)
   for b in map(int, _PROMPTS.value):
     n = _SAMPLES.value
@@ -179,7 +185,8 @@ def main(argv):
     imgs = b * n / t
     row = {"preset": _PRESET.value, "dtype": _DTYPE.value, "prompts": b, "samples": n, "history": history,
            "prompt_len": int(batch.ids.shape[1]), "device": jax.devices()[0].device_kind,
-           "ours_images_per_s": imgs, "ours_tokens_per_s": imgs * n_tok}
+           "ours_images_per_s": imgs, "ours_tokens_per_s": imgs * n_tok, "tokens": n_tok,
+           "decode": _DECODE.value, "ms_per_token_step": t / n_tok * 1e3}
     other_txt = ratio_txt = roof_txt = "-"
     other = None
     if history:
@@ -201,7 +208,8 @@ def main(argv):
                   + decode_bytes_per_step(cfg, 2 * b * n, n_tok // 2, dtype.itemsize) - weights)
       row["roofline"] = per_step * n_tok / t / bw
       roof_txt = f"{row['roofline']:8.1%}"
-    print(f"{b:7d} {n:7d} {imgs:11.3f} {imgs * n_tok:11.1f} {other_txt:>14} {ratio_txt:>6} {roof_txt:>8}")
+    print(f"{b:7d} {n:7d} {imgs:11.3f} {imgs * n_tok:11.1f} {t / n_tok * 1e3:8.1f} {other_txt:>14} {ratio_txt:>6} "
+          f"{roof_txt:>8}")
     if _JSON.value:
       with open(_JSON.value, "a") as f:
         f.write(json.dumps(row) + "\n")
