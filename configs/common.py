@@ -2,9 +2,7 @@
 
 import ml_collections
 
-# The Janus model's top-level parts, the units that train or stay frozen.
-PARTS = ("vision_model", "aligner", "vqmodel", "generation_embeddings", "generation_aligner", "generation_head",
-         "language_model", "lm_head")
+from pgen_jax.models.config import PARTS
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ import ml_collections
 from pgen_jax.eval.evaluate import GENERATORS
 from pgen_jax.models.attention import IMPLS
 from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
-from pgen_jax.models.config import PRESETS, ConfigError, JanusConfig, preset
+from pgen_jax.models.config import PARTS, PRESETS, ConfigError, JanusConfig, preset
 from pgen_jax.models.llama import REMAT, remat_policy
 from pgen_jax.recommenders.build import NAMES
 from pgen_jax.rewards import clip, dino
@@ -120,14 +120,12 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
       raise ConfigError("sft.lr: must be positive")
     if not 0 <= _get(cfg, "sft.uncond_prob") < 1:
       raise ConfigError("sft.uncond_prob: must be in [0, 1)")
-    known = ("vision_model", "aligner", "vqmodel", "generation_embeddings", "generation_aligner",
-             "generation_head", "language_model", "lm_head")
-    bad = [p for p in _get(cfg, "sft.trainable") if p not in known]
+    bad = [p for p in _get(cfg, "sft.trainable") if p not in PARTS]
     if bad or not _get(cfg, "sft.trainable"):
-      raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {known}")
+      raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {PARTS}")
     for part, scale in dict(_get(cfg, "sft.lr_scales")).items():
-      if part not in known:
-        raise ConfigError(f"sft.lr_scales.{part}: unknown part; choose from {known}")
+      if part not in PARTS:
+        raise ConfigError(f"sft.lr_scales.{part}: unknown part; choose from {PARTS}")
       if not (isinstance(scale, (int, float)) and scale > 0):
         raise ConfigError(f"sft.lr_scales.{part}: {scale!r} must be a positive number")
   if "grpo" in stages or "eval" in stages:

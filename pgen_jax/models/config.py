@@ -18,6 +18,11 @@ class ConfigError(ValueError):
   """A config that cannot describe a Janus model; the message names the offending key."""
 
 
+# A Janus model's top-level parts: the units that train or stay frozen (sft.trainable, sft.lr_scales).
+PARTS = ("vision_model", "aligner", "vqmodel", "generation_embeddings", "generation_aligner", "generation_head",
+         "language_model", "lm_head")
+
+
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
   """The LLaMA-style language model."""

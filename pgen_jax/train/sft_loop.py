@@ -59,11 +59,11 @@ def run_sft(cfg) -> dict:
                                     with_future=False)
   per_epoch = len(source_from_config(cfg, "train", with_future=False)) // sft_cfg.batch_size
   total = sft_cfg.num_steps or max(1, int(sft_cfg.epochs * per_epoch))
-  scales = {part: scale for part, scale in dict(sft_cfg.lr_scales).items() if scale != 1}
-  for part in sorted(set(scales) - set(sft_cfg.trainable)):  # e.g. a test freezing what the config scales
-    logging.warning("sft.lr_scales.%s has no effect: %s is frozen (not in sft.trainable)", part, part)
+  for part, scale in sft_cfg.lr_scales.items():  # e.g. a test freezing what the config scales
+    if scale != 1 and part not in sft_cfg.trainable:
+      logging.warning("sft.lr_scales.%s has no effect: %s is frozen (not in sft.trainable)", part, part)
   tx = update.make_optimizer(sft_cfg.lr, sft_cfg.warmup_steps, total, sft_cfg.b1, sft_cfg.b2, sft_cfg.weight_decay,
-                             sft_cfg.clip, scales)
+                             sft_cfg.clip, dict(sft_cfg.lr_scales))
   state = update.init_state(params, tx, cfg.seed, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
