@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   # lr multiplier per part: a part trained from random init may want more than the pretrained LM
   c.sft.lr_scales = ml_collections.ConfigDict({part: 1.0 for part in PARTS})
   c.sft.remat = "none"                 # decoder layers: none | full | dots_saveable | dots_with_no_batch_dims_saveable
+  c.sft.pretokenize = True             # the frozen VQ tokenizes every item's target once, not in every step
   c.sft.uncond_prob = 0.1              # prompts blanked to the CFG row, so guidance has a model
   c.sft.log_every = 50
   c.sft.eval_every = 500

@@ -123,6 +123,9 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
     bad = [p for p in _get(cfg, "sft.trainable") if p not in PARTS]
     if bad or not _get(cfg, "sft.trainable"):
       raise ConfigError(f"sft.trainable: {bad or 'empty'}; choose from {PARTS}")
+    if _get(cfg, "sft.pretokenize") and "vqmodel" in _get(cfg, "sft.trainable"):
+      raise ConfigError("sft.pretokenize: the targets are tokenized once by the frozen vqmodel, which sft.trainable "
+                        "trains; set --config.sft.pretokenize=False")
     for part, scale in dict(_get(cfg, "sft.lr_scales")).items():
       if part not in PARTS:
         raise ConfigError(f"sft.lr_scales.{part}: unknown part; choose from {PARTS}")

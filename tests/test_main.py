@@ -26,6 +26,7 @@ def run_main(*args, env=None):
     (["--config=configs/demo.py", "--config.sft.batch_size=10", "--config.sft.grad_accum=3"], "sft.grad_accum"),
     (["--config=configs/demo.py", "--config.sft.trainable=('language_model','decoder')"], "sft.trainable"),
     (["--config=configs/demo.py", "--config.sft.lr_scales.aligner=-1.0"], "sft.lr_scales.aligner"),
+    (["--config=configs/demo.py", "--config.sft.trainable=('language_model','vqmodel')"], "sft.pretokenize"),
     (["--config=configs/demo.py", "--config.prompt.uncond=none"], "prompt.uncond"),
     (["--config=configs/movielens.py", "--config.stages=('sft',)"],
      "model.checkpoint: checkpoints/Janus-Pro-1B is not a directory"),

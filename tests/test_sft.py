@@ -161,3 +161,37 @@ def test_repeated_non_finite_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert "non-finite" in bad.stderr and "last good checkpoint is step 6" in bad.stderr
   assert sorted(p.name for p in (tmp_path / "run" / "sft" / "latest").iterdir()) == before
 
+
+
+def test_pretokenized_targets_are_each_batch_items_own_tokens(tmp_path):
+  """sft.pretokenize: the table's tokens for a loader batch are what the frozen VQ makes of that batch's
+  target images, and the SFT loss from them equals the loss that tokenizes in the step."""
+  from configs.demo import get_config
+  from pgen_jax.data.pipeline import loader_from_config, prepare_from_config
+  from pgen_jax.models import Janus, preset
+  from pgen_jax.models.janus import from_uint8
+  from pgen_jax.sampling.prompter import Prompter
+  from pgen_jax.train.item_tokens import ItemTokens
+
+  cfg = get_config()
+  cfg.workdir, cfg.data.root = str(tmp_path), str(tmp_path / "world")
+  prepare_from_config(cfg)
+  model = Janus(preset("demo"), nnx.Rngs(3), dtype=jnp.float32, param_dtype=jnp.float32)
+  table = ItemTokens.build(cfg, model, chunk=50)  # 144 items: the last chunk is padded
+  assert table.tokens.shape == (144, model.config.num_image_tokens)
+  raw = next(iter(loader_from_config(cfg, "train", batch_size=8, seed=1)))
+  raw = {k: np.array(v) for k, v in raw.items()}
+  batch = Prompter(cfg, model.config)(raw)
+  pre = table.replace_target(batch, raw)
+  assert "target" not in pre
+  np.testing.assert_array_equal(pre["target_tokens"], model.get_image_tokens(from_uint8(raw["target"])))
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(("language_model",)), ...)
+  key, step_cfg = jax.random.key(0), sft.StepConfig(uncond_prob=0.5)
+  in_step = sft.batch_loss(graphdef, params, frozen, batch, key, step_cfg)
+  np.testing.assert_allclose(sft.batch_loss(graphdef, params, frozen, pre, key, step_cfg), in_step, rtol=1e-6)
+  try:
+    table(np.array([10_000]))
+  except ValueError as e:
+    assert "item 10000" in str(e)
+  else:
+    raise AssertionError("an unknown item id was not named")

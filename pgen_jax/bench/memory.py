@@ -204,8 +204,11 @@ def sft_stage(cfg, mesh, graphdef, state, config):
   batch = {"ids": spec((b, length), jnp.int32, mesh, (BATCH,)), "uncond": spec((b, length), jnp.int32, mesh, (BATCH,)),
            "mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
            "uncond_mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
-           "history": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-           "target": spec((b, size, size, 3), jnp.uint8, mesh, (BATCH,))}
+           "history": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
+  if cfg.sft.pretokenize:  # the loop brings the targets' VQ ids (train/item_tokens.py)
+    batch["target_tokens"] = spec((b, config.num_image_tokens), jnp.int32, mesh, (BATCH,))
+  else:
+    batch["target"] = spec((b, size, size, 3), jnp.uint8, mesh, (BATCH,))
   step_cfg = sft.StepConfig(grad_accum=cfg.sft.grad_accum, uncond_prob=cfg.sft.uncond_prob)
   fn = jax.jit(functools.partial(sft.train_step, graphdef, tx, step_cfg), donate_argnums=(0,))
   return [measure("sft", "train_step", fn, full, frozen, batch)]

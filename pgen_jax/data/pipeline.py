@@ -9,7 +9,7 @@ import numpy as np
 from pgen_jax.data.histories import WindowConfig
 from pgen_jax.data.loader import HistorySource, make_loader
 from pgen_jax.data.plan import DataSpec
-from pgen_jax.data.store import prepare
+from pgen_jax.data.store import builders, prepare
 
 
 def spec_from_config(cfg) -> DataSpec:
@@ -28,6 +28,21 @@ def store_dir(cfg) -> Path:
 
 def prepare_from_config(cfg) -> dict:
   return prepare(spec_from_config(cfg), store_dir(cfg))
+
+
+def num_items(cfg) -> int:
+  items, _ = builders(spec_from_config(cfg), store_dir(cfg))
+  return items.info.splits["items"].num_examples
+
+
+def item_chunks(cfg, size: int = 64):
+  """Every prepared item's generation image and id, in store order, as (images (n, S, S, 3) uint8,
+  ids (n,) int64) chunks of at most `size` rows: the whole item set never sits in memory at once."""
+  items, _ = builders(spec_from_config(cfg), store_dir(cfg))
+  source = items.as_data_source(split="items")
+  for start in range(0, len(source), size):
+    rows = [source[i] for i in range(start, min(start + size, len(source)))]
+    yield np.stack([r["target"] for r in rows]), np.array([int(r["item_id"]) for r in rows], np.int64)
 
 
 def source_from_config(cfg, split: str, *, with_future: bool = True) -> HistorySource:

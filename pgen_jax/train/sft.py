@@ -1,7 +1,7 @@
 """Supervised fine-tuning: cross-entropy on the target item's VQ tokens given the history prompt.
 
 The target image is tokenized by the frozen VQ model inside the step (the original L2-normalised
-rule); the tokens are fed back through the generation embeddings and aligner (teacher forcing) and
+rule), unless the batch brings its `target_tokens` (sft.pretokenize: item_tokens.py); the tokens are fed back through the generation embeddings and aligner (teacher forcing) and
 scored by the generation head. Only the configured submodules train; parameters stay in their
 storage dtype (fp32 master weights) while the model computes in its compute dtype (bf16).
 """
@@ -36,9 +36,16 @@ class StepConfig:
   uncond_prob: float = 0.1   # CFG needs an unconditional model: train it on blanked prompts
 
 
+def target_tokens(model: Janus, batch: dict):
+  """(B, n_img) the batch's target ids: brought in (pretokenized), or from its images by the frozen VQ."""
+  if "target_tokens" in batch:
+    return batch["target_tokens"]
+  return jax.lax.stop_gradient(model.get_image_tokens(from_uint8(batch["target"])))
+
+
 def batch_loss(graphdef, params, frozen, batch, key, cfg: StepConfig):
   model = nnx.merge(graphdef, params, frozen)
-  targets = jax.lax.stop_gradient(model.get_image_tokens(from_uint8(batch["target"])))
+  targets = target_tokens(model, batch)
   ids, mask = batch["ids"], batch["mask"]
   if cfg.uncond_prob > 0:  # the CFG row exactly as the sampler attends it
     drop = jax.random.bernoulli(key, cfg.uncond_prob, (ids.shape[0], 1))
@@ -69,5 +76,4 @@ def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
 
 def eval_loss(graphdef, params, frozen, batch):
   model = nnx.merge(graphdef, params, frozen)
-  targets = model.get_image_tokens(from_uint8(batch["target"]))
-  return image_loss(model, batch["ids"], batch["mask"], from_uint8(batch["history"]), targets)
+  return image_loss(model, batch["ids"], batch["mask"], from_uint8(batch["history"]), target_tokens(model, batch))

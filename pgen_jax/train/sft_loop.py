@@ -28,6 +28,7 @@ from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.setup import mesh_from_config, model_from_config
 from pgen_jax.train import sft, update
 from pgen_jax.train.checkpoints import Checkpoints
+from pgen_jax.train.item_tokens import ItemTokens
 from pgen_jax.viz import save_grid
 
 
@@ -85,7 +86,8 @@ def run_sft(cfg) -> dict:
     start = 0
   writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=sft_cfg.log_every)
-  val_batches = _validation_batches(cfg, prompter, sft_cfg.eval_batches)
+  item_tokens = ItemTokens.build(cfg, model) if sft_cfg.pretokenize else None
+  val_batches = _validation_batches(cfg, prompter, sft_cfg.eval_batches, item_tokens)
   sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=sft_cfg.cfg_weight, num_samples=sft_cfg.grid_samples))
 
   def evaluate(step):
@@ -101,7 +103,9 @@ def run_sft(cfg) -> dict:
     evaluate(0)
   step = start
   while step < total:
-    batch = to_device(prompter(next(it)), mesh)
+    raw = next(it)
+    batch = prompter(raw)
+    batch = to_device(item_tokens.replace_target(batch, raw) if item_tokens else batch, mesh)
     state, metrics = train_step(state, frozen, batch)
     step += 1
     progress(step)
@@ -137,12 +141,16 @@ def run_sft(cfg) -> dict:
   return summary
 
 
-def _validation_batches(cfg, prompter: Prompter, n: int) -> list[dict]:
+def _validation_batches(cfg, prompter: Prompter, n: int, item_tokens: ItemTokens | None) -> list[dict]:
+  """Prompter batches; with `item_tokens`, their target_tokens too (the images stay, for the grids)."""
   loader = loader_from_config(cfg, "validation", batch_size=cfg.sft.eval_batch_size // jax.process_count(),
                               seed=0, shuffle=False, num_epochs=1, with_future=False, workers=0)
   out = []
   for b in loader:
-    out.append(prompter({k: np.array(v) for k, v in b.items()}))
+    b = {k: np.array(v) for k, v in b.items()}
+    out.append(prompter(b))
+    if item_tokens is not None:
+      out[-1]["target_tokens"] = item_tokens.of_targets(b)
     if len(out) == n:
       break
   if not out:

@@ -29,8 +29,7 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pgen_jax.data.pipeline import spec_from_config, store_dir
-from pgen_jax.data.store import builders
+from pgen_jax.data.pipeline import item_chunks
 from pgen_jax.fileio import atomic_directory, write_json
 from pgen_jax.models.janus import from_uint8, map_chunks, to_uint8
 from pgen_jax.models.sharding import BATCH
@@ -39,14 +38,6 @@ from pgen_jax.setup import mesh_from_config, model_from_config, tokenizer_dir
 from pgen_jax.train import update
 from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.viz import save_grid
-
-
-def item_images(cfg) -> tuple[np.ndarray, np.ndarray]:
-  """Every prepared item's generation image (N, s, s, 3) uint8 and its item id, in store order."""
-  items, _ = builders(spec_from_config(cfg), store_dir(cfg))
-  source = items.as_data_source(split="items")
-  rows = [source[i] for i in range(len(source))]
-  return np.stack([r["target"] for r in rows]), np.array([int(r["item_id"]) for r in rows])
 
 
 def split_items(n: int, holdout_every: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,13 +123,13 @@ def run_vq(cfg) -> dict:
   mesh = mesh_from_config(cfg)
   vq = model_from_config(cfg, mesh).vqmodel
   graphdef, params, rest = nnx.split(vq, nnx.Param, ...)
-  images, _ = item_images(cfg)
+  images = np.concatenate([chunk for chunk, _ in item_chunks(cfg)])  # the demo's few hundred: sampled in jit
   train_idx, held_idx = split_items(len(images), c.holdout_every)
   if len(train_idx) < c.batch_size or not len(held_idx):
     raise ValueError(f"vq.batch_size: {c.batch_size} needs at least as many training items; the store has "
                      f"{len(train_idx)} (and {len(held_idx)} held out with vq.holdout_every={c.holdout_every})")
   replicated = NamedSharding(mesh, P())
-  train_images = jax.device_put(images[train_idx], replicated)  # the whole item set fits: sampled in jit
+  train_images = jax.device_put(images[train_idx], replicated)
   tx = update.make_optimizer(c.lr, c.warmup_steps, c.num_steps, 0.9, 0.99, 0.0, c.clip)
   state = update.init_state(params, tx, cfg.seed, mesh)
   state["usage"] = jax.device_put(jnp.ones((vq.quantize.embedding.num_embeddings,), jnp.float32), replicated)
