@@ -22,7 +22,9 @@ def use_compile_cache(path: str) -> None:
   if not path:
     return
   jax.config.update("jax_compilation_cache_dir", str(Path(path).expanduser()))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # not the many trivial ones
+  # every program: a random init compiles one per initializer shape (about 60 at 0.2 s for the demo
+  # model), and each stage that inits again would compile them all anew
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def mesh_from_config(cfg):
