@@ -161,7 +161,10 @@ def test_sharded_sampling_equals_single_device(models):
   b = Sampler(ours, make_mesh(data=2, fsdp=2, tensor=2), cfg)(batch, jax.random.key(3))
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
   np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-4)
-  np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+  # The same tokens decoded with the VQ's convs split over 8 devices: the float pixels differ in rounding,
+  # so a value near .5 can land one uint8 level apart (seen: 1 of 3072 on an AVX-512 machine)
+  diff = np.abs(np.asarray(a.images).astype(int) - np.asarray(b.images).astype(int))
+  assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
 
 
 def test_decode_steps_feed_one_token_each(models, monkeypatch):
