@@ -1,9 +1,8 @@
 """The frozen image tokenizer's ids of every item's generation target, computed once before SFT.
 
 SFT's targets are items of the store, and the VQ model is frozen there: tokenizing each item once
-(sft.pretokenize) takes the VQ encoder out of every training step. On the CPU demo that encoder was a
-third of a step; at 384px it is a conv net over 64 images per step that would otherwise rerun every
-epoch. Batches then carry `target_tokens` in place of the `target` images.
+(sft.pretokenize) takes the VQ encoder out of every training step: 5% of a CPU demo step, 8% of the
+FLOPs of a Janus-Pro-1B step at 64 posters of 384px (docs/benchmarks.md). Batches then carry `target_tokens` in place of the `target` images.
 """
 
 from __future__ import annotations
