@@ -102,16 +102,20 @@ def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world)
 def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
   """A roll-back really happens (lower lr, more diversity), and a run killed after it resumes with its
   roll-back state: the same alarms, per-step rewards and end state as the uninterrupted run."""
-  # The stop test's run (alarm at step 13, roll-back to 10); after it the lr is cut to 1% so that the
-  # run ends without a second alarm and has a checkpoint (15) written after the roll-back to kill at.
+  # The stop test's run (seen: alarm at step 12 or 13, roll-back to 5); after it the lr is cut to 1% so
+  # that the run ends without a second alarm.
   args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=30, defence_response="rollback",
                                       defence_max_rollbacks=1, defence_lr_factor=0.01)
   plain = run_main(ROOT, *args(tmp_path / "plain"))
   assert plain.returncode in (0, 3), plain.stderr[-3000:]
   first = summary(tmp_path / "plain")["alarms"][0]
-  assert first["rolled_back_to"] < first["step"]
+  # The alarm took 3 flagged steps in a row (defence_patience), the first drawn by the parameters of step
+  # first["step"] - 3: the roll-back goes to a checkpoint from before those, not to the newest one.
+  assert first["rolled_back_to"] < first["step"] - 3, first
   assert "rolled back to step" in plain.stderr and "roll-back 1), lr x0.01, diversity weight 0.2" in plain.stderr
-  after = first["rolled_back_to"] + 5  # the first checkpoint written after the roll-back
+  # The first checkpoint step the run reaches only after the roll-back (checkpoints every 5 steps; the
+  # ones after the roll-back's target were deleted, so a resume cannot pick up a pre-roll-back one).
+  after = (first["step"] // 5 + 1) * 5
   kill_at_checkpoint(args(tmp_path / "killed"), tmp_path / "killed" / "grpo" / "latest" / str(after),
                      tmp_path / "killed.log", wait=900)  # 18 steps with a roll-back: slow on a busy machine
   resumed = run_main(ROOT, *args(tmp_path / "killed"))

@@ -30,10 +30,24 @@ def test_collapse_and_convergence_raise_an_alarm_after_patience():
   assert m.update(13, 0.04, 0.99) is None
   alarm = m.update(14, 0.03, 0.995)
   assert alarm is not None and alarm.step == 14 and len(alarm.reasons) == 2
+  assert alarm.suspect_from == 11  # step 12's samples, the first flagged, were drawn on-policy by step 11's
   # the monitor's state survives a checkpoint round trip (through JSON, as in the checkpoint)
   fresh = HackingMonitor(DefenceConfig(window=10, warmup=5, patience=3))
   fresh.restore(json.loads(json.dumps(m.state())))
   assert fresh.flagged == 3 and list(fresh.stds) == list(m.stds) and fresh.early == m.early
+  assert fresh.suspect_from == 11
+
+
+def test_an_alarm_names_the_parameters_that_drew_its_first_flagged_samples():
+  m = HackingMonitor(DefenceConfig(warmup=3, patience=3))
+  for step in range(1, 4):
+    assert m.update(step, 1.0, 0.3) is None
+  assert m.update(4, 1.0, 0.9, drawn_by=2) is None   # sampled ahead: one update stale
+  assert m.update(5, 1.0, 0.3, drawn_by=3) is None   # the streak breaks
+  for step in (6, 7):
+    assert m.update(step, 1.0, 0.9, drawn_by=step - 2) is None
+  alarm = m.update(8, 1.0, 0.9, drawn_by=6)
+  assert alarm is not None and (alarm.step, alarm.suspect_from) == (8, 4)
 
 
 def test_similarity_threshold_is_relative_to_the_runs_start():

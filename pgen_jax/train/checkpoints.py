@@ -35,12 +35,26 @@ class Checkpoints:
   def restore_latest(self, like):
     """(step, state, data iterator state) of the latest checkpoint, or None. `like`: the state's shape."""
     step = self.latest.latest_step()
-    if step is None:
-      return None
+    return None if step is None else self.restore(step, like)
+
+  def restore(self, step: int, like):
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     out = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                             data=ocp.args.JsonRestore()))
     return step, out["state"], out["data"]["iterator"]
+
+  def latest_before(self, step: int) -> int | None:
+    """The newest kept checkpoint from before `step`, or None."""
+    self.latest.wait_until_finished()
+    return max((s for s in self.latest.all_steps() if s < step), default=None)
+
+  def roll_back(self, step: int, like):
+    """Restores checkpoint `step` and deletes the later ones: a run resumed after the roll-back must
+    not pick up a checkpoint from before it."""
+    self.latest.wait_until_finished()
+    for later in [s for s in self.latest.all_steps() if s > step]:
+      self.latest.delete(later)
+    return self.restore(step, like)
 
   def wait(self) -> None:
     self.latest.wait_until_finished()

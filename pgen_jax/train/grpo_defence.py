@@ -1,7 +1,8 @@
 """The GRPO stage's response to a reward-hacking alarm (the signals are in pgen_jax.train.hacking).
 
-grpo.defence_response = stop: the run exits (status 3) naming the last healthy checkpoint.
-grpo.defence_response = rollback: the last checkpoint is restored and training continues more
+grpo.defence_response = stop: the run exits (status 3) naming the last healthy checkpoint: the newest
+one from before the parameters whose samples were the first flagged in the alarm's streak.
+grpo.defence_response = rollback: that checkpoint is restored (later ones are deleted) and training continues more
 cautiously (after grpo.defence_max_rollbacks roll-backs the next alarm stops the run); after the
 n-th roll-back the learning rate is lr_factor^n x the schedule's and the diversity weight
 max(grpo.diversity_weight, 0.1) x diversity_weight_factor^n, and rollouts are drawn with keys folded
@@ -48,8 +49,10 @@ class Defence:
     return self.settings.response == "stop" or healthy_step is None or self.rollbacks >= self.max_rollbacks
 
   def stop(self, alarm: Alarm, step: int, healthy_step: int | None, latest: Path) -> NoReturn:
-    raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; the "
-                          f"last healthy checkpoint is step {healthy_step} in {latest}")
+    where = (f"the last healthy checkpoint is step {healthy_step} in {latest}" if healthy_step is not None else
+             f"no checkpoint from before step {alarm.suspect_from} (whose samples were the first flagged) is "
+             f"kept in {latest}; rerun GRPO with a lower grpo.lr")
+    raise HackingDetected(f"reward hacking suspected at step {step}: {'; '.join(alarm.reasons)}. Stopped; {where}")
 
   @property
   def lr_scale(self) -> float:

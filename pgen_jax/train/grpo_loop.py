@@ -99,7 +99,9 @@ def run_grpo(cfg) -> dict:
   defence = Defence(cfg)
   rollouts = Rollouts(cfg, model, mesh, graphdef, frozen, rewards, defence, fns)
   validation = Validation(cfg) if grpo_cfg.eval_every else None
-  ckpts = Checkpoints(out, keep=cfg.sft.keep)
+  # Enough kept that one from before an alarm's first flagged samples survives: those were drawn up to
+  # patience + 1 steps before the alarm (+1 sampled ahead).
+  ckpts = Checkpoints(out, keep=max(cfg.sft.keep, 2 + -(-(grpo_cfg.defence_patience + 2) // grpo_cfg.ckpt_every)))
   summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
   restored = ckpts.restore_latest(state)
   step = 0
@@ -146,15 +148,16 @@ def run_grpo(cfg) -> dict:
     if metrics.get("bad_streak", 0) >= cfg.sft.max_bad_steps:
       raise update.RunStopped(f"GRPO stopped at step {step}: {int(metrics['bad_streak'])} non-finite steps in a row; "
                               f"the last good checkpoint is step {ckpts.latest.latest_step()} in {out / 'latest'}")
-    alarm = defence.monitor.update(step, float(scored.total.std()), similarity, drift)
+    alarm = defence.monitor.update(step, float(scored.total.std()), similarity, drift,
+                                   drawn_by=step - 1 if cur.on_policy else step - 2)
     if alarm is not None:
       summary.setdefault("alarms", []).append({"step": step, "reasons": alarm.reasons})
       write_json(out / "summary.json", summary)
-      healthy = ckpts.latest.latest_step()
+      healthy = ckpts.latest_before(alarm.suspect_from)  # whose samples were not flagged
       if defence.must_stop(healthy):
         ckpts.wait()
         defence.stop(alarm, step, healthy, out / "latest")
-      step, state, data_state = ckpts.restore_latest(state)  # roll back, then train more cautiously
+      step, state, data_state = ckpts.roll_back(healthy, state)  # then train more cautiously
       ahead = None
       rollouts.restore(data_state)
       state = defence.roll_back(state, rewards, replicated)

@@ -12,7 +12,10 @@ reward's spread collapsing as it began. Signals, logged every GRPO step:
   entropy of the batch's image-token histogram; flagged when one named in `drift_alarm` leaves its
   baseline mean by more than `drift_z` baseline standard deviations.
 
-An alarm needs `patience` consecutive flagged steps. The similarity itself is pgen_jax.metrics'.
+An alarm needs `patience` consecutive flagged steps. It names the earliest parameters whose samples
+were flagged in that streak (`suspect_from`): a roll-back goes to a checkpoint from before them, since
+a checkpoint whose own samples were flagged is no healthier than the alarm's step. The similarity
+itself is pgen_jax.metrics'.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def drift_stats(tokens: np.ndarray, images: np.ndarray | None, vocab: int) -> di
 class Alarm:
   step: int
   reasons: list[str]
+  suspect_from: int  # the step of the parameters that drew the streak's first flagged samples
 
 
 class HackingMonitor:
@@ -68,13 +72,17 @@ class HackingMonitor:
     self.settings = settings
     self.stds: collections.deque = collections.deque(maxlen=settings.window)
     self.flagged = 0
+    self.suspect_from = 0  # see Alarm
     self.early: dict[str, list[float]] = {}  # the first `warmup` steps of similarity and drift stats
 
   def _baseline(self, key: str):
     v = self.early.get(key, [])
     return (float(np.mean(v)), float(np.std(v))) if len(v) >= self.settings.warmup else None
 
-  def update(self, step: int, reward_std: float, similarity: float, drift: dict | None = None) -> Alarm | None:
+  def update(self, step: int, reward_std: float, similarity: float, drift: dict | None = None,
+             drawn_by: int | None = None) -> Alarm | None:
+    """One GRPO step's signals; `drawn_by`: the step of the parameters that drew its samples (default
+    step - 1: sampled on-policy before the step's update)."""
     defence, reasons = self.settings, []
     if len(self.stds) >= defence.warmup and reward_std < defence.std_ratio * float(np.median(self.stds)):
       reasons.append(f"reward std {reward_std:.4g} < {defence.std_ratio} x recent median {np.median(self.stds):.4g}")
@@ -90,8 +98,10 @@ class HackingMonitor:
     for key, v in {"similarity": similarity, **(drift or {})}.items():
       if len(self.early.setdefault(key, [])) < defence.warmup:
         self.early[key].append(float(v))
+    if reasons and not self.flagged:
+      self.suspect_from = step - 1 if drawn_by is None else drawn_by
     self.flagged = self.flagged + 1 if reasons else 0
-    return Alarm(step, reasons) if self.flagged >= defence.patience else None
+    return Alarm(step, reasons, self.suspect_from) if self.flagged >= defence.patience else None
 
   def after_rollback(self) -> None:
     """Forgets the recent (hacked) steps; the baseline from the run's start stays."""
@@ -99,10 +109,11 @@ class HackingMonitor:
     self.flagged = 0
 
   def state(self) -> dict:
-    return {"stds": list(self.stds), "flagged": self.flagged, "early": self.early}
+    return {"stds": list(self.stds), "flagged": self.flagged, "suspect_from": self.suspect_from, "early": self.early}
 
   def restore(self, state: dict) -> None:
     self.stds.clear()
     self.stds.extend(state["stds"])
     self.flagged = state["flagged"]
+    self.suspect_from = state.get("suspect_from", 0)
     self.early = {k: list(v) for k, v in state.get("early", {}).items()}
