@@ -64,12 +64,14 @@ def test_history_benchmark_compares_shared_and_unshared(tmp_path):
   assert row["ours_images_per_s"] > 0 and row["unshared_images_per_s"] > 0 and row["ratio"] > 0
 
 
-def test_sft_benchmark_runs():
+@pytest.mark.parametrize("pretokenize", [True, False])
+def test_sft_benchmark_runs(pretokenize):
+  flag = "--pretokenize" if pretokenize else "--nopretokenize"  # target tokens, or target images through the VQ
   run = subprocess.run([sys.executable, "-m", "pgen_jax.bench.sft", "--preset=tiny", "--batch=2", "--history=1",
-                        "--text=8", "--steps=1"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                        "--text=8", "--steps=1", flag], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
   assert run.returncode == 0, run.stderr[-2000:]
-  assert "tokens/s" in run.stdout and "ms/step" in run.stdout
+  assert "tokens/s" in run.stdout and "ms/step" in run.stdout and f"pretokenize {pretokenize}" in run.stdout
 
 
 def test_rewards_benchmark_runs():

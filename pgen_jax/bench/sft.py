@@ -5,8 +5,9 @@
 
 Random weights, two warm-up steps; windows of --history images (576 tokens each for Janus-Pro) plus text and the
 target's image tokens. MFU = model FLOPs per step / time / peak bf16 FLOPs of the devices, with
-model FLOPs = 6 x trained LM parameters x tokens + causal attention + the frozen SigLIP and VQ
-encoders' forward passes.
+model FLOPs = 6 x trained LM parameters x tokens + causal attention + the frozen SigLIP's forward
+pass. --pretokenize (on, as `sft.pretokenize` in training) brings the targets as VQ tokens; off, the
+step runs the frozen VQ encoder on target images (work not counted in the model FLOPs).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _TEXT = flags.DEFINE_integer("text", 160, "text tokens per window")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype (params stay fp32)")
 _REMAT = flags.DEFINE_bool("remat", False, "recompute decoder layers in the backward pass")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps (after one warm-up)")
+_PRETOKENIZE = flags.DEFINE_bool("pretokenize", True, "targets as VQ tokens (as training's sft.pretokenize)")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "peak TFLOP/s per device (default: from the device kind)")
 
 # Dense bf16 peak TFLOP/s per device, by jax device_kind substring.
@@ -68,8 +70,11 @@ def main(argv):
   row = [1] + block * k + list(rng.integers(3, 200, _TEXT.value)) + [cfg.text.vocab_size - 3]
   ids = np.array([row] * _BATCH.value, np.int32)
   batch = {"ids": ids, "uncond": ids, "mask": np.ones_like(ids),
-           "history": rng.integers(0, 255, (_BATCH.value, k, s, s, 3)).astype(np.uint8),
-           "target": rng.integers(0, 255, (_BATCH.value, s, s, 3)).astype(np.uint8)}
+           "history": rng.integers(0, 255, (_BATCH.value, k, s, s, 3)).astype(np.uint8)}
+  if _PRETOKENIZE.value:
+    batch["target_tokens"] = rng.integers(0, cfg.vq.num_embeddings, (_BATCH.value, n)).astype(np.int32)
+  else:
+    batch["target"] = rng.integers(0, 255, (_BATCH.value, s, s, 3)).astype(np.uint8)
   batch = to_device(batch, mesh)
   step = jax.jit(functools.partial(sft.train_step, graphdef, tx, sft.StepConfig()), donate_argnums=(0,))
   for _ in range(2):  # compile, and again for the output shardings chosen by the first call
@@ -86,7 +91,7 @@ def main(argv):
   peak = _PEAK.value or next((v for key_, v in PEAK_TFLOPS.items() if key_.lower() in kind.lower()), 0.0)
   mfu = f"{flops / dt / (peak * 1e12 * jax.device_count()):.1%}" if peak else "n/a (no peak for this device)"
   print(f"{jax.device_count()} x {kind}; preset {_PRESET.value}; batch {_BATCH.value} x {seq} tokens; "
-        f"{_DTYPE.value} compute; remat {_REMAT.value}: {dt * 1e3:.0f} ms/step, {_BATCH.value * seq / dt:,.0f} "
+        f"{_DTYPE.value} compute; remat {_REMAT.value}; pretokenize {_PRETOKENIZE.value}: {dt * 1e3:.0f} ms/step, {_BATCH.value * seq / dt:,.0f} "
         f"tokens/s, {flops / dt / 1e12:.3f} model TFLOP/s, MFU {mfu}")
 
 
