@@ -93,7 +93,7 @@ def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world)
   assert run.returncode == 3, run.stderr[-3000:]
   assert "reward hacking suspected" in run.stderr and "last healthy checkpoint is step" in run.stderr
   alarm = summary(tmp_path)["alarms"][0]
-  # seen: the token share saturates by step 7, CLIP similarity across users 0.92 -> 0.99, caught at 13
+  # seen: the token share saturates by step 7, CLIP similarity across users 0.92 -> 0.99, caught at 12
   assert alarm["step"] <= 20 and any("similar" in r for r in alarm["reasons"]), alarm
   assert logged(run.stderr, "reward/fixed_mean")[alarm["step"]] > 0.9  # it was a hack that was caught
   assert not (tmp_path / "grpo" / "final").exists()
