@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.vq.warmup_steps = 20
   c.vq.clip = 1.0
   c.vq.beta = 0.25                     # commitment weight
+  c.vq.perceptual = 0.0                # weight of an LPIPS term beside L2 (grpo.lpips_vgg + grpo.lpips_heads); 0: off
   c.vq.restart_every = 25              # steps between dead-code restarts
   c.vq.restart_below = 0.05            # dead: running usage below this share of the uniform rate
   c.vq.usage_decay = 0.9

@@ -108,7 +108,7 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
   if "{history}" not in _get(cfg, "prompt.template"):
     raise ConfigError("prompt.template: must contain {history}")
   if "vq" in stages:
-    _check_vq(cfg)
+    _check_vq(cfg, files)
   if "sft" in stages:
     for key in ("sft.batch_size", "sft.grad_accum", "sft.log_every", "sft.eval_every", "sft.ckpt_every",
                 "sft.eval_batches", "sft.eval_batch_size", "sft.keep", "sft.max_bad_steps", "sft.grid_samples"):
@@ -165,7 +165,7 @@ def _check_eval(cfg) -> None:
   for key, least in (("eval.bootstrap", 1), ("eval.report_users", 0)):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < least:
       raise ConfigError(f"{key}: {_get(cfg, key)!r} must be an integer >= {least}")
-def _check_vq(cfg) -> None:
+def _check_vq(cfg, files: bool) -> None:
   for key in ("vq.num_steps", "vq.batch_size", "vq.restart_every", "vq.holdout_every", "vq.log_every",
               "vq.ckpt_every", "vq.keep"):
     if not isinstance(_get(cfg, key), int) or _get(cfg, key) < 1:
@@ -178,6 +178,15 @@ def _check_vq(cfg) -> None:
   for key in ("vq.lr", "vq.clip"):
     if not _get(cfg, key) > 0:
       raise ConfigError(f"{key}: must be positive")
+  weight = _get(cfg, "vq.perceptual")
+  if not (isinstance(weight, (int, float)) and weight >= 0):
+    raise ConfigError(f"vq.perceptual: {weight!r} must be a number >= 0 (0: no perceptual term)")
+  if weight and not (_get(cfg, "grpo.lpips_vgg") and _get(cfg, "grpo.lpips_heads")):
+    raise ConfigError("vq.perceptual: the LPIPS term needs its weights; set grpo.lpips_vgg (torchvision's "
+                      "VGG16 weights, .pth) and grpo.lpips_heads (lpips' weights/v0.1/vgg.pth)")
+  for key in ("grpo.lpips_vgg", "grpo.lpips_heads"):
+    if weight and files and not Path(_get(cfg, key)).exists():
+      raise ConfigError(f"{key}: {_get(cfg, key)} does not exist (vq.perceptual uses it); download it there")
 
 
 def _check_grpo(cfg) -> None:

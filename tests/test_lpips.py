@@ -45,13 +45,20 @@ def reference(features, heads, a, b):
   return total[:, 0]
 
 
-def test_lpips_equals_the_torch_formula(tmp_path):
+def write_random_lpips(folder):
+  """Random VGG16 features and LPIPS heads in their files' real layouts: folder/vgg16.pth (torchvision's
+  keys) and folder/vgg.pth (lpips'); returns the torch modules for `reference`."""
   torch.manual_seed(0)
   features = vgg16_features().eval()
   torch.save({f"features.{k}": v for k, v in features.state_dict().items()} | {"classifier.0.weight": torch.zeros(2, 2)},
-             tmp_path / "vgg16.pth")
+             folder / "vgg16.pth")
   heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
-  torch.save(heads, tmp_path / "vgg.pth")
+  torch.save(heads, folder / "vgg.pth")
+  return features, heads
+
+
+def test_lpips_equals_the_torch_formula(tmp_path):
+  features, heads = write_random_lpips(tmp_path)
   ours = load_lpips(tmp_path / "vgg16.pth", tmp_path / "vgg.pth", mesh=make_mesh(devices=jax.devices()[:1]))
   rng = np.random.default_rng(0)
   a = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)

@@ -28,6 +28,7 @@ def run_main(*args, env=None):
     (["--config=configs/demo.py", "--config.sft.lr_scales.aligner=-1.0"], "sft.lr_scales.aligner"),
     (["--config=configs/demo.py", "--config.sft.trainable=('language_model','vqmodel')"], "sft.pretokenize"),
     (["--config=configs/demo.py", "--config.prompt.uncond=none"], "prompt.uncond"),
+    (["--config=configs/demo.py", "--config.vq.perceptual=0.5"], "vq.perceptual: the LPIPS term needs its weights"),
     (["--config=configs/movielens.py", "--config.stages=('sft',)"],
      "model.checkpoint: checkpoints/Janus-Pro-1B is not a directory"),
     (["--config=configs/demo.py", "--config.stages=('grpo',)", "--config.grpo.group_size=1"], "grpo.group_size"),

@@ -1,20 +1,26 @@
-"""The vq stage: kill -9 and resume is bit-identical, the trained tokenizer goes into the model, and
-the pixel-level genre probe reads the world's own posters right."""
+"""The vq stage: kill -9 and resume is bit-identical, the trained tokenizer goes into the model, the
+optional perceptual term is the LPIPS of the reconstruction, and the pixel-level genre probe reads
+the world's own posters right."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import torch
 from flax import nnx
 from PIL import Image
 
 from test_janus_convert import flat_params
-from test_sft import plain_and_killed
+from test_lpips import reference, write_random_lpips
+from test_sft import ROOT, plain_and_killed, run_main
 from pgen_jax.data import synthetic
 from pgen_jax.data.images import generation_target
-from pgen_jax.models import Janus, preset
+from pgen_jax.models import Janus, make_mesh, preset
+from pgen_jax.rewards.hf import load_lpips
 from pgen_jax.setup import load_trained_tokenizer
-from pgen_jax.train.vq_loop import codebook_usage, psnr
+from pgen_jax.train.vq_loop import codebook_usage, psnr, vq_loss
 
 
 def vq_args(workdir, store, steps=12):
@@ -43,6 +49,29 @@ def test_vq_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
   assert summary["heldout_items"] == 18 and 0 < summary["codebook"]["used"] <= 64
   assert np.isfinite(summary["psnr_heldout"])
   assert list((tmp_path / "plain" / "vq" / "grids").glob("*.png"))
+
+
+def test_perceptual_term_adds_the_torch_lpips_of_the_reconstruction(tmp_path):
+  """vq.perceptual = w adds w x the mean LPIPS distance between the reconstruction (the model's own
+  decode of the batch's codes) and the input, LPIPS by the published formula in torch."""
+  features, heads = write_random_lpips(tmp_path)
+  lpips = load_lpips(tmp_path / "vgg16.pth", tmp_path / "vgg.pth", mesh=make_mesh(devices=jax.devices()[:1]))
+  vq = Janus(preset("demo"), nnx.Rngs(0)).vqmodel
+  graphdef, params, rest = nnx.split(vq, nnx.Param, ...)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  plain, _ = vq_loss(graphdef, params, rest, jnp.asarray(x), 0.25)
+  loss, aux = vq_loss(graphdef, params, rest, jnp.asarray(x), 0.25, lpips, 0.5)
+  rec = np.asarray(vq.decode(aux["codes"]), np.float32)
+  with torch.no_grad():
+    want = reference(features, heads, torch.tensor(rec).permute(0, 3, 1, 2), torch.tensor(x).permute(0, 3, 1, 2))
+  np.testing.assert_allclose(float(aux["perceptual"]), want.mean().item(), rtol=1e-4)
+  np.testing.assert_allclose(float(loss) - float(plain), 0.5 * want.mean().item(), rtol=1e-3)
+  # ... and the stage trains with it: the term is logged
+  run = run_main(ROOT, *vq_args(tmp_path / "run", tmp_path / "store", steps=4), "--config.vq.perceptual=0.5",
+                 f"--config.grpo.lpips_vgg={tmp_path / 'vgg16.pth'}", f"--config.grpo.lpips_heads={tmp_path / 'vgg.pth'}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "vq step 4/4: l2" in run.stderr and ", lpips " in run.stderr
+  assert (tmp_path / "run" / "vq" / "final").exists()
 
 
 def test_psnr_by_hand():

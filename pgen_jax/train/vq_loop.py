@@ -2,8 +2,10 @@
 prepared items, for small-image experiments such as the demo; the SFT stage then uses it in place of
 the configured one. The real Janus-Pro tokenizer is never trained: no shipped config runs this stage.
 
-Loss: L2 reconstruction + codebook + beta x commitment, both on the L2-normalised vectors the model's
-lookup uses, with a straight-through estimator. Codes whose running usage falls below
+Loss: L2 reconstruction (+ vq.perceptual x the LPIPS-VGG distance of reconstruction and input, with
+the frozen LPIPS weights every stage uses, grpo.lpips_vgg + grpo.lpips_heads) + codebook + beta x
+commitment, both on the L2-normalised vectors the model's lookup uses, with a straight-through
+estimator. Codes whose running usage falls below
 vq.restart_below x the uniform rate are restarted, every vq.restart_every steps, on encoder outputs
 of the current batch. Items whose index is a multiple of vq.holdout_every are never trained on; the
 reconstruction PSNR is measured on them.
@@ -34,6 +36,7 @@ from pgen_jax.fileio import atomic_directory, write_json
 from pgen_jax.models.janus import from_uint8, map_chunks, to_uint8
 from pgen_jax.models.sharding import BATCH
 from pgen_jax.models.vq import VQModel, l2_normalize
+from pgen_jax.rewards.hf import load_lpips
 from pgen_jax.setup import mesh_from_config, model_from_config, tokenizer_dir
 from pgen_jax.train import update
 from pgen_jax.train.checkpoints import Checkpoints
@@ -50,8 +53,9 @@ def _is_codebook(path) -> bool:
   return tuple(str(p) for p in path[-3:]) == ("quantize", "embedding", "embedding")
 
 
-def vq_loss(graphdef, params, rest, x, beta: float):
-  """(loss, aux) for images x in [-1, 1]; aux holds the codes and normalised latents for restarts."""
+def vq_loss(graphdef, params, rest, x, beta: float, lpips=None, perceptual: float = 0.0):
+  """(loss, aux) for images x in [-1, 1]; aux holds the codes and normalised latents for restarts.
+  lpips: a frozen pgen_jax.rewards.lpips.LPIPS, whose mean distance enters with weight `perceptual`."""
   vq = nnx.merge(graphdef, params, rest)
   z = vq.quant_conv(vq.encoder(x))
   b, h, w, e = z.shape
@@ -63,11 +67,16 @@ def vq_loss(graphdef, params, rest, x, beta: float):
   rec = vq.decoder(vq.post_quant_conv(zn + jax.lax.stop_gradient(q - zn))).astype(jnp.float32)
   l2 = jnp.mean((rec - x) ** 2)
   loss = l2 + codebook + beta * commit
-  return loss, {"l2": l2, "codebook": codebook, "commit": commit, "codes": codes, "z": zn.reshape(b * h * w, e)}
+  aux = {"l2": l2, "codebook": codebook, "commit": commit, "codes": codes, "z": zn.reshape(b * h * w, e)}
+  if lpips is not None:
+    aux["perceptual"] = jnp.mean(lpips(rec, x))
+    loss = loss + perceptual * aux["perceptual"]
+  return loss, aux
 
 
-def train_step(graphdef, tx, c, batch_sharding, images, state, rest):
-  """One update on a batch drawn (and cropped) from `images` with the state's key; then restarts."""
+def train_step(graphdef, tx, c, batch_sharding, lpips_graphdef, images, state, rest, lpips_state):
+  """One update on a batch drawn (and cropped) from `images` with the state's key; then restarts.
+  lpips_graphdef/lpips_state: the split frozen LPIPS model, or None."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
   k_pick, k_crop, k_restart = jax.random.split(key, 3)
   n, s = images.shape[0], images.shape[1]
@@ -76,8 +85,9 @@ def train_step(graphdef, tx, c, batch_sharding, images, state, rest):
   oy, ox = jax.random.randint(k_crop, (2,), 0, s - crop + 1)
   x = jax.lax.dynamic_slice(images[pick], (0, oy, ox, 0), (c.batch_size, crop, crop, 3))
   x = jax.lax.with_sharding_constraint(x.astype(jnp.float32) / 127.5 - 1.0, batch_sharding)
+  lpips = nnx.merge(lpips_graphdef, lpips_state) if lpips_graphdef is not None else None
   (loss, aux), grads = jax.value_and_grad(
-      lambda p: vq_loss(graphdef, p, rest, x, c.beta), has_aux=True)(state["params"])
+      lambda p: vq_loss(graphdef, p, rest, x, c.beta, lpips, c.perceptual), has_aux=True)(state["params"])
   new, metrics = update.guarded_update(tx, state, loss, grads)
 
   # Running usage, 1.0 = the uniform rate; dead codes restart on random latents of this batch.
@@ -90,7 +100,7 @@ def train_step(graphdef, tx, c, batch_sharding, images, state, rest):
   restart = lambda path, p: jnp.where(dead[:, None], fresh.astype(p.dtype), p) if _is_codebook(path) else p
   new["params"] = jax.tree_util.tree_map_with_path(restart, new["params"])
   new["usage"] = jnp.where(dead, 1.0, usage)
-  metrics = {**metrics, "l2": aux["l2"], "codebook": aux["codebook"], "commit": aux["commit"],
+  metrics = {**metrics, **{k: aux[k] for k in ("l2", "codebook", "commit", "perceptual") if k in aux},
              "restarted": jnp.sum(dead), "live_codes": jnp.sum(usage >= c.restart_below)}
   return new, metrics
 
@@ -134,8 +144,12 @@ def run_vq(cfg) -> dict:
   state = update.init_state(params, tx, cfg.seed, mesh)
   state["usage"] = jax.device_put(jnp.ones((vq.quantize.embedding.num_embeddings,), jnp.float32), replicated)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  step_fn = jax.jit(functools.partial(train_step, graphdef, tx, c, NamedSharding(mesh, P(BATCH))), donate_argnums=(1,),
-                    in_shardings=(replicated, state_sh, jax.tree.map(lambda x: x.sharding, rest)),
+  lpips_graphdef, lpips_state = (nnx.split(load_lpips(cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads, mesh=mesh))
+                                 if c.perceptual else (None, None))
+  step_fn = jax.jit(functools.partial(train_step, graphdef, tx, c, NamedSharding(mesh, P(BATCH)), lpips_graphdef),
+                    donate_argnums=(1,),
+                    in_shardings=(replicated, state_sh, jax.tree.map(lambda x: x.sharding, rest),
+                                  jax.tree.map(lambda x: x.sharding, lpips_state)),
                     out_shardings=(state_sh, replicated))
   ckpts = Checkpoints(out, keep=c.keep)
   restored = ckpts.restore_latest(state)
@@ -146,14 +160,14 @@ def run_vq(cfg) -> dict:
   writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=c.num_steps, writer=writer, every_steps=c.log_every)
   while step < c.num_steps:
-    state, metrics = step_fn(train_images, state, rest)
+    state, metrics = step_fn(train_images, state, rest, lpips_state)
     step += 1
     progress(step)
     if step % c.log_every == 0 or step == c.num_steps:
       m = jax.device_get(metrics)
       writer.write_scalars(step, {k: float(v) for k, v in m.items()})
-      logging.info("vq step %d/%d: l2 %.4f, live codes %d, restarted %d", step, c.num_steps, m["l2"],
-                   m["live_codes"], m["restarted"])
+      logging.info("vq step %d/%d: l2 %.4f%s, live codes %d, restarted %d", step, c.num_steps, m["l2"],
+                   f", lpips {m['perceptual']:.4f}" if "perceptual" in m else "", m["live_codes"], m["restarted"])
     if step % c.ckpt_every == 0 or step == c.num_steps:
       ckpts.save(step, state, "")
   ckpts.wait()
