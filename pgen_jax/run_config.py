@@ -134,10 +134,8 @@ def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
   if "grpo" in stages or "eval" in stages:
     for key, presets in (("grpo.clip", clip.PRESETS), ("grpo.dino", dino.PRESETS)):
       random_preset(_get(cfg, key), presets, key)  # an unknown preset name raises, naming the key
-    for model in ("grpo.clip", "grpo.dino", "grpo.lpips_vgg", "grpo.lpips_heads"):
-      if (files and _get(cfg, model) and not _get(cfg, model).startswith(RANDOM)
-          and not Path(_get(cfg, model)).exists()):
-        raise ConfigError(f"{model}: {_get(cfg, model)} does not exist; download the model there or clear the key")
+    if files:
+      _require_model_files(cfg, ("grpo.clip", "grpo.dino", "grpo.lpips_vgg", "grpo.lpips_heads"))
   if "grpo" in stages:
     _check_grpo(cfg)
   if "eval" in stages:
@@ -184,9 +182,16 @@ def _check_vq(cfg, files: bool) -> None:
   if weight and not (_get(cfg, "grpo.lpips_vgg") and _get(cfg, "grpo.lpips_heads")):
     raise ConfigError("vq.perceptual: the LPIPS term needs its weights; set grpo.lpips_vgg (torchvision's "
                       "VGG16 weights, .pth) and grpo.lpips_heads (lpips' weights/v0.1/vgg.pth)")
-  for key in ("grpo.lpips_vgg", "grpo.lpips_heads"):
-    if weight and files and not Path(_get(cfg, key)).exists():
-      raise ConfigError(f"{key}: {_get(cfg, key)} does not exist (vq.perceptual uses it); download it there")
+  if weight and files:
+    _require_model_files(cfg, ("grpo.lpips_vgg", "grpo.lpips_heads"))
+
+
+def _require_model_files(cfg, keys) -> None:
+  """Each model file a key names (not a random: preset) exists."""
+  for key in keys:
+    value = _get(cfg, key)
+    if value and not value.startswith(RANDOM) and not Path(value).exists():
+      raise ConfigError(f"{key}: {value} does not exist; download the model there or clear the key")
 
 
 def _check_grpo(cfg) -> None:

@@ -50,7 +50,7 @@ class Checkpoints:
 
   def roll_back(self, step: int, like):
     """Restores checkpoint `step` and deletes the later ones: a run resumed after the roll-back must
-    not pick up a checkpoint from before it."""
+    not pick up one written before it."""
     self.latest.wait_until_finished()
     for later in [s for s in self.latest.all_steps() if s > step]:
       self.latest.delete(later)

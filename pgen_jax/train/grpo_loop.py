@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import io
 import json
+import math
 import time
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def run_grpo(cfg) -> dict:
   validation = Validation(cfg) if grpo_cfg.eval_every else None
   # Enough kept that one from before an alarm's first flagged samples survives: those were drawn up to
   # patience + 1 steps before the alarm (+1 sampled ahead).
-  ckpts = Checkpoints(out, keep=max(cfg.sft.keep, 2 + -(-(grpo_cfg.defence_patience + 2) // grpo_cfg.ckpt_every)))
+  flagged_span = math.ceil((grpo_cfg.defence_patience + 2) / grpo_cfg.ckpt_every)
+  ckpts = Checkpoints(out, keep=max(cfg.sft.keep, 2 + flagged_span))
   summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
   restored = ckpts.restore_latest(state)
   step = 0
