@@ -30,7 +30,12 @@ def cos100(a, b):
   return 100 * (a * b).sum(-1)
 
 
-def test_terms_equal_torch_references(tmp_path):
+NAMES = ("clip_history", "clip_target", "clip_future", "clip_text", "dino_history", "dino_target", "dino_future",
+         "ssim_target", "lpips_target")
+
+
+def reward_models(tmp_path):
+  """Small random transformers CLIP / DINOv2 and torchvision VGG16 + LPIPS heads, and the same loaded in JAX."""
   mesh = make_mesh(devices=jax.devices()[:1])
   hc, hd = hf_clip("gelu", 98), dinov2(28)
   hc.save_pretrained(tmp_path / "clip")
@@ -42,20 +47,25 @@ def test_terms_equal_torch_references(tmp_path):
   torch.save({f"features.{k}": v for k, v in vgg.state_dict().items()}, tmp_path / "vgg16.pth")
   torch.save(heads, tmp_path / "lin.pth")
   lpips = load_lpips(tmp_path / "vgg16.pth", tmp_path / "lin.pth", mesh=mesh)
-  rng = np.random.default_rng(0)
-  n, k, p = 3, 2, 2
-  gen = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+  return (hc, hd, vgg, heads), dict(clip=clip, dino=dino, lpips=lpips)
+
+
+def references(rng, n, k, p):
+  """Random uint8 history (n, k), target, future (n, p) images (32px) and CLIP token ids (n, 16) of n rows."""
   hist = rng.integers(0, 256, (n, k, 32, 32, 3)).astype(np.uint8)
   target = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
   future = rng.integers(0, 256, (n, p, 32, 32, 3)).astype(np.uint8)
   text = rng.integers(1, 90, (n, 16))
   text[:, 6] = 98
   text[:, 7:] = 0
-  names = ("clip_history", "clip_target", "clip_future", "clip_text", "dino_history", "dino_target", "dino_future",
-           "ssim_target", "lpips_target")
-  cfg = RewardConfig(weights=tuple((t, 1.0) for t in names), clip_size=30, dino_resize=30, dino_crop=28)
-  terms = in_jit_terms(cfg, jnp.asarray(gen), history=jnp.asarray(hist), target=jnp.asarray(target),
-                       future=jnp.asarray(future), target_text=jnp.asarray(text), clip=clip, dino=dino, lpips=lpips)
+  return hist, target, future, text
+
+
+def torch_terms(torch_models, gen, hist, target, future, text):
+  """Every in-jit term by the torch models (transformers, torchvision, pytorch_msssim), one reference set
+  per generated image: all arrays have gen's N rows."""
+  hc, hd, vgg, heads = torch_models
+  n, k, p = hist.shape[0], hist.shape[1], future.shape[1]
 
   def torch_in(x, size, crop, mean, std):  # the same preprocessing, then torch models
     return torch.tensor(np.asarray(preprocess(jnp.asarray(x), size, crop, mean, std))).permute(0, 3, 1, 2)
@@ -76,9 +86,75 @@ def test_terms_equal_torch_references(tmp_path):
                                              size_average=False).numpy()
     signed = lambda x: torch.tensor(x).permute(0, 3, 1, 2).float() / 127.5 - 1
     ref["lpips_target"] = -lpips_reference(vgg, heads, signed(gen), signed(target)).numpy()
+  return ref
+
+
+def test_terms_equal_torch_references(tmp_path):
+  torch_models, models = reward_models(tmp_path)
+  rng = np.random.default_rng(0)
+  n, k, p = 3, 2, 2
+  gen = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+  hist, target, future, text = references(rng, n, k, p)
+  names = NAMES
+  cfg = RewardConfig(weights=tuple((t, 1.0) for t in names), clip_size=30, dino_resize=30, dino_crop=28)
+  terms = in_jit_terms(cfg, jnp.asarray(gen), history=jnp.asarray(hist), target=jnp.asarray(target),
+                       future=jnp.asarray(future), target_text=jnp.asarray(text), **models)
+  ref = torch_terms(torch_models, gen, hist, target, future, text)
   assert set(terms) == set(names)
   for name in names:
     np.testing.assert_allclose(np.asarray(terms[name]), ref[name], atol=2e-3, err_msg=name)
+
+
+class _Rows:
+  """An encoder that records how many images each call is given."""
+
+  def __init__(self, module):
+    self.module, self.rows = module, []
+
+  def __call__(self, x):
+    self.rows.append(x.shape[0])
+    return self.module(x)
+
+  def get_image_features(self, x):
+    self.rows.append(x.shape[0])
+    return self.module.get_image_features(x)
+
+  def get_text_features(self, ids):
+    return self.module.get_text_features(ids)
+
+
+def test_references_once_per_prompt_equal_per_sample_torch_terms(tmp_path):
+  """B prompts' references once, beside their B x G samples (a prompt's adjacent): every term equals the
+  torch models' with each prompt's references repeated for each of its samples (the rewards before)."""
+  torch_models, models = reward_models(tmp_path)
+  rng = np.random.default_rng(1)
+  b, g, k, p = 3, 2, 2, 2
+  gen = rng.integers(0, 256, (b * g, 32, 32, 3)).astype(np.uint8)
+  hist, target, future, text = references(rng, b, k, p)  # distinct for each prompt
+  cfg = RewardConfig(weights=tuple((t, 1.0) for t in NAMES), clip_size=30, dino_resize=30, dino_crop=28)
+  clip, dino = _Rows(models["clip"]), _Rows(models["dino"])
+  terms = in_jit_terms(cfg, jnp.asarray(gen), history=jnp.asarray(hist), target=jnp.asarray(target),
+                       future=jnp.asarray(future), target_text=jnp.asarray(text), clip=clip, dino=dino,
+                       lpips=models["lpips"])
+  each = lambda x: np.repeat(x, g, 0)  # prompt b's references for rows b*G .. b*G+G-1
+  ref = torch_terms(torch_models, gen, each(hist), each(target), each(future), each(text))
+  assert set(terms) == set(NAMES)
+  for name in NAMES:
+    assert terms[name].shape == (b * g,)
+    np.testing.assert_allclose(np.asarray(terms[name]), ref[name], atol=2e-3, err_msg=name)
+  # each distinct image through each encoder once, in one call: the generated and every prompt's references
+  assert clip.rows == dino.rows == [b * g + b * (k + 1 + p)]
+  # the samples of one prompt do differ, so a prompt-to-sample mix-up would show
+  assert np.abs(np.diff(ref["clip_target"].reshape(b, g), axis=1)).min() > 1e-2
+
+
+def test_references_must_be_one_row_per_prompt():
+  cfg = RewardConfig(weights=(("ssim_target", 1.0),))
+  gen = jnp.zeros((6, 16, 16, 3), jnp.uint8)
+  with pytest.raises(ValueError, match="divides the 6 generated"):
+    in_jit_terms(cfg, gen, target=jnp.zeros((4, 16, 16, 3), jnp.uint8))
+  with pytest.raises(ValueError, match="one row count"):
+    in_jit_terms(cfg, gen, target=jnp.zeros((3, 16, 16, 3), jnp.uint8), history=jnp.zeros((2, 1, 16, 16, 3), jnp.uint8))
 
 
 def test_combine_by_hand():

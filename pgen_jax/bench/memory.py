@@ -253,7 +253,8 @@ def grpo_stage(cfg, mesh, graphdef, state, config):
 
 
 def reward_models(cfg, mesh, stage, images: int, prompts: int):
-  """The CLIP/DINO terms of the reward (or the eval metrics) on a batch of generated images."""
+  """The CLIP/DINO terms of the reward (or the eval metrics) on `images` generated images of `prompts`
+  prompts, each prompt's history, target and future images given (and encoded) once."""
   dtype = jnp.dtype(cfg.model.dtype)
 
   def abstract(make):
@@ -284,9 +285,9 @@ def reward_models(cfg, mesh, stage, images: int, prompts: int):
 
   size = cfg.data.image_size
   data = {"generated": spec((images, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-          "history": spec((images, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-          "target": spec((images, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-          "future": spec((images, cfg.data.future_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
+          "history": spec((prompts, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "target": spec((prompts, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "future": spec((prompts, cfg.data.future_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
   return [measure(stage, "reward_terms", jax.jit(terms), clip_st, dino_st, data)]
 
 

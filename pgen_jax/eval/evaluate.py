@@ -122,7 +122,7 @@ class Comparison:
       out.update(M.image_similarities(kind, g, h, t, f))
     if self.target_text is not None:
       out["cts"] = M.text_similarity(emb["cis"], self.target_text)
-    out.update({k: v.reshape(w, n) for k, v in self.models.pairs(flat, per_sample(self.target_images, n)).items()})
+    out.update(self.models.pairs(images, self.target_images))  # each window's target once (its LPIPS features)
     if self.scorer is not None:
       out.update(self._scored(flat, per_sample(self.profiles, n), w, n))
     g = emb["cis"] if "cis" in emb else flat.reshape(w, n, -1).astype(np.float32)

@@ -10,9 +10,9 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pgen_jax.models.janus import from_uint8
+from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
 from pgen_jax.rewards.hf import tokenize
-from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
+from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 
 def metric_model_section(cfg):
@@ -43,11 +43,13 @@ def _dino(dino, resize, crop, x):
 
 
 @nnx.jit
-def _pair(lpips, a, b):
-  out = {"ssim_target": ssim(a, b)}
-  if lpips is not None:
-    out["lpips_target"] = lpips(from_uint8(a), from_uint8(b))
-  return out
+def _pairs(lpips, a, b):
+  """a (W, N, S, S, 3) images, b (W, S, S, 3) their windows' targets -> {ssim_target, lpips_target (the
+  distance)}: (W, N) each, by the reward's code (each target through LPIPS's VGG once)."""
+  w, n = a.shape[:2]
+  cfg = RewardConfig(weights=(("ssim_target", 1.0),) + ((("lpips_target", 1.0),) if lpips is not None else ()))
+  terms = in_jit_terms(cfg, a.reshape(w * n, *a.shape[2:]), target=b, lpips=lpips)
+  return {k: (-v if k == "lpips_target" else v).reshape(w, n) for k, v in terms.items()}
 
 
 def _chunked(fn, arrays, chunk: int):
@@ -102,6 +104,7 @@ class MetricModels:
     size = self.m.dino_size
     return _chunked(lambda x: _dino(self.m.dino, round(size * 256 / 224), size, x), [images], self.chunk)
 
-  def pairs(self, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """ssim_target and, with LPIPS configured, lpips_target (the distance) of each pair."""
-    return _chunked(lambda x, y: _pair(self.m.lpips, x, y), [a, b], self.chunk)
+  def pairs(self, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """ssim_target and, with LPIPS configured, lpips_target (the distance) of images (W, N, S, S, 3) to their
+    window's target (W, S, S, 3): {name: (W, N)}."""
+    return _chunked(lambda x, y: _pairs(self.m.lpips, x, y), [images, targets], max(1, self.chunk // images.shape[1]))

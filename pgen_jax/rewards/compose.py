@@ -1,6 +1,6 @@
 """Reward terms computed inside the jitted step, and their weighted combination.
 
-Terms (each (N,) for N generated images) and their scales:
+Terms (each (N,) for N generated images; references per prompt, see in_jit_terms) and their scales:
   clip_history  100 x cosine of the CLIP image embedding and the mean of the history's unit embeddings
                 (-100..100; real CLIP puts related images around 50-80)
   clip_target   100 x cosine to the target item's image
@@ -25,6 +25,7 @@ mean at 0 and its spread at 1 every step, which hides both progress and collapse
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -64,45 +65,72 @@ def _sim(a, b):
   return 100.0 * jnp.sum(unit(a) * unit(b), -1)
 
 
-def _flat(images):  # (N, m, S, S, 3) -> (N*m, S, S, 3)
-  return images.reshape(-1, *images.shape[2:])
+def group_size(n: int, references: dict) -> int:
+  """G for n generated images and per-prompt references {name: (B, ...) or None}: n = B x G, a prompt's G
+  samples adjacent; B = n (one reference set per image) is G = 1."""
+  rows = {k: v.shape[0] for k, v in references.items() if v is not None}
+  b = set(rows.values())
+  if len(b) > 1 or (b and n % min(b)):
+    raise ValueError(f"reward references {rows} must share one row count B (one per prompt) that divides the "
+                     f"{n} generated images (B prompts x G samples, a prompt's samples adjacent)")
+  return n // b.pop() if b else 1
+
+
+def _encode(encoder, prep, generated, references: dict):
+  """generated (N, S, S, 3) and the reference images {name: (B, [m,] S, S, 3)} through one encoder call, each
+  image once -> (N, D), {name: (B, [m,] D)}. One call, not one per kind: XLA then keeps no buffers alive
+  between calls of the same shape (on CPU it shared their bias broadcasts, ~10x the temporaries), and an
+  accelerator gets one larger batch."""
+  parts = [generated, *references.values()]
+  emb = encoder(prep(jnp.concatenate([x.reshape(-1, *x.shape[-3:]) for x in parts])))
+  sizes = np.cumsum([math.prod(x.shape[:-3]) for x in parts])[:-1]
+  g, *refs = [e.reshape(*x.shape[:-3], -1) for x, e in zip(parts, jnp.split(emb, sizes))]
+  return g, dict(zip(references, refs))
+
+
+def _image_terms(prefix: str, want, g, refs: dict) -> dict:
+  """100 x cosines of g (B, G, D) to the per-prompt reference embeddings {history (B, k, D), target (B, D),
+  future (B, p, D)} -> {term: (B, G)}."""
+  out = {}
+  if f"{prefix}_history" in want:
+    out[f"{prefix}_history"] = _sim(g, unit(refs["history"]).mean(1)[:, None])
+  if f"{prefix}_target" in want:
+    out[f"{prefix}_target"] = _sim(g, refs["target"][:, None])
+  if f"{prefix}_future" in want:
+    out[f"{prefix}_future"] = _sim(g[:, :, None], refs["future"][:, None]).mean(-1)
+  return out
 
 
 def in_jit_terms(cfg: RewardConfig, generated, *, history=None, target=None, future=None, target_text=None,
                  clip=None, dino=None, lpips=None) -> dict[str, jnp.ndarray]:
-  """Raw reward terms for uint8 images: generated (N, S, S, 3), history (N, k, ...), future (N, p, ...),
-  target (N, S, S, 3), target_text (N, L) CLIP token ids."""
+  """Raw reward terms {term: (N,)} for N = B x G uint8 images generated (N, S, S, 3), prompt b's G samples in
+  rows b*G .. b*G+G-1 (the sampler's order), against each prompt's references: history (B, k, S, S, 3),
+  target (B, S, S, 3), future (B, p, S, S, 3), target_text (B, L) CLIP token ids. Each reference image
+  is encoded once per call and its embedding shared by the prompt's G samples (G = N // B; references
+  with N rows, one set per image, are G = 1)."""
   want = [t for t in cfg.active if t in IN_JIT]
   n = generated.shape[0]
+  images = {"history": history, "target": target, "future": future}
+  g_size = group_size(n, {**images, "target_text": target_text})
+  per_prompt = lambda x: x.reshape(n // g_size, g_size, *x.shape[1:])  # (N, ...) -> (B, G, ...)
   out = {}
+  needs = lambda prefix: {k: v for k, v in images.items() if f"{prefix}_{k}" in want}
   if any(t.startswith("clip") for t in want):
-    clip_in = lambda x: preprocess(x, cfg.clip_size, cfg.clip_size, CLIP_MEAN, CLIP_STD)
-    g = clip.get_image_features(clip_in(generated))
-    if "clip_history" in want:
-      h = unit(clip.get_image_features(clip_in(_flat(history)))).reshape(n, history.shape[1], -1)
-      out["clip_history"] = _sim(g, h.mean(1))
-    if "clip_target" in want:
-      out["clip_target"] = _sim(g, clip.get_image_features(clip_in(target)))
-    if "clip_future" in want:
-      f = clip.get_image_features(clip_in(_flat(future))).reshape(n, future.shape[1], -1)
-      out["clip_future"] = _sim(g[:, None], f).mean(1)
+    prep = lambda x: preprocess(x, cfg.clip_size, cfg.clip_size, CLIP_MEAN, CLIP_STD)
+    g, refs = _encode(clip.get_image_features, prep, generated, needs("clip"))
+    out.update(_image_terms("clip", want, per_prompt(g), refs))
     if "clip_text" in want:
-      out["clip_text"] = _sim(g, clip.get_text_features(target_text))
+      out["clip_text"] = _sim(per_prompt(g), clip.get_text_features(target_text)[:, None])
   if any(t.startswith("dino") for t in want):
-    dino_in = lambda x: preprocess(x, cfg.dino_resize, cfg.dino_crop, IMAGENET_MEAN, IMAGENET_STD)
-    g = dino(dino_in(generated))
-    if "dino_history" in want:
-      h = unit(dino(dino_in(_flat(history)))).reshape(n, history.shape[1], -1)
-      out["dino_history"] = _sim(g, h.mean(1))
-    if "dino_target" in want:
-      out["dino_target"] = _sim(g, dino(dino_in(target)))
-    if "dino_future" in want:
-      out["dino_future"] = _sim(g[:, None], dino(dino_in(_flat(future))).reshape(n, future.shape[1], -1)).mean(1)
-  if "ssim_target" in want:
-    out["ssim_target"] = ssim(generated, target)
-  if "lpips_target" in want:
-    out["lpips_target"] = -lpips(from_uint8(generated), from_uint8(target))
-  return out
+    prep = lambda x: preprocess(x, cfg.dino_resize, cfg.dino_crop, IMAGENET_MEAN, IMAGENET_STD)
+    g, refs = _encode(dino, prep, generated, needs("dino"))
+    out.update(_image_terms("dino", want, per_prompt(g), refs))
+  if "ssim_target" in want:  # pixels: nothing to encode
+    out["ssim_target"] = ssim(generated, jnp.repeat(target, g_size, 0))
+  if "lpips_target" in want:  # the target's VGG features once, compared with each of its G samples' (one call)
+    maps = lpips.unit_maps(from_uint8(jnp.concatenate([generated, target])))
+    out["lpips_target"] = -lpips.distance([per_prompt(x[:n]) for x in maps], [x[n:, None] for x in maps])
+  return {k: v.reshape(n) for k, v in out.items()}
 
 
 def combine(cfg: RewardConfig, terms: dict, scales: dict | None = None):

@@ -54,14 +54,22 @@ class LPIPS(nnx.Module):
           out.append(x)
     return out
 
-  def __call__(self, a, b):
-    """Distance per image pair: a, b (B, H, W, 3) in [-1, 1] -> (B,) fp32."""
-    fa, fb = self._taps((a - SHIFT) / SCALE), self._taps((b - SHIFT) / SCALE)
+  def unit_maps(self, x):
+    """The five unit-normalised (over channels) fp32 maps of images x (B, H, W, 3) in [-1, 1] that the
+    distance compares: a reference's computed once serve all the images compared with it."""
+    out = []
+    for t in self._taps((x - SHIFT) / SCALE):
+      t = t.astype(jnp.float32)
+      out.append(t / (jnp.sqrt(jnp.sum(t * t, -1, keepdims=True)) + 1e-10))
+    return out
+
+  def distance(self, fa, fb):
+    """Distance of `unit_maps` outputs, their leading axes broadcast: (..., H, W, C) maps -> (...) fp32."""
     total = 0.0
     for k, (x, y) in enumerate(zip(fa, fb)):
-      x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-      x = x / (jnp.sqrt(jnp.sum(x * x, -1, keepdims=True)) + 1e-10)
-      y = y / (jnp.sqrt(jnp.sum(y * y, -1, keepdims=True)) + 1e-10)
-      total = total + getattr(self, f"lin{k}")((x - y) ** 2).astype(jnp.float32).mean(axis=(1, 2, 3))
+      total = total + getattr(self, f"lin{k}")((x - y) ** 2).astype(jnp.float32).mean(axis=(-3, -2, -1))
     return total
 
+  def __call__(self, a, b):
+    """Distance per image pair: a, b (B, H, W, 3) in [-1, 1] -> (B,) fp32."""
+    return self.distance(self.unit_maps(a), self.unit_maps(b))

@@ -36,10 +36,11 @@ class RewardModels:
     return self.clip.config.vision.image_size if self.clip is not None else 224
 
   def terms_fn(self, rcfg: RewardConfig):
-    """Jitted {"generated", "history", "target"[, "future"]} (uint8 arrays) -> {term: (N,)}."""
+    """Jitted {"generated" (B x G, ...), "history", "target"[, "future", "target_text"] (B, ...)} -> {term: (B x G,)}:
+    uint8 images, the references once per prompt, a prompt's G samples adjacent (in_jit_terms)."""
     fn = nnx.jit(lambda clip, dino, lpips, d: in_jit_terms(
         rcfg, d["generated"], history=d.get("history"), target=d.get("target"), future=d.get("future"),
-        clip=clip, dino=dino, lpips=lpips))
+        target_text=d.get("target_text"), clip=clip, dino=dino, lpips=lpips))
     return lambda data: {k: np.asarray(v) for k, v in fn(self.clip, self.dino, self.lpips, data).items()}
 
   def embeddings(self, images: np.ndarray) -> np.ndarray:

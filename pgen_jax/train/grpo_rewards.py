@@ -123,10 +123,8 @@ class Rewards:
 
   def _models(self, job, learn_scale: bool):
     raw, images = job["raw"], job["images"]
-    data = {"generated": images, "history": per_sample(np.asarray(raw["history"]), job["samples"]),
-            "target": per_sample(np.asarray(raw["target"]), job["samples"])}
-    if "future" in raw:
-      data["future"] = per_sample(np.asarray(raw["future"]), job["samples"])
+    # The references once per prompt: each image is encoded once and shared by the prompt's G samples.
+    data = {"generated": images, **{k: np.asarray(raw[k]) for k in ("history", "target", "future") if k in raw}}
     terms = self.terms_fn(data)
     if "fixed" in self.reward_cfg.active:
       terms["fixed"] = self.fixed_share(job["tokens"])
