@@ -128,9 +128,57 @@ def test_auto_picks_per_platform_and_shape():
   small = jnp.zeros((1, 2, 1, 8)), jnp.zeros((1, 2, 100, 8))
   big = jnp.zeros((1, 2, 1024, 8)), jnp.zeros((1, 2, 1024, 8))
   assert attn.choose(small[0], small[1], None, False) == "xla"
-  assert attn.choose(big[0], big[1], jnp.arange(1024), False) == "blockwise"  # CPU
+  assert attn.choose(big[0], big[1], jnp.arange(1024), False) == "blockwise"  # this process: CPU
   with pytest.raises(ValueError, match="attention implementation 'flash'"):
     attn.attend(*small, small[1], impl="flash")
+
+
+BF16, FP16, FP32 = jnp.bfloat16, jnp.float16, jnp.float32
+OLD, NEW = (0, 10, 2), (0, 12, 1)
+
+
+@pytest.mark.parametrize("platform, version, dtype, d, t, s, causal, lse, want", [
+    ("gpu", OLD, BF16, 128, 1024, 1024, True, False, "cudnn"),  # long self-attention: cuDNN on every jax
+    ("gpu", OLD, BF16, 128, 1024, 1024, True, True, "blockwise"),  # jax 0.10 with the lse: not cuDNN
+    ("gpu", (0, 11, 0), BF16, 128, 1024, 1024, True, True, "cudnn"),  # from jax 0.11 on, with the lse too
+    ("gpu", NEW, BF16, 128, 512, 1097, False, True, "cudnn"),  # samples over a shared prefix, merged by lse
+    ("gpu", NEW, FP16, 64, 1024, 1024, True, True, "cudnn"),
+    ("gpu", NEW, FP32, 128, 1024, 1024, True, False, "blockwise"),  # cuDNN's flash kernel: bf16/fp16 only
+    ("gpu", NEW, BF16, 256, 1024, 1024, True, False, "blockwise"),  # head_dim over 128
+    ("gpu", NEW, BF16, 128, 1, 575, True, True, "xla"),  # a decode step
+    ("gpu", NEW, BF16, 128, 64, 256, True, True, "xla"),  # 2^14 logits: too few for blocks
+    ("tpu", NEW, BF16, 128, 1024, 1024, True, False, "pallas"),
+    ("tpu", NEW, BF16, 128, 1024, 1024, True, True, "blockwise"),  # the Pallas kernel returns no lse
+    ("tpu", NEW, BF16, 128, 512, 1097, False, False, "blockwise"),  # nor takes a prefix without causal limit
+    ("tpu", NEW, BF16, 128, 1000, 1000, True, False, "blockwise"),  # nor lengths off multiples of 128
+    ("cpu", NEW, BF16, 128, 1024, 1024, True, True, "blockwise"),
+    ("cpu", NEW, FP32, 128, 1, 575, True, False, "xla"),
+])
+def test_auto_by_platform_and_jax_version(platform, version, dtype, d, t, s, causal, lse, want):
+  q, k = jax.ShapeDtypeStruct((2, 16, t, d), dtype), jax.ShapeDtypeStruct((2, 4, s, d), dtype)
+  causal_q = np.arange(t) + s - t if causal else None
+  assert attn.choose(q, k, causal_q, lse, platform=platform, jax_version=version) == want
+
+
+def test_cudnn_call_gradients_through_the_lse_of_merged_parts():
+  """jax's fused attention stops the lse's gradient; `_cudnn` adds it back, so merged prefix and own
+  attention (the GRPO update) differentiate as the plain kernel does. Run through jax's XLA implementation
+  of the same call."""
+  q, k, v, km = inputs(9, t=10, s=33, d=16, left_pad=(0, 4))
+
+  def loss(impl, q, k, v):
+    def part(k, v, key_mask, causal_q):
+      if impl == "cudnn":
+        return attn._cudnn(q, k, v, key_mask, causal_q, True, implementation="xla")
+      return attn.attend(q, k, v, key_mask=key_mask, causal_q=causal_q, impl=impl, return_lse=True)
+    parts = [part(k[:, :, :20], v[:, :, :20], jnp.asarray(km[:, :20]), None),
+             part(k[:, :, 20:], v[:, :, 20:], None, jnp.arange(10) + 3)]
+    return jnp.sum(jnp.cos(attn.merge(parts)[0]))
+
+  grads = lambda impl: jax.jit(jax.grad(lambda *a: loss(impl, *a), argnums=(0, 1, 2)))(*map(jnp.asarray, (q, k, v)))
+  got, want = grads("cudnn"), grads("xla")
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
 
 
 def test_blockwise_gradients_through_the_lse_of_merged_parts():

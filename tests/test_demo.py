@@ -68,7 +68,11 @@ def test_readme_demo_command(demo):
   assert probes["zero_shot"]["hit_rate"] <= 0.4, probes
   assert probes["sft"]["hit_rate"] >= PIXEL_PROBE, probes
   assert probes["grpo"]["hit_rate"] >= probes["sft"]["hit_rate"], probes
-  model = T.JanusForConditionalGeneration.from_pretrained(out / "hf")
+
+
+@pytest.mark.requires_torch
+def test_demo_export_loads_in_transformers(demo):
+  model = T.JanusForConditionalGeneration.from_pretrained(demo / "runs" / "demo" / "hf")
   assert model.config.vision_config.image_size == 32
 
 

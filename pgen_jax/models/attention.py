@@ -15,11 +15,11 @@ output is never read, but it stays finite.
   the backward pass (a custom VJP) recomputes each block's probabilities from the saved
   log-sum-exp, so neither pass holds (T, S) logits and the forward saves only its output and lse.
   Portable: CPU, and the fallback anywhere.
-- cudnn: `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused flash attention (GPU,
-  bf16/fp16).
+- cudnn: cuDNN's fused flash attention through `jax.nn.dot_product_attention(implementation="cudnn")`
+  (GPU, bf16/fp16); with the log-sum-exp, jax's cuDNN wrapper beneath it, for cuDNN's fp32 lse.
 - pallas: the Pallas TPU flash-attention kernel, padding as segment ids (TPU, self-attention).
-- auto: cudnn on GPU and pallas on TPU where they apply (neither when the log-sum-exp is asked for),
-  xla for short queries, else blockwise.
+- auto: cudnn on GPU where it applies (with the log-sum-exp from jax 0.11 on), pallas on TPU for causal
+  self-attention without the lse, xla for short queries, else blockwise.
 
 With `return_lse`, the log-sum-exp of each query's logits (B, H, T) comes back too, so that partial
 attentions over disjoint key sets (a shared prefix and a sample's own tokens) merge exactly
@@ -55,14 +55,19 @@ def attend(q, k, v, *, key_mask=None, causal_q=None, impl: str = "auto", block_q
   return _pallas(q, k, v, key_mask, causal_q, return_lse)
 
 
-def choose(q, k, causal_q, return_lse: bool) -> str:
+def choose(q, k, causal_q, return_lse: bool, *, platform: str | None = None,
+           jax_version: tuple[int, ...] | None = None) -> str:
+  """The kernel 'auto' runs; `platform` and `jax_version` default to this process's (tests name others)."""
   t, s = q.shape[2], k.shape[2]
   if t * s <= SMALL or t == 1:
     return "xla"
-  platform = jax.devices()[0].platform
-  # jax 0.10 casts cuDNN's log-sum-exp to the output dtype (bf16): too coarse to merge a prefix with a
-  # continuation exactly. (On an H200 with jax 0.11.2 it matched the fp32 lse to 6e-5: revisit on upgrade.)
-  if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and not return_lse:
+  platform = platform or jax.devices()[0].platform
+  jax_version = jax_version or jax.__version_info__
+  # cuDNN where the lse is needed (prefix + continuation merges: GRPO update, old log-probs, prefill) has
+  # run on a card only with jax 0.11.2 (its lse within 6e-5 of fp32 on an H200, docs/benchmarks.md): the
+  # jax 0.10 pin (Python 3.11) keeps the blockwise kernel there.
+  fits_cudnn = q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
+  if platform == "gpu" and fits_cudnn and (not return_lse or jax_version >= (0, 11)):
     return "cudnn"
   if platform == "tpu" and not return_lse and causal_q is not None and t == s and t % 128 == 0:
     return "pallas"
@@ -215,12 +220,51 @@ def _cudnn(q, k, v, key_mask, causal_q, return_lse, implementation="cudnn"):
   mask = jnp.pad(jnp.concatenate([mask, real_keys], axis=2), ((0, 0), (0, 0), (0, 0), (0, sp)))
   # cuDNN takes (B, T, N, D); the mask covers left padding, which sequence lengths cannot say.
   pad = lambda x, n: jnp.pad(x, ((0, 0), (0, 0), (0, n), (0, 0))).transpose(0, 2, 1, 3)
-  out = jax.nn.dot_product_attention(pad(q, tp), pad(k, sp), pad(v, sp), mask=mask, implementation=implementation,
-                                     return_residual=return_lse)
-  if return_lse:  # the residual is (B, T, N), in the output's dtype
-    out, lse = out
-    return out[:, :t].transpose(0, 2, 1, 3), lse[:, :t].transpose(0, 2, 1).astype(jnp.float32)
-  return out[:, :t].transpose(0, 2, 1, 3)
+  q, k, v = pad(q, tp), pad(k, sp), pad(v, sp)
+  if not return_lse:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)[:, :t].transpose(0, 2, 1, 3)
+  out, lse = _fused_with_lse(q, k, v, mask, implementation)
+  return out[:, :t].transpose(0, 2, 1, 3), lse[:, :t].transpose(0, 2, 1)
+
+
+def _fused(q, k, v, mask, implementation):
+  """out (B, T, N, D) and lse (B, T, N) fp32. jax.nn.dot_product_attention casts cuDNN's fp32 softmax
+  statistics to the output dtype (bf16) in every jax from 0.10 to 0.12, too coarse to merge partial
+  attentions exactly, so cuDNN is called here through the wrapper beneath it, which returns them as
+  they are, (B, N, T)."""
+  if implementation == "cudnn":
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention  # GPU only
+    out, lse = cudnn_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5, return_residual=True)
+    return out, lse.transpose(0, 2, 1).astype(jnp.float32)
+  out, lse = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation, return_residual=True)
+  return out, lse.astype(jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused_with_lse(q, k, v, mask, implementation):
+  return _fused(q, k, v, mask, implementation)
+
+
+def _fused_with_lse_fwd(q, k, v, mask, implementation):
+  res, pullback = jax.vjp(lambda q, k, v: _fused(q, k, v, mask, implementation), q, k, v)
+  return res, (q, k, mask, pullback)
+
+
+def _fused_with_lse_bwd(implementation, res, grads):
+  """jax's fused attention stops the lse's gradient, but merged partial attentions (the GRPO update)
+  need it: d lse_t / d q_t = scale * sum_s p_ts k_s and d lse_t / d k_s = scale * sum_t p_ts q_t, that
+  is the attention of q over k with k as the values, and that attention's pullback to its values."""
+  q, k, mask, pullback = res
+  dout, dlse = grads
+  dq, dk, dv = pullback((dout, jnp.zeros_like(dlse)))
+  g = dlse[..., None] * q.shape[-1] ** -0.5  # (B, T, N, 1)
+  pk, to_values = jax.vjp(lambda x: _fused(q, k, x, mask, implementation)[0], k)
+  (dk_lse,) = to_values((g * q).astype(q.dtype))
+  dq = (dq.astype(jnp.float32) + g * pk.astype(jnp.float32)).astype(dq.dtype)
+  return dq, (dk.astype(jnp.float32) + dk_lse.astype(jnp.float32)).astype(dk.dtype), dv, None
+
+
+_fused_with_lse.defvjp(_fused_with_lse_fwd, _fused_with_lse_bwd)
 
 
 def _pallas(q, k, v, key_mask, causal_q, return_lse):
