@@ -93,6 +93,36 @@ def test_non_finite_steps_are_skipped_and_counted():
   assert any(changed)
 
 
+def test_accumulated_slices_on_eight_devices_equal_the_whole_batch_on_one():
+  """grad_accum splits the batch into strided slices (each split over the devices as the batch is): with state and
+  batch sharded over 8 devices, their mean loss and gradient are the whole batch's on one device."""
+  import optax
+  from pgen_jax.models import Janus, tiny
+  from pgen_jax.models.sharding import place_on_mesh, to_device
+  rng = np.random.default_rng(3)
+  model = Janus(tiny(), nnx.Rngs(2))
+  n, b = model.config.num_image_tokens, 16
+  ids = np.concatenate([np.ones((b, 1)), np.full((b, 1), 317), np.full((b, n), 319), np.full((b, 1), 318),
+                        np.full((b, 1), 317)], 1).astype(np.int32)
+  mask = (np.arange(ids.shape[1])[None] >= rng.integers(0, 2, (b, 1))).astype(np.int32)  # some rows padded
+  batch = {"ids": ids, "uncond": ids, "mask": mask, "history": rng.integers(0, 255, (b, 1, 16, 16, 3)).astype(np.uint8),
+           "target_tokens": rng.integers(0, 64, (b, n)).astype(np.int32)}
+  tx = optax.sgd(0.5)
+
+  def step(accum, mesh=None):
+    m = model if mesh is None else place_on_mesh(model, mesh)
+    graphdef, params, frozen = nnx.split(m, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+    fn = jax.jit(lambda s, bt: sft.train_step(graphdef, tx, sft.StepConfig(grad_accum=accum, uncond_prob=0.0),
+                                              s, frozen, bt))
+    state, metrics = fn(update.init_state(params, tx, mesh=mesh), batch if mesh is None else to_device(batch, mesh))
+    return float(metrics["loss"]), jax.tree.map(np.asarray, state["params"])
+
+  loss, params = step(1, make_mesh(devices=jax.devices()[:1]))
+  got_loss, got = step(2, make_mesh())
+  np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
+  jax.tree.map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6), got, params)
+
+
 def run_main(cwd, *args, log=None):
   cmd = [sys.executable, "-m", "pgen_jax.main", *args]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}

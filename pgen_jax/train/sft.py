@@ -58,18 +58,22 @@ def train_step(graphdef, tx, cfg: StepConfig, state: dict, frozen, batch: dict):
   """One optimizer update over grad_accum micro-batches; non-finite updates are skipped."""
   params = state["params"]
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-  micro = jax.tree.map(lambda x: x.reshape(cfg.grad_accum, -1, *x.shape[1:]), batch)
+  # Micro-batch i is rows i, i + grad_accum, ...: each device's contiguous share of the batch holds an equal
+  # share of every micro-batch, so each is split over all devices as the batch is. Contiguous slices put the
+  # batch's sharding on the scanned axis (at 64 = 4 x 16 on 8 devices each slice split 2 ways, repeated 4
+  # times), and XLA could only reach that by replicating weights and activations (docs/benchmarks.md). Each
+  # step reads its rows in place: a transposed copy of the batch would cost its size in memory.
+  rows = jax.tree.map(lambda x: x.reshape(-1, cfg.grad_accum, *x.shape[1:]), batch)
   grad_fn = jax.value_and_grad(lambda p, b, k: batch_loss(graphdef, p, frozen, b, k, cfg))
 
-  def accumulate(carry, xs):
+  def accumulate(carry, i):
     loss_sum, grad_sum = carry
-    b, i = xs
+    b = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False), rows)
     loss, grads = grad_fn(params, b, jax.random.fold_in(key, i))
     return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
-                                  (micro, jnp.arange(cfg.grad_accum)))
+  (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), jnp.arange(cfg.grad_accum))
   loss, grads = loss / cfg.grad_accum, jax.tree.map(lambda g: g / cfg.grad_accum, grads)
   return guarded_update(tx, state, loss, grads)
 
