@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -139,7 +140,17 @@ def run(cfg, only: tuple[str, ...] | None = None) -> None:
       check(run_config.check_against_model)
       checked = True
     logging.info("stage %s", stage)
+    t0 = time.perf_counter()
     STAGES[stage](cfg)
+    logging.info("stage %s done: %.1f s, peak device memory %s", stage, time.perf_counter() - t0, _peak_memory())
+
+
+def _peak_memory() -> str:
+  """The devices' high-water mark of allocated bytes in this process so far (the largest over local
+  devices), where the platform reports it (GPU, TPU); CPU reports none."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return f"{max(peaks) / 1e9:.2f} GB (the process so far)" if peaks else "n/a (not reported on this platform)"
 
 
 def main(argv, only: tuple[str, ...] | None = None) -> None:
