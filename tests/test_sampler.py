@@ -13,6 +13,7 @@ import transformers as T
 from hf_janus import SIZES, hf_model
 from pgen_jax.models import load_janus, make_mesh
 from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialTokens, uncond_ids
+from pgen_jax.sampling.sampler import PHASE_ALIGN, phase_lengths
 
 BOI, EOI = 317, 316  # tiny vocab of 320: 319 is <image_placeholder>
 SPECIAL = SpecialTokens(bos=1, pad=0, boi=BOI, eoi=EOI, image=319)
@@ -68,21 +69,29 @@ def test_greedy_cfg_equals_transformers_generate(models):
   assert out.images.shape == (2, 16, 16, 3) and out.images.dtype == jnp.uint8
 
 
+def prompt_rows(hf, batch: PromptBatch):
+  """Embeddings (2B, T, D) and mask of the [cond; uncond] prompt rows, with transformers' modules; the
+  unconditional rows attend the tokens batch.uncond_mask keeps (default: batch.mask)."""
+  m = hf.model
+
+  def embed(ids, with_images):
+    e = m.get_input_embeddings()(torch.tensor(ids, dtype=torch.long))
+    if with_images and len(batch.images):
+      feats = m.get_image_features(torch.tensor(batch.images).permute(0, 3, 1, 2)).pooler_output
+      mask = torch.tensor(ids == hf.config.image_token_id)[..., None].expand_as(e)
+      e = e.masked_scatter(mask, feats.reshape(-1, e.shape[-1]))
+    return e
+  emb = torch.cat([embed(batch.ids, True), embed(batch.uncond, batch.uncond_has_images)])
+  umask = batch.mask if batch.uncond_mask is None else batch.uncond_mask
+  return emb, torch.tensor(np.concatenate([batch.mask, umask]), dtype=torch.long)
+
+
 def reference_loop(hf, batch: PromptBatch, w: float, steps: int):
   """Greedy CFG with history images, written with transformers' modules and its DynamicCache; the
   unconditional rows attend the tokens batch.uncond_mask keeps (default: batch.mask)."""
   m = hf.model
   with torch.no_grad():
-    def embed(ids, with_images):
-      e = m.get_input_embeddings()(torch.tensor(ids, dtype=torch.long))
-      if with_images:
-        feats = m.get_image_features(torch.tensor(batch.images).permute(0, 3, 1, 2)).pooler_output
-        mask = torch.tensor(ids == hf.config.image_token_id)[..., None].expand_as(e)
-        e = e.masked_scatter(mask, feats.reshape(-1, e.shape[-1]))
-      return e
-    emb = torch.cat([embed(batch.ids, True), embed(batch.uncond, batch.uncond_has_images)])
-    umask = batch.mask if batch.uncond_mask is None else batch.uncond_mask
-    mask = torch.tensor(np.concatenate([batch.mask, umask]), dtype=torch.long)
+    emb, mask = prompt_rows(hf, batch)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = T.DynamicCache(config=hf.config.text_config)
     out = m.language_model(inputs_embeds=emb, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
@@ -258,3 +267,114 @@ def test_decode_loop_never_copies_the_kv_cache(models):
       ops.append(m.group(2))
   assert "dynamic-update-slice" in ops  # the loop does carry and write the cache
   assert not {"transpose", "copy"} & set(ops), ops
+
+
+def test_phase_lengths_cover_every_step_once_with_aligned_caches():
+  for num_tokens, phases in [(576, 1), (576, 16), (576, 40), (40, 3), (16, 16), (2, 4)]:
+    lengths = phase_lengths(num_tokens, phases)
+    assert lengths[-1] == max(num_tokens - 1, 1) and lengths == sorted(set(lengths)) and len(lengths) <= phases
+    assert all(n % PHASE_ALIGN == 0 for n in lengths[:-1])
+    # step i (1 .. num_tokens - 1) runs in the first phase whose cache holds position i - 1
+    owner = [next(p for p, n in enumerate(lengths) if i <= n) for i in range(1, num_tokens)]
+    assert owner == sorted(owner)
+  assert phase_lengths(40, 3) == [16, 32, 39]  # 13, 26, 39 rounded up to 16
+  assert phase_lengths(576, 12) == [48 * p for p in range(1, 12)] + [575]
+  with pytest.raises(ValueError, match="decode_phases"):
+    SamplingConfig(decode_phases=0)
+
+
+def teacher_forced_logits(hf, batch: PromptBatch, tokens: np.ndarray, n: int, sampling: SamplingConfig):
+  """The distributions sampled tokens were drawn from, recomputed without a cache: transformers' modules
+  run once, causally, over every sample's prompt rows (cond, uncond) followed by its drawn tokens; CFG,
+  temperature and top-k written out here. (B * n, N, V) fp32 logits."""
+  b, num = batch.ids.shape[0], tokens.shape[1]
+  with torch.no_grad():
+    emb, mask = prompt_rows(hf, batch)
+    rows = np.concatenate([np.repeat(np.arange(b), n), b + np.repeat(np.arange(b), n)])
+    drawn = hf.prepare_embeddings_for_image_generation(torch.tensor(np.concatenate([tokens, tokens])[:, :-1]))
+    mask = torch.cat([mask[rows], torch.ones((2 * b * n, num - 1), dtype=torch.long)], 1)
+    hidden = hf.model.language_model(inputs_embeds=torch.cat([emb[rows], drawn], 1), attention_mask=mask,
+                                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state
+    logits = hf.model.generation_head(hidden[:, emb.shape[1] - 1:])
+    c, u = logits[:b * n], logits[b * n:]
+    g = u + sampling.cfg_weight * (c - u)
+    g = g / sampling.temperature if sampling.temperature > 0 else g
+    if sampling.top_k:
+      g = g.masked_fill(g < g.topk(sampling.top_k, -1).values[..., -1:], -torch.inf)
+    return g.numpy()
+
+
+def compact_uncond(batch: PromptBatch) -> PromptBatch:
+  batch.uncond_mask = (batch.mask.astype(bool) & (batch.uncond == batch.ids)).astype(np.int32)
+  return batch
+
+
+# Several samples per prompt, CFG, a decode of 40 tokens in phases of 16, 32 and 39 cache positions: text
+# prompts (one prefill of cond and uncond rows) with temperature and top-k; history prompts whose
+# unconditional rows keep the images at their true length (two prefixes), plain sampling.
+PHASED = {
+    "text-topk": (lambda: text_batch(np.random.default_rng(10)),
+                  SamplingConfig(cfg_weight=5.0, temperature=1.3, top_k=5, num_samples=3, num_tokens=40,
+                                 decode_images=False, decode_phases=3)),
+    "history": (lambda: compact_uncond(history_batch(np.random.default_rng(11), uncond="keep_images")),
+                SamplingConfig(cfg_weight=3.0, temperature=1.0, num_samples=2, num_tokens=40, decode_images=False,
+                               decode_phases=3)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PHASED))
+def phased(request, models):
+  make, cfg = PHASED[request.param]
+  batch = make()
+  _, ours = models
+  assert len(phase_lengths(cfg.num_tokens, cfg.decode_phases)) == 3
+  run = lambda c: Sampler(ours, one_device(), c)(batch, jax.random.key(9))
+  return batch, cfg, run(cfg), run(dataclasses.replace(cfg, decode_phases=1))
+
+
+def test_phased_decode_equals_one_loop_over_the_full_cache(phased):
+  """Same keys, same tokens; log-probs equal up to XLA's summation order. The masked positions a phase
+  drops add exact zeros, but XLA:CPU groups the terms of a sum over keys (the softmax normaliser, the dot
+  with the values) by the sum's length, so the same terms can round differently in the last bit; through
+  the layers and the cache that grows to a few ulp of the logits over 40 steps (2.6e-6 seen here), so
+  atol 1e-5 (relative to log-probs of about -1 to -5: under 1e-5)."""
+  _, _, out, one_loop = phased
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(one_loop.tokens))
+  np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(one_loop.logprobs), rtol=0, atol=1e-5)
+  assert len(np.unique(np.asarray(out.tokens), axis=0)) == len(out.tokens)  # samples differ: real draws
+
+
+def test_phased_decode_equals_a_teacher_forced_transformers_pass(phased, models):
+  """Each drawn token is the draw of its sample's key folded with the step (jax.random.categorical, as the
+  sampler documents) from the distribution transformers computes without a cache, and its log-prob is that
+  distribution's; fp32, kernels differ, so the log-probs agree to 1e-4."""
+  hf, _ = models
+  batch, cfg, out, _ = phased
+  tokens = np.asarray(out.tokens)
+  ref = teacher_forced_logits(hf, batch, tokens, cfg.num_samples, cfg)
+  keys = jax.random.split(jax.random.key(9), len(tokens))
+  draws = np.stack([np.asarray(jax.vmap(lambda k, x: jax.random.categorical(jax.random.fold_in(k, i), x))(
+      keys, ref[:, i])) for i in range(tokens.shape[1])], 1)
+  np.testing.assert_array_equal(tokens, draws)
+  logp = np.take_along_axis(np.asarray(jax.nn.log_softmax(ref, -1)), tokens[..., None], -1)[..., 0]
+  np.testing.assert_allclose(np.asarray(out.logprobs), logp, rtol=0, atol=1e-4)
+
+
+def test_each_decode_phase_updates_its_cache_in_place(models):
+  """Every phase's loop carries a cache of its own length and writes it in place (no copy or transpose of
+  it inside the loops); the phases are 16, 32 and 39 positions long, not 39 each."""
+  _, ours = models
+  batch = text_batch(np.random.default_rng(12))
+  sampler = Sampler(ours, one_device(), SamplingConfig(num_samples=2, num_tokens=40, decode_images=False,
+                                                       decode_phases=3))
+  args = [sampler.state, *map(sampler._replicate, sampler.inputs(batch, jax.random.key(0)))]
+  lines = loop_instructions(sampler.compiled(False).lower(*args).compile().as_text())
+  ops = {}
+  for line in lines:
+    m = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = \w+\[([\d,]+)\]\S* ([\w\-]+)\(", line)
+    if m:
+      ops.setdefault(tuple(int(d) for d in m.group(1).split(",")), set()).add(m.group(2))
+  for length in (16, 32, 39):
+    shape = ours.language_model.cache_shape(2 * 2 * 2, length)  # 2 prompts x 2 samples x cond/uncond
+    assert "dynamic-update-slice" in ops.get(shape, set()), (length, sorted(ops))
+    assert not {"transpose", "copy", "pad", "concatenate"} & ops[shape], (length, ops[shape])

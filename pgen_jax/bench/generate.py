@@ -12,8 +12,12 @@ which prefills each prompt once for its samples, against the same sampler run un
 sample its own copy of the prompt, the unconditional row at full length, as before the prefix
 was shared). Prints images/s, image tokens/s, the ratio and, on an accelerator, the fraction of
 the HBM roofline of the decode loop: (weights + KV cache bytes read per step) * steps / time /
-bandwidth.
+bandwidth. Under each row, the bytes of a decode step averaged over the steps: what the model must
+read (weights, each shared prefix once, each row's filled positions) beside what the phased loop
+reads (each phase's whole cache, and the pads between phases), the per-sample KV read per image
+against one loop over the full cache, and the compile time (first call less a timed one).
 """
+
 
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from flax import nnx
 from pgen_jax import distributed
 from pgen_jax.models import Janus, make_mesh, preset
 from pgen_jax.sampling import PromptBatch, Sampler, SamplingConfig, SpecialTokens, per_sample, uncond_ids
+from pgen_jax.sampling.sampler import phase_lengths
 
 _PRESET = flags.DEFINE_string("preset", "tiny", "model preset")
 _PROMPTS = flags.DEFINE_list("prompts", ["1", "4"], "prompt batch sizes")
@@ -41,6 +46,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per setting (after on
 _TOKENS = flags.DEFINE_integer("tokens", 0, "image tokens per sample (0: the model's); fewer decode no image, "
                                "so the time per decode step can be split by cache length")
 _DECODE = flags.DEFINE_bool("decode", True, "decode the images with the VQ (both sides when comparing)")
+_PHASES = flags.DEFINE_integer("decode_phases", SamplingConfig.decode_phases,
+                               "decode loops over growing caches (1: one loop over the full cache)")
 _HF = flags.DEFINE_bool("hf", True, "also time transformers' generate (needs torch)")
 _HBM = flags.DEFINE_float("hbm_gbps", 0.0, "HBM bandwidth in GB/s (default: from the device kind)")
 _JSON = flags.DEFINE_string("json", "", "append results as JSON lines to this file")
@@ -71,6 +78,33 @@ def decode_bytes_per_step(cfg, rows: int, cache_len: int, itemsize: int) -> floa
   weights = (layers * per_layer + d + heads) * itemsize
   cache = 2 * layers * rows * cache_len * kv * itemsize
   return weights + cache
+
+
+def decode_bytes(cfg, b: int, n: int, prefix_len: int, n_tok: int, phases: int, itemsize: int) -> dict:
+  """Bytes of one decode step, averaged over the n_tok - 1 steps of b prompts x n samples (2 rows each).
+
+  must: weights + each prompt's prefix (cond + uncond, prefix_len positions) once + every row's filled
+  positions (step i attends 0 .. i - 1). loop: the same weights and prefixes + each phase's whole cache
+  at each of its steps + the pads between phases (the old cache read; what they write is `copy_written`).
+  Per image: one sample's two rows over all steps, against one loop over the full n_tok - 1 cache."""
+  weights = decode_bytes_per_step(cfg, 0, 0, itemsize)
+  pos = decode_bytes_per_step(cfg, 1, 1, itemsize) - weights  # one row, one position: k and v of every layer
+  rows, steps = 2 * b * n, max(n_tok - 1, 1)
+  lengths = phase_lengths(n_tok, phases)
+  prev = [0] + lengths[:-1]
+  own = sum((min(ln, n_tok - 1) - p) * ln for ln, p in zip(lengths, prev))  # positions read, per row
+  copy_read, copy_written = sum(prev[1:]), sum(lengths[1:])
+  single = (n_tok - 1) * steps
+  out = {"weights": weights, "prefixes": b * prefix_len * pos, "live_kv": rows * pos * n_tok / 2 * (n_tok - 1) / steps,
+         "own_kv": rows * pos * own / steps, "copy_read": rows * pos * copy_read / steps,
+         "copy_written": rows * pos * copy_written / steps}
+  out["must"] = out["weights"] + out["prefixes"] + out["live_kv"]
+  out["loop"] = out["weights"] + out["prefixes"] + out["own_kv"] + out["copy_read"]
+  out["kv_per_image"] = 2 * pos * (own + copy_read)
+  out["kv_per_image_single_loop"] = 2 * pos * single
+  out["kv_per_image_with_writes"] = 2 * pos * (own + copy_read + copy_written)
+  out["phase_lengths"] = lengths
+  return out
 
 
 def prompts(cfg, b: int, length: int, rng):
@@ -109,17 +143,20 @@ def unshared(batch: PromptBatch, n: int, k: int) -> PromptBatch:
                      images=per_sample(per_prompt, n).reshape(-1, *batch.images.shape[1:]))
 
 
-def time_ours(model, mesh, batch, n) -> float:
+def time_ours(model, mesh, batch, n) -> tuple[float, float]:
+  """Median seconds of a call, and the first call's excess over it (about the compile time)."""
   sampler = Sampler(model, mesh, SamplingConfig(num_samples=n, num_tokens=_TOKENS.value or None,
-                                                decode_images=_DECODE.value))
+                                                decode_images=_DECODE.value, decode_phases=_PHASES.value))
+  t0 = time.perf_counter()
   jax.block_until_ready(sampler(batch, jax.random.key(0)).tokens)  # compile
+  first = time.perf_counter() - t0
   times = []
   for i in range(_REPEATS.value):
     t0 = time.perf_counter()
     out = sampler(batch, jax.random.key(i + 1))
     jax.block_until_ready((out.tokens, out.images))
     times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return float(np.median(times)), max(first - float(np.median(times)), 0.0)
 
 
 def time_hf(hf_model, batch, special, n) -> float:
@@ -181,16 +218,29 @@ def main(argv):
       batch = history_prompts(cfg, b, history, _ITEM_TEXT.value, rng)
     else:
       batch, special = prompts(cfg, b, _PROMPT_LEN.value, rng)
-    t = time_ours(model, mesh, batch, n)
+    t, compile_s = time_ours(model, mesh, batch, n)
     imgs = b * n / t
     row = {"preset": _PRESET.value, "dtype": _DTYPE.value, "prompts": b, "samples": n, "history": history,
            "prompt_len": int(batch.ids.shape[1]), "device": jax.devices()[0].device_kind,
            "ours_images_per_s": imgs, "ours_tokens_per_s": imgs * n_tok, "tokens": n_tok,
-           "decode": _DECODE.value, "ms_per_token_step": t / n_tok * 1e3}
+           "decode": _DECODE.value, "ms_per_token_step": t / n_tok * 1e3, "decode_phases": _PHASES.value,
+           "compile_s": compile_s}
+    # Each prompt's prefix (cond + uncond rows) is read once per step, then every row's own tokens.
+    by = decode_bytes(cfg, b, n, batch.ids.shape[1] + batch.uncond_rows()[0].shape[1], n_tok, _PHASES.value,
+                      dtype.itemsize)
+    row.update({"phase_lengths": by["phase_lengths"], "must_read_bytes_per_step": by["must"],
+                "loop_read_bytes_per_step": by["loop"], "weights_bytes": by["weights"],
+                "prefix_bytes_per_step": by["prefixes"], "live_kv_bytes_per_step": by["live_kv"],
+                "own_kv_read_bytes_per_step": by["own_kv"], "boundary_copy_read_bytes_per_step": by["copy_read"],
+                "boundary_copy_written_bytes_per_step": by["copy_written"],
+                "kv_read_bytes_per_image": by["kv_per_image"],
+                "kv_read_bytes_per_image_single_loop": by["kv_per_image_single_loop"],
+                "kv_read_ratio": by["kv_per_image"] / by["kv_per_image_single_loop"],
+                "kv_read_ratio_with_copy_writes": by["kv_per_image_with_writes"] / by["kv_per_image_single_loop"]})
     other_txt = ratio_txt = roof_txt = "-"
     other = None
     if history:
-      other = time_ours(model, mesh, unshared(batch, n, history), 1)
+      other = time_ours(model, mesh, unshared(batch, n, history), 1)[0]
     elif hf is not None:
       try:
         other = time_hf(hf, batch, special, n)
@@ -201,15 +251,18 @@ def main(argv):
       row["ratio"] = other / t
       other_txt, ratio_txt = f"{b * n / other:14.3f}", f"{other / t:6.2f}"
     if bw:
-      # Each prompt's prefix (cond + uncond rows) is read once per step, then every row's own tokens.
-      prefix = batch.ids.shape[1] + batch.uncond_rows()[0].shape[1]
-      weights = decode_bytes_per_step(cfg, 0, 0, dtype.itemsize)
-      per_step = (decode_bytes_per_step(cfg, b, prefix, dtype.itemsize)
-                  + decode_bytes_per_step(cfg, 2 * b * n, n_tok // 2, dtype.itemsize) - weights)
-      row["roofline"] = per_step * n_tok / t / bw
+      row["roofline"] = by["must"] * n_tok / t / bw
+      row["roofline_loop_read"] = by["loop"] * n_tok / t / bw
       roof_txt = f"{row['roofline']:8.1%}"
     print(f"{b:7d} {n:7d} {imgs:11.3f} {imgs * n_tok:11.1f} {t / n_tok * 1e3:8.1f} {other_txt:>14} {ratio_txt:>6} "
           f"{roof_txt:>8}")
+    mb = lambda x: f"{x / 1e6:,.1f} MB"
+    print(f"{'':9}per decode step (mean of {n_tok - 1}), {len(by['phase_lengths'])} phase(s): must read {mb(by['must'])} "
+          f"(weights {mb(by['weights'])} + prefixes {mb(by['prefixes'])} + live KV {mb(by['live_kv'])}); loop reads "
+          f"{mb(by['loop'])} (own KV {mb(by['own_kv'])} + pads {mb(by['copy_read'])}, pads write "
+          f"{mb(by['copy_written'])})\n{'':9}per-sample KV read per image {mb(by['kv_per_image'])} = "
+          f"{row['kv_read_ratio']:.3f}x one loop over the full cache ({mb(by['kv_per_image_single_loop'])}; "
+          f"{row['kv_read_ratio_with_copy_writes']:.3f}x with the pads' writes); compile about {compile_s:.1f} s")
     if _JSON.value:
       with open(_JSON.value, "a") as f:
         f.write(json.dumps(row) + "\n")

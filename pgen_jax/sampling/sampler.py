@@ -7,6 +7,11 @@ samples of the prompt attend to while decoding, next to a cache of their own gen
 (`LlamaModel.__call__(prefixes=...)`). History images go through SigLIP once. Each sample has its
 own PRNG key, folded with the step, so the result does not depend on the batch composition or on
 the mesh. The caches live inside the call: nothing stays allocated between rollouts.
+
+The decode runs in `decode_phases` static phases, each its own fori_loop over a cache just long
+enough for its steps (`phase_lengths`), padded once between phases: a step reads about the filled
+part of its samples' caches instead of all num_tokens - 1 positions, on any backend, with the same
+outputs (masked positions add exact zeros). docs/benchmarks.md has the bytes and the trade-offs.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ class SamplingConfig:
   num_samples: int = 1        # images per prompt
   num_tokens: int | None = None  # default: the model's num_image_tokens (576)
   decode_images: bool = True
+  decode_phases: int = 14     # decode loops over growing caches (1: one loop over the full cache)
+
+  def __post_init__(self):
+    if self.decode_phases < 1:
+      raise ValueError(f"SamplingConfig.decode_phases={self.decode_phases}: use 1 (one loop) or more")
 
 
 @dataclasses.dataclass
@@ -41,6 +51,21 @@ class SampleOutput:
   tokens: jax.Array    # (B * n, num_tokens) int32; prompt b's samples are rows b*n .. b*n+n-1
   logprobs: jax.Array  # (B * n, num_tokens) fp32 log-prob of each token under the sampling distribution
   images: jax.Array | None  # (B * n, H, W, 3) uint8
+
+
+# Phase cache lengths are multiples of this (the last one is num_tokens - 1): whole vector tiles and
+# sublanes for fp32 and bf16 on CPU, GPU and TPU, so a shorter cache never splits a tile.
+PHASE_ALIGN = 16
+
+
+def phase_lengths(num_tokens: int, phases: int, align: int = PHASE_ALIGN) -> list[int]:
+  """Own-cache length of each decode phase, increasing, the last num_tokens - 1 (steps 1 .. num_tokens - 1).
+
+  Step i writes cache position i - 1 and attends positions 0 .. i - 1, so the phase of length L runs
+  the steps from the previous length + 1 to L. About equal phases, rounded up to `align`.
+  """
+  steps = max(num_tokens - 1, 1)
+  return sorted({min(steps, -(-(-(-p * steps // phases)) // align) * align) for p in range(1, phases + 1)})
 
 
 def per_sample(x, n: int):
@@ -112,8 +137,6 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, samp
   # Rows [cond samples; uncond samples]; each continues its prompt's prefix from its length on.
   start = jnp.concatenate([per_sample(mask.sum(1), n), per_sample(uncond_mask.sum(1), n)])[:, None]
   dtype = lm.dtype or jnp.float32
-  cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, max(num_tokens - 1, 1)), dtype)) for _ in "kv")
-           for _ in lm.layers]
 
   def step(i, carry):
     cache, tokens, logps, tok = carry
@@ -123,7 +146,18 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, samp
     tok, logp = choose(guided_logits(logits[:b * n], logits[b * n:], sampling), keys, i, sampling)
     return cache, tokens.at[:, i].set(tok), logps.at[:, i].set(logp), tok
 
-  _, tokens, logps, _ = jax.lax.fori_loop(1, num_tokens, step, (cache, tokens, logps, tok))
+  # Each phase a loop over a cache that holds just its steps; between phases the cache grows by padding
+  # (one copy, outside the loops). Positions not yet written are masked, as in one full-length cache.
+  cache, done = None, 0
+  for length in phase_lengths(num_tokens, sampling.decode_phases):
+    if cache is None:
+      cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, length), dtype)) for _ in "kv") for _ in lm.layers]
+    else:
+      pad = ((0, 0), (0, 0), (0, length - done), (0, 0))
+      cache = [tuple(constrain(jnp.pad(c, pad)) for c in layer) for layer in cache]
+    cache, tokens, logps, tok = jax.lax.fori_loop(done + 1, min(length, num_tokens - 1) + 1, step,
+                                                  (cache, tokens, logps, tok))
+    done = length
   images_out = None
   if sampling.decode_images and num_tokens == model.config.num_image_tokens:
     images_out = to_uint8(model.decode_image_tokens(tokens))
