@@ -15,7 +15,8 @@ if [ $# -lt 1 ]; then
   echo "usage: sbatch $0 CONFIG [flags...]" >&2
   exit 2
 fi
-head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads every line: `head -n 1` would close the pipe early, and scontrol's SIGPIPE fails the job under pipefail
+head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export JAX_COORDINATOR_ADDRESS="$head:${PGEN_PORT:-12355}"
 export JAX_NUM_PROCESSES="$SLURM_NTASKS"
 # Each task learns its rank from SLURM_PROCID inside srun.

@@ -28,6 +28,19 @@ def test_slurm_script_sets_coordinator_and_ranks(tmp_path):
       for r in (0, 1)]
 
 
+def test_slurm_coordinator_is_the_first_of_a_long_node_list(tmp_path):
+  # More hostnames than a pipe holds: a reader that stops after the first line would fail scontrol with SIGPIPE.
+  stub(tmp_path, "scontrol", 'seq -f "node-%05g" 1 40000\n')
+  stub(tmp_path, "srun", 'shift\nSLURM_PROCID=0 "$@"\n')
+  stub(tmp_path, "python", 'echo "at=$JAX_COORDINATOR_ADDRESS"\n')
+  env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[00001-40000]",
+         "SLURM_NTASKS": "40000"}
+  run = subprocess.run(["bash", "launch/slurm_gpu.sh", "configs/movielens.py"], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.splitlines() == ["at=node-00001:12355"]
+
+
 def test_tpu_script_runs_main_on_all_workers(tmp_path):
   stub(tmp_path, "gcloud", 'printf "%s\\n" "$@"\n')
   env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
