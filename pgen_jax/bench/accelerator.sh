@@ -89,7 +89,7 @@ PY
 
 info() {  # the run's machine and start, for the summary (WORK/info.json)
   local device
-  device=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
+  device=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed -n 1p)
   [ -n "$device" ] || device="cpu: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
   printf '{"device": "%s", "preset": "%s", "started": "%s", "python": "%s"}\n' "$device" "$preset" \
     "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$($py -c 'import sys; print(sys.version.split()[0])')" > "$work/info.json"
