@@ -71,6 +71,8 @@ _PRESET = flags.DEFINE_string("preset", "", "model preset (default: the config's
 _DEVICES = flags.DEFINE_integer("devices", 0, "model a mesh of this many fake CPU devices (0: the real ones)")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 0, "prompt tokens (0: estimated from the template)")
 _TIME = flags.DEFINE_integer("time", 0, "also run each function this many times on random inputs (run_s)")
+_PHASES = flags.DEFINE_integer("decode_phases", SamplingConfig.decode_phases,
+                               "the sampler's decode loops over growing caches (1: one loop over the full cache)")
 
 GB = 1e9
 
@@ -138,10 +140,11 @@ def rollout(cfg, mesh, graphdef, state, config, stage="rollout", prompts=None, s
   samples = samples or cfg.grpo.group_size
   length = prompt_len(cfg, config.num_image_tokens)
   scfg = SamplingConfig(cfg_weight=cfg_weight or cfg.grpo.cfg_weight, temperature=cfg.grpo.temperature,
-                        num_samples=samples)
+                        num_samples=samples, decode_phases=_PHASES.value)
   fn = jit_generate(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh, scfg,
                     cfg.prompt.uncond == "keep_images", jnp.dtype(cfg.model.dtype))
   rows = [measure(stage, "sampler", fn, state, *sampler_inputs(cfg, mesh, config, prompts, samples, length))]
+  rows[0]["decode_phases"] = scfg.decode_phases
   if stage == "rollout":
     rows.append(decode_step(cfg, mesh, graphdef, state, config, prompts, samples, length))
   return rows
