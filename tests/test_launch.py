@@ -13,15 +13,20 @@ def stub(bin_dir: Path, name: str, body: str):
   p.chmod(0o755)
 
 
-def test_slurm_script_sets_coordinator_and_ranks(tmp_path):
-  stub(tmp_path, "scontrol", 'echo node-a; echo node-b\n')
-  # srun runs the task command once per rank, as SLURM would on each node.
-  stub(tmp_path, "srun", 'shift\nfor r in 0 1; do SLURM_PROCID=$r "$@"; done\n')
+def slurm(tmp_path, hostnames: str, ntasks: int, *args: str) -> subprocess.CompletedProcess:
+  """launch/slurm_gpu.sh with scontrol printing `hostnames`, and srun running the task command once per rank
+  (as SLURM would on each node) with a python that echoes what it was given."""
+  stub(tmp_path, "scontrol", hostnames)
+  stub(tmp_path, "srun", f'shift\nfor r in $(seq 0 {min(ntasks, 2) - 1}); do SLURM_PROCID=$r "$@"; done\n')
   stub(tmp_path, "python", 'echo "rank=$JAX_PROCESS_ID of=$JAX_NUM_PROCESSES at=$JAX_COORDINATOR_ADDRESS args=$*"\n')
-  env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
-         "SLURM_NTASKS": "2"}
-  run = subprocess.run(["bash", "launch/slurm_gpu.sh", "configs/movielens.py", "--config.seed=3"], cwd=ROOT,
-                       env=env, capture_output=True, text=True)
+  env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[...]",
+         "SLURM_NTASKS": str(ntasks)}
+  return subprocess.run(["bash", "launch/slurm_gpu.sh", "configs/movielens.py", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True)
+
+
+def test_slurm_script_sets_coordinator_and_ranks(tmp_path):
+  run = slurm(tmp_path, "echo node-a; echo node-b\n", 2, "--config.seed=3")
   assert run.returncode == 0, run.stderr
   assert run.stdout.splitlines() == [
       f"rank={r} of=2 at=node-a:12355 args=-m pgen_jax.main --config=configs/movielens.py --config.seed=3"
@@ -30,15 +35,9 @@ def test_slurm_script_sets_coordinator_and_ranks(tmp_path):
 
 def test_slurm_coordinator_is_the_first_of_a_long_node_list(tmp_path):
   # More hostnames than a pipe holds: a reader that stops after the first line would fail scontrol with SIGPIPE.
-  stub(tmp_path, "scontrol", 'seq -f "node-%05g" 1 40000\n')
-  stub(tmp_path, "srun", 'shift\nSLURM_PROCID=0 "$@"\n')
-  stub(tmp_path, "python", 'echo "at=$JAX_COORDINATOR_ADDRESS"\n')
-  env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[00001-40000]",
-         "SLURM_NTASKS": "40000"}
-  run = subprocess.run(["bash", "launch/slurm_gpu.sh", "configs/movielens.py"], cwd=ROOT, env=env, capture_output=True,
-                       text=True)
+  run = slurm(tmp_path, 'seq -f "node-%05g" 1 40000\n', 40000)
   assert run.returncode == 0, run.stderr
-  assert run.stdout.splitlines() == ["at=node-00001:12355"]
+  assert [line.split()[2] for line in run.stdout.splitlines()] == ["at=node-00001:12355"] * 2
 
 
 def test_tpu_script_runs_main_on_all_workers(tmp_path):
