@@ -14,8 +14,9 @@ def stub(bin_dir: Path, name: str, body: str):
 
 
 def slurm(tmp_path, hostnames: str, ntasks: int, *args: str) -> subprocess.CompletedProcess:
-  """launch/slurm_gpu.sh with scontrol printing `hostnames`, and srun running the task command once per rank
-  (as SLURM would on each node) with a python that echoes what it was given."""
+  """launch/slurm_gpu.sh with scontrol printing `hostnames`, and srun running the task command as SLURM would
+  on each node, for the first two ranks only (enough to see the ranks differ), with a python that echoes what
+  it was given."""
   stub(tmp_path, "scontrol", hostnames)
   stub(tmp_path, "srun", f'shift\nfor r in $(seq 0 {min(ntasks, 2) - 1}); do SLURM_PROCID=$r "$@"; done\n')
   stub(tmp_path, "python", 'echo "rank=$JAX_PROCESS_ID of=$JAX_NUM_PROCESSES at=$JAX_COORDINATOR_ADDRESS args=$*"\n')
