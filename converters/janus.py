@@ -15,10 +15,10 @@ import os
 import sys
 from pathlib import Path
 
+from pgen_jax.errors import CheckpointError
 from pgen_jax.models.checkpoint import from_hf_checkpoint, is_pgen_checkpoint, load_janus, save_janus
 from pgen_jax.models.hf import HFCheckpoint, export_hf
 from pgen_jax.models.sharding import make_mesh
-from pgen_jax.safetensors_io import CheckpointError
 
 
 def to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None, mesh=None) -> None:

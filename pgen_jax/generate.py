@@ -24,9 +24,11 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
+from pgen_jax import cli
 from pgen_jax.data.images import ImageSkip, load_rgb, understanding_input
 from pgen_jax.data.pipeline import spec_from_config, store_dir
 from pgen_jax.data.store import builders
+from pgen_jax.errors import InputError
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
@@ -40,14 +42,10 @@ _HISTORY_FILE = flags.DEFINE_string("history_file", None, 'A JSON list of {"imag
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "A pgen_jax or HF Janus directory; default: the newest "
                                   "trained model in --workdir.")
 _SAMPLES = flags.DEFINE_integer("samples", 4, "Images to generate.", lower_bound=1)
-_CFG = flags.DEFINE_float("cfg", 5.0, "Classifier-free guidance weight.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).", lower_bound=0.0)
+_CFG = cli.finite_float("cfg", 5.0, "Classifier-free guidance weight.")
+_TEMPERATURE = cli.finite_float("temperature", 1.0, "Sampling temperature (0: greedy).", lower_bound=0.0)
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OUT = flags.DEFINE_string("out", "", "Output directory; default <workdir>/generate/<user-ID|history-...>.")
-
-
-class InputError(Exception):
-  """Bad input; the message is the one line the user sees."""
 
 
 def load_config(workdir: Path):
@@ -184,8 +182,7 @@ def main(argv) -> None:
     images, source = generate(cfg, history, _CHECKPOINT.value, _SAMPLES.value, _CFG.value, _TEMPERATURE.value,
                               _SEED.value)
   except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   if out.exists():
     shutil.rmtree(out)  # a rerun replaces the previous output (only ours: checked above)
   with atomic_directory(out) as tmp:
@@ -213,4 +210,4 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -19,24 +19,23 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pgen_jax import distributed, run_config
+from pgen_jax import cli, distributed, run_config, run_settings
 from pgen_jax.data.pipeline import prepare_from_config, store_dir
-from pgen_jax.data.tables import DataError
+from pgen_jax.errors import ConfigError
 from pgen_jax.eval.evaluate import run_eval
-from pgen_jax.fetch import FetchError
 from pgen_jax.fetch.stage import fetch_from_config
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint
-from pgen_jax.models.config import ConfigError
 from pgen_jax.models.hf import export_hf
-from pgen_jax.scorer.client import ScorerUnavailable
 from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint, use_compile_cache
-from pgen_jax.train.update import RunStopped
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 flags.mark_flags_as_required(["config"])
-_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
+_REDO = flags.DEFINE_list("redo", [], "Training stages (vq, sft, grpo) whose results in the workdir are removed "
+                          "and made again, e.g. after changing their settings.")
+_KEEP_OLD = flags.DEFINE_bool("keep_old_results", False, "Go on with the workdir's results even where they were "
+                              "made with other settings than the config's now.")
 
 
 def export(cfg) -> None:
@@ -105,20 +104,10 @@ STAGES = {
 }
 
 
-def _exit_code(e: BaseException) -> tuple[int, str]:
-  """(exit code, what kind of error) for a failure, by what the user has to fix."""
-  for cls, code, kind in ((ConfigError, 2, "config error"), (RunStopped, 3, "stopped"), (DataError, 4, "data error"),
-                          (FileNotFoundError, 4, "missing file"), (PermissionError, 4, "permission denied"),
-                          (FetchError, 5, "download failed"), (ScorerUnavailable, 6, "scorer unavailable"),
-                          (OSError, 4, "file error"), (MemoryError, 1, "out of memory")):
-    if isinstance(e, cls):
-      return code, kind
-  return 1, f"internal error ({type(e).__name__}; rerun with --debug for the traceback)"
-
-
-def run(cfg, only: tuple[str, ...] | None = None) -> None:
+def run(cfg, only: tuple[str, ...] | None = None, *, redo: tuple[str, ...] = (), keep_old: bool = False) -> None:
   """Checks the config, then runs its stages (or `only` these); files the fetch stage brings are checked
-  after it."""
+  after it. Stages with results made with other settings stop the run unless `redo` names them (their
+  results are removed first) or `keep_old` (run_settings)."""
 
   def check(fn, **kw):
     try:
@@ -129,6 +118,7 @@ def run(cfg, only: tuple[str, ...] | None = None) -> None:
   stages = tuple(cfg.stages)
   check(run_config.validate, files="fetch" not in stages + tuple(only or ()))
   use_compile_cache(cfg.compile_cache)
+  run_settings.check(cfg, tuple(only or stages), redo=tuple(redo), keep_old=keep_old)
   if jax.process_index() == 0:  # what pgen_jax.generate reads back to rebuild the prompts and the store
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
     write_json(Path(cfg.workdir) / "config.json", cfg.to_dict())
@@ -140,6 +130,7 @@ def run(cfg, only: tuple[str, ...] | None = None) -> None:
       check(run_config.check_against_model)
       checked = True
     logging.info("stage %s", stage)
+    run_settings.record(cfg, stage, tuple(only or stages))
     t0 = time.perf_counter()
     STAGES[stage](cfg)
     logging.info("stage %s done: %.1f s, peak device memory %s", stage, time.perf_counter() - t0, _peak_memory())
@@ -156,22 +147,13 @@ def _peak_memory() -> str:
 def main(argv, only: tuple[str, ...] | None = None) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.show_logs()
   try:
     distributed.initialize()
-    run(_CONFIG.value, only)
-  except KeyboardInterrupt:
-    if _DEBUG.value:
-      raise
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
-  except Exception as e:  # one line for the user; the traceback only with --debug
-    if _DEBUG.value:
-      raise
-    code, kind = _exit_code(e)
-    where = f"{flags.FLAGS['config'].config_filename}: " if code == 2 else ""
-    print(f"{where}{kind}: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(code)
+    run(_CONFIG.value, only, redo=tuple(_REDO.value), keep_old=_KEEP_OLD.value)
+  except (Exception, KeyboardInterrupt) as e:  # one line for the user; the traceback only with --debug
+    cli.fail(e, prefix=f"{flags.FLAGS['config'].config_filename}: ")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,14 +9,16 @@ size is the model's.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import ml_collections
 
+from pgen_jax.errors import ConfigError
 from pgen_jax.eval.evaluate import GENERATORS
 from pgen_jax.models.attention import IMPLS
 from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
-from pgen_jax.models.config import PARTS, PRESETS, ConfigError, JanusConfig, preset
+from pgen_jax.models.config import PARTS, PRESETS, JanusConfig, preset
 from pgen_jax.models.llama import REMAT, remat_policy
 from pgen_jax.recommenders.build import NAMES
 from pgen_jax.rewards import clip, dino
@@ -43,8 +45,18 @@ def _get(cfg, dotted: str):
   return node
 
 
+def _check_finite(node, prefix: str = "") -> None:
+  """Every float in the config is finite: nan or inf in a rate, weight or bound is never meant."""
+  for key, value in node.items():
+    if hasattr(value, "items"):
+      _check_finite(value, f"{prefix}{key}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{prefix}{key}: {value!r}; must be a finite number")
+
+
 def validate(cfg: ml_collections.ConfigDict, *, files: bool = True) -> None:
   """files=False skips the checks that named files exist (the fetch stage is about to download them)."""
+  _check_finite(cfg)
   stages = tuple(_get(cfg, "stages"))
   if not stages:
     raise ConfigError("stages: empty; name at least one of " + ", ".join(STAGES))

@@ -126,3 +126,33 @@ def test_model_sampler_and_grpo_stay_light():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True)
   assert out.stdout.strip() == "", f"loaded: {out.stdout.strip()}"
+
+
+def test_user_facing_errors_live_on_the_bottom_floor():
+  from pgen_jax import errors
+
+  graph = _graph()
+  assert graph["pgen_jax.errors"] == set()
+  # readers raise FetchError without climbing to the fetch package
+  bad = sorted(f"{a} -> {b}" for a, deps in graph.items() if _within(a, "pgen_jax.data")
+               for b in deps if _within(b, "pgen_jax.fetch"))
+  assert not bad, bad
+  # every error type a user can cause has its own exit code, not the internal-error 1
+  for cls in (errors.ConfigError, errors.InputError, errors.RunStopped, errors.DataError, errors.CheckpointError,
+              errors.FetchError, errors.AuthError, errors.ScorerUnavailable):
+    assert errors.exit_code(cls("x"))[0] > 1, cls
+  assert errors.exit_code(KeyError("x"))[0] == 1
+
+
+def test_readme_layout_names_every_module():
+  text = (ROOT / "README.md").read_text()
+  layout = text[text.index("## Layout"):]
+  layout = layout[:layout.index("```", layout.index("```") + 3)]
+  missing = []
+  for path in sorted((ROOT / "pgen_jax").rglob("*.py")):
+    rel = path.relative_to(ROOT / "pgen_jax")
+    if path.name == "__init__.py" or "__pycache__" in rel.parts:
+      continue
+    if path.name not in layout or (len(rel.parts) > 1 and f"{rel.parts[0]}/" not in layout):
+      missing.append(str(rel))
+  assert not missing, f"README's Layout section does not name: {missing}"

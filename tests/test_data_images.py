@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pgen_jax.data import images
-from pgen_jax.data.tables import DataError
+from pgen_jax.errors import DataError
 
 
 def save(img, path, **kw):

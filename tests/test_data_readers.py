@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pgen_jax.data import movielens, pixelrec
-from pgen_jax.data.tables import DataError
+from pgen_jax.errors import DataError
 
 ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 

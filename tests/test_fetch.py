@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fake_sites import FakeSites, closed_port_url, zip_folder
-from pgen_jax.fetch import FetchError, archive, hub
+from pgen_jax.errors import FetchError
+from pgen_jax.fetch import archive, hub
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"

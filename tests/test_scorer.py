@@ -17,7 +17,8 @@ import torch
 import transformers as T
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from pgen_jax.scorer.client import ScorerClient, ScorerUnavailable, profile_text
+from pgen_jax.errors import ScorerUnavailable
+from pgen_jax.scorer.client import ScorerClient, profile_text
 from pgen_jax.scorer.judge import TEMPLATE
 from pgen_jax.scorer.nima import NIMA, load_nima
 from pgen_jax.scorer.protocol import encode_images

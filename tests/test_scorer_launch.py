@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from fake_sites import closed_port_url
+from pgen_jax.errors import ScorerUnavailable
 from pgen_jax.scorer import launch
-from pgen_jax.scorer.client import ScorerUnavailable
 from pgen_jax.scorer.nima import NIMA, load_nima, score
 
 

@@ -185,7 +185,7 @@ def test_repeated_non_finite_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   shutil.rmtree(tmp_path / "run" / "sft" / "final")  # pretend the run goes on for longer
   (tmp_path / "run" / "sft" / "summary.json").unlink()
   before = sorted(p.name for p in (tmp_path / "run" / "sft" / "latest").iterdir())
-  bad = run_main(ROOT, *sft_args(tmp_path / "run", store, steps=30), "--config.sft.max_bad_steps=3",
+  bad = run_main(ROOT, *sft_args(tmp_path / "run", store, steps=30), "--keep_old_results", "--config.sft.max_bad_steps=3",
                  "--config.sft.lr=1e30", "--config.sft.clip=1e30", "--config.sft.warmup_steps=1")
   assert bad.returncode != 0
   assert "non-finite" in bad.stderr and "last good checkpoint is step 6" in bad.stderr

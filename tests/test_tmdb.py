@@ -19,6 +19,7 @@ from PIL import Image
 from fake_sites import closed_port_url
 
 from pgen_jax.data import tmdb
+from pgen_jax.errors import AuthError
 
 
 def png(colour):
@@ -126,7 +127,7 @@ def test_fetch_resume_and_manifest(server, links, tmp_path):
 
 
 def test_bad_key_stops_the_run(server, links, tmp_path):
-  with pytest.raises(tmdb.AuthError, match="401"):
+  with pytest.raises(AuthError, match="401"):
     tmdb.fetch(links, tmp_path / "p", client(server, key="wrong"))
 
 

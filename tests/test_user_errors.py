@@ -125,3 +125,38 @@ def test_outputs_follow_the_umask(tmp_path):
     os.umask(old)
   assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
   assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+
+
+@pytest.mark.parametrize("flag, needles", [
+    ("--config.sft.lrr=3", ["flag error: --config.sft.lrr: no such key in configs/demo.py",
+                            "the closest is --config.sft.lr"]),
+    ("--config.grpo.bta=0.1", ["--config.grpo.bta: no such key", "the closest is --config.grpo.beta"]),
+    ("--config.sft.lr=inf", ["configs/demo.py: config error: sft.lr: inf; must be a finite number"]),
+    ("--config.grpo.beta=nan", ["config error: grpo.beta: nan; must be a finite number"]),
+    ("--config.sft.lr=fast", ["flag error: flag --config.sft.lr=fast"]),
+])
+def test_a_bad_config_flag_is_one_line_and_exit_2(tmp_path, flag, needles):
+  one_line(run_main("--config=configs/demo.py", f"--config.workdir={tmp_path}", flag), 2, *needles)
+
+
+@pytest.mark.parametrize("flag", ["--cfg=nan", "--temperature=inf"])
+def test_generate_refuses_non_finite_numbers(tmp_path, flag):
+  run = subprocess.run([sys.executable, "-m", "pgen_jax.generate", f"--workdir={tmp_path}", "--user=1", flag],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  one_line(run, 2, f"flag error: flag {flag}: must be a finite number")
+
+
+def test_the_log_shows_our_progress_and_the_libraries_lines_only_on_request(tmp_path):
+  args = ["--config=configs/demo.py", "--config.stages=('prepare',)", f"--config.workdir={tmp_path}/a",
+          f"--config.data.root={tmp_path}/world"]
+  quiet = run_main(*args)
+  assert quiet.returncode == 0, quiet.stderr[-3000:]
+  json.loads(quiet.stdout)  # stdout holds our summary alone: no TFDS prints before it
+  assert "stage prepare" in quiet.stderr and "writing the prepared items" in quiet.stderr
+  for library in ("Generating splits", "dataset_builder.py", "Using custom data configuration", "dataset_info.py"):
+    assert library not in quiet.stderr, library
+  loud = run_main(*args[:-2], f"--config.workdir={tmp_path}/b", f"--config.data.root={tmp_path}/world",
+                  "--library_logs")
+  assert loud.returncode == 0, loud.stderr[-3000:]
+  assert "Generating splits" in loud.stderr and "dataset_builder.py" in loud.stderr
+  assert "Downloading and preparing dataset" in loud.stdout

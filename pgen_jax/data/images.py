@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pgen_jax.data.tables import DataError
+from pgen_jax.errors import DataError
+
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PIXELS = 40_000_000  # about 6300 x 6300; larger files are skipped as "huge"

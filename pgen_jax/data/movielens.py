@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pgen_jax.data.tables import (Catalog, DataError, Interactions, Report, check_mostly_valid, csv_rows, dedupe,
-                                  lines)
+from pgen_jax.data.tables import Catalog, Interactions, Report, check_mostly_valid, csv_rows, dedupe, lines
+from pgen_jax.errors import DataError
 
 
 def detect(root: Path) -> str:

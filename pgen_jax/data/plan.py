@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from pgen_jax.data import histories, images, movielens, pixelrec
-from pgen_jax.data.tables import DataError, Report
+from pgen_jax.data.tables import Report
+from pgen_jax.errors import DataError
 
 VERSION = "1.1.0"
 

@@ -21,9 +21,10 @@ import tensorflow_datasets as tfds
 
 from pgen_jax.data import synthetic
 from pgen_jax.data.plan import DataSpec, make_plan
-from pgen_jax.data.tables import DataError
 from pgen_jax.data.tfds_builder import PgenHistories
+from pgen_jax.errors import DataError
 from pgen_jax.fileio import write_json
+from pgen_jax.logs import quiet_library
 
 
 def prepare(spec: DataSpec, data_dir: str | Path) -> dict:
@@ -46,7 +47,9 @@ def prepare(spec: DataSpec, data_dir: str | Path) -> dict:
     dl_config = tfds.download.DownloadConfig(manual_dir=spec.root)
     for part in ("items", "windows"):
       b = PgenHistories(spec=spec, part=part, plan=plan, data_dir=str(data_dir), file_format="array_record")
-      b.download_and_prepare(download_config=dl_config)
+      logging.info("writing the prepared %s to %s", part, data_dir)
+      with quiet_library():
+        b.download_and_prepare(download_config=dl_config)
     stats = {**plan.stats, "fingerprint": fp, "spec": dataclasses.asdict(spec)}
     write_json(stats_path, stats)
     remove_leftovers(data_dir)

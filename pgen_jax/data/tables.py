@@ -15,9 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-
-class DataError(ValueError):
-  """Input data that cannot be used; the message names the file (and line)."""
+from pgen_jax.errors import DataError
 
 
 @dataclasses.dataclass

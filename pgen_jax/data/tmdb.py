@@ -35,16 +35,12 @@ from absl import app, flags
 from PIL import Image
 
 from pgen_jax.data.movielens import read_links
-from pgen_jax.data.tables import DataError, Report
-from pgen_jax.fetch import FetchError
+from pgen_jax.data.tables import Report
+from pgen_jax.errors import AuthError, DataError, FetchError
 from pgen_jax.fileio import write_bytes, write_json
 
 API = "https://api.themoviedb.org/3"
 IMAGES = "https://image.tmdb.org/t/p"
-
-
-class AuthError(RuntimeError):
-  pass
 
 
 class Unreachable(FetchError):

@@ -6,6 +6,7 @@ job's one-line errors and exit codes.
 
 from absl import app
 
+from pgen_jax import cli
 from pgen_jax import main as job
 
 
@@ -14,4 +15,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main)
+  app.run(_main, flags_parser=cli.parse_flags)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import filelock
 
-from pgen_jax.fetch import FetchError
+from pgen_jax.errors import FetchError
 from pgen_jax.fileio import follow_umask
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"

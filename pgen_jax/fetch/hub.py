@@ -17,7 +17,7 @@ from pathlib import Path
 import filelock
 from huggingface_hub import errors, snapshot_download
 
-from pgen_jax.fetch import FetchError
+from pgen_jax.errors import FetchError
 from pgen_jax.fileio import write_json
 
 MARKER = ".pgen_fetch.json"  # what was fetched: repo, revision

@@ -16,7 +16,8 @@ import logging
 import os
 from pathlib import Path
 
-from pgen_jax.fetch import FetchError, archive, hub
+from pgen_jax.errors import FetchError
+from pgen_jax.fetch import archive, hub
 
 MODEL_STAGES = ("sft", "grpo", "eval", "export")
 

@@ -11,11 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from pgen_jax.errors import ConfigError
 from pgen_jax.models.layers import ACTIVATIONS
-
-
-class ConfigError(ValueError):
-  """A config that cannot describe a Janus model; the message names the offending key."""
 
 
 # A Janus model's top-level parts: the units that train or stay frozen (sft.trainable, sft.lr_scales).

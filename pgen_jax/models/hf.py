@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from pgen_jax import safetensors_io
+from pgen_jax.errors import CheckpointError, ConfigError
 from pgen_jax.fileio import atomic_directory
-from pgen_jax.models.config import ConfigError, JanusConfig
+from pgen_jax.models.config import JanusConfig
 from pgen_jax.models.hf_params import Tensor, leaf_key, read_safetensors, read_torch, state_dict
-from pgen_jax.safetensors_io import CheckpointError
 
 
 def hf_key(path: tuple) -> str:

@@ -19,8 +19,9 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from pgen_jax.errors import CheckpointError
 from pgen_jax.models.sharding import param_shardings
-from pgen_jax.safetensors_io import CheckpointError, Reader
+from pgen_jax.safetensors_io import Reader
 
 Tensor = tuple[tuple[int, ...], np.dtype, Callable[[], np.ndarray]]  # shape, dtype, loader
 

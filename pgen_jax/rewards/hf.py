@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from pgen_jax.errors import CheckpointError
 from pgen_jax.models.hf_params import Tensor, leaf_key, majority_float_dtype, place, read_safetensors, read_torch
 from pgen_jax.rewards.clip import CLIP, CLIPConfig, TowerConfig
 from pgen_jax.rewards.dino import Dino, DinoConfig
 from pgen_jax.rewards.lpips import LPIPS
-from pgen_jax.safetensors_io import CheckpointError
 
 
 # ---- CLIP ------------------------------------------------------------------------------------------

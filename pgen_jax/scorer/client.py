@@ -14,11 +14,8 @@ import urllib.request
 
 import numpy as np
 
+from pgen_jax.errors import ScorerUnavailable
 from pgen_jax.scorer.protocol import encode_images
-
-
-class ScorerUnavailable(RuntimeError):
-  pass
 
 
 def profile_text(history_texts: list[str], max_items: int = 10) -> str:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import jax
 
-from pgen_jax.scorer.client import ScorerClient, ScorerUnavailable
+from pgen_jax.errors import ScorerUnavailable
+from pgen_jax.scorer.client import ScorerClient
 
 _RUNNING: list["ScorerProcess"] = []
 

@@ -18,8 +18,8 @@ from typing import NoReturn
 import jax
 import numpy as np
 
+from pgen_jax.errors import RunStopped
 from pgen_jax.train.hacking import Alarm, DefenceConfig, HackingMonitor
-from pgen_jax.train.update import RunStopped
 
 
 class HackingDetected(RunStopped):

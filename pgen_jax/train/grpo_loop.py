@@ -42,6 +42,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.data.pipeline import loader_from_config
+from pgen_jax.errors import RunStopped
 from pgen_jax.fileio import write_bytes, write_json
 from pgen_jax.metrics import cross_user_similarity
 from pgen_jax.models.checkpoint import save_janus
@@ -148,7 +149,7 @@ def run_grpo(cfg) -> dict:
     if grpo_cfg.save_rollouts and step % grpo_cfg.save_rollouts == 0:
       _save_rollout(out / "rollouts" / f"step_{step:07d}.npz", cur, scored, scalars["reward_mean"])
     if metrics.get("bad_streak", 0) >= cfg.sft.max_bad_steps:
-      raise update.RunStopped(f"GRPO stopped at step {step}: {int(metrics['bad_streak'])} non-finite steps in a row; "
+      raise RunStopped(f"GRPO stopped at step {step}: {int(metrics['bad_streak'])} non-finite steps in a row; "
                               f"the last good checkpoint is step {ckpts.latest.latest_step()} in {out / 'latest'}")
     alarm = defence.monitor.update(step, float(scored.total.std()), similarity, drift,
                                    drawn_by=step - 1 if cur.on_policy else step - 2)

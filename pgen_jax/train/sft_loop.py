@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.data.genre_probe import genre_hit_rate
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
+from pgen_jax.errors import RunStopped
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.models.llama import remat_policy
@@ -32,7 +33,7 @@ from pgen_jax.train.item_tokens import ItemTokens
 from pgen_jax.viz import save_grid
 
 
-class NonFiniteError(update.RunStopped):
+class NonFiniteError(RunStopped):
   pass
 
 

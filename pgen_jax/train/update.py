@@ -10,10 +10,6 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-class RunStopped(RuntimeError):
-  """A training stage stopped on purpose (non-finite steps, reward hacking); the message says why."""
-
-
 TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
 
 
