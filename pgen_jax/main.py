@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pgen_jax import cli, distributed, run_config, run_settings
+from pgen_jax import cli, distributed, run_config, run_settings, settings
 from pgen_jax.data.pipeline import prepare_from_config, store_dir
 from pgen_jax.errors import ConfigError
 from pgen_jax.eval.evaluate import run_eval
@@ -109,14 +109,15 @@ def run(cfg, only: tuple[str, ...] | None = None, *, redo: tuple[str, ...] = (),
   after it. Stages with results made with other settings stop the run unless `redo` names them (their
   results are removed first) or `keep_old` (run_settings)."""
 
-  def check(fn, **kw):
+  def check(fn, *args, **kw):
     try:
-      fn(cfg, **kw)
+      return fn(*args, **kw)
     except ValueError as e:  # every ValueError of the config checks is about the config
       raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
 
-  stages = tuple(cfg.stages)
-  check(run_config.validate, files="fetch" not in stages + tuple(only or ()))
+  typed = check(settings.from_config, cfg)  # every section checks itself as it is made
+  stages = typed.stages
+  check(run_config.validate, typed, files="fetch" not in stages + tuple(only or ()))
   use_compile_cache(cfg.compile_cache)
   run_settings.check(cfg, tuple(only or stages), redo=tuple(redo), keep_old=keep_old)
   if jax.process_index() == 0:  # what pgen_jax.generate reads back to rebuild the prompts and the store
@@ -126,8 +127,8 @@ def run(cfg, only: tuple[str, ...] | None = None, *, redo: tuple[str, ...] = (),
   for stage in only or stages:
     if stage != "fetch" and not checked:
       if "fetch" in stages:
-        check(run_config.validate)
-      check(run_config.check_against_model)
+        check(run_config.validate, typed)
+      check(run_config.check_against_model, typed)
       checked = True
     logging.info("stage %s", stage)
     run_settings.record(cfg, stage, tuple(only or stages))

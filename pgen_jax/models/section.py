@@ -1,0 +1,45 @@
+"""The model and mesh sections of the config: which Janus to build, in which dtypes, on which mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pgen_jax.errors import ConfigError
+from pgen_jax.models.attention import IMPLS
+from pgen_jax.models.config import PRESETS
+from pgen_jax.sections import Section, one_of
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(Section):
+  where = "model"
+  preset: str             # the architecture when no checkpoint is given
+  checkpoint: str         # HF (transformers or deepseek) or pgen_jax directory
+  dtype: str              # compute
+  param_dtype: str        # master weights
+  tokenizer: str          # "": the checkpoint's own; "bytes": byte-level, for tiny models
+  attention: str          # pgen_jax.models.attention.IMPLS
+
+  def check(self) -> None:
+    one_of(self, "preset", sorted(PRESETS))
+    one_of(self, "dtype", DTYPES)
+    one_of(self, "param_dtype", DTYPES)
+    one_of(self, "attention", IMPLS)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection(Section):
+  where = "mesh"
+  data: int
+  fsdp: int
+  tensor: int
+
+  def check(self) -> None:
+    sizes = dataclasses.asdict(self)
+    for axis, n in sizes.items():
+      if isinstance(n, bool) or not isinstance(n, int) or (n < 1 and n != -1):
+        raise ConfigError(f"mesh.{axis}: {n!r}; use a positive device count or -1 for 'the rest'")
+    if list(sizes.values()).count(-1) > 1:
+      raise ConfigError("mesh: at most one axis may be -1")
