@@ -14,8 +14,8 @@ from PIL import Image
 
 from pgen_jax.rewards.hf import load_clip, tokenize
 from pgen_jax.models import make_mesh
-from pgen_jax.rewards.clip import similarity
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
+from pgen_jax.rewards.similarity import cosine as similarity
 
 
 def hf_clip(act="quick_gelu", eos=2, seed=0):

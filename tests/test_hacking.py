@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgen_jax.metrics import cross_user_similarity, similarity_to_other_users as diversity_penalty
+from pgen_jax.rewards.similarity import cross_user_similarity, similarity_to_other_users as diversity_penalty
 from pgen_jax.train.hacking import DefenceConfig, HackingMonitor, drift_stats
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from pgen_jax.data.pipeline import spec_from_config, store_dir
 from pgen_jax.data.store import builders
+from pgen_jax.rewards.similarity import ItemCache
 
 
 @dataclasses.dataclass
@@ -45,7 +46,7 @@ class Catalog:
     self._index = {int(t): i for i, t in enumerate(self.ids)}
     self._images = {i: r["target"] for i, r in enumerate(rows)} if rows else {}
     self._texts = {i: _text(r["text"]) for i, r in enumerate(rows)} if rows else {}
-    self._emb: dict[str, dict[int, np.ndarray]] = {}
+    self._emb: dict[str, ItemCache] = {}
 
   def __len__(self):
     return len(self._src)
@@ -73,14 +74,8 @@ class Catalog:
     return [self._texts[int(i)] for i in np.asarray(idx).reshape(-1)]
 
   def embeddings(self, kind: str, fn, idx) -> np.ndarray:
-    """fn(uint8 images) -> (n, D) embeddings of the items `idx`, each item computed once per run."""
-    cache = self._emb.setdefault(kind, {})
-    idx = np.asarray(idx)
-    todo = [int(i) for i in np.unique(idx) if int(i) not in cache]
-    if todo:
-      for i, e in zip(todo, fn(self.images(np.array(todo)))):
-        cache[i] = e
-    return np.stack([cache[int(i)] for i in idx.reshape(-1)]).reshape(*idx.shape, -1)
+    """fn(uint8 images) -> (n, D) embeddings of the items `idx`, each item computed once per run (per kind)."""
+    return self._emb.setdefault(kind, ItemCache(fn, self.images))(idx)
 
 
 def _text(t) -> str:

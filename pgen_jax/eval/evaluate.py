@@ -40,12 +40,12 @@ from pgen_jax.eval.catalog import Catalog, EvalWindows
 from pgen_jax.eval.measure import MetricModels, metric_model_section
 from pgen_jax.eval.report import write_results
 from pgen_jax.fileio import atomic_directory, write_json
-from pgen_jax.metrics import unit
 from pgen_jax.models.janus import from_uint8
 from pgen_jax.recommenders.build import make, training_windows
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
 from pgen_jax.rewards.hf import load_clip_tokenizer
 from pgen_jax.rewards.models import load_reward_models
+from pgen_jax.rewards.similarity import unit
 from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.scorer.client import profile_text

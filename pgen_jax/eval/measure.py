@@ -1,5 +1,6 @@
 """The evaluation's metric models, apart from the reward's (eval.clip / eval.dino, default the reward's
-grpo.clip / grpo.dino, with a warning), run jitted in fixed-size chunks so each shape compiles once."""
+grpo.clip / grpo.dino, with a warning), run jitted in fixed-size chunks so each shape compiles once. Images
+are embedded as the rewards embed them (rewards.similarity.ImageEncoder)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from flax import nnx
 
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
 from pgen_jax.rewards.hf import tokenize
-from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 
 def metric_model_section(cfg):
@@ -27,19 +27,14 @@ def metric_model_section(cfg):
                                lpips_heads=grpo_cfg.lpips_heads)
 
 
-@nnx.jit(static_argnums=(1, 2))
-def _clip(clip, size, _, x):
-  return clip.get_image_features(preprocess(x, size, size, CLIP_MEAN, CLIP_STD))
+@nnx.jit(static_argnums=(1,))
+def _embed(model, encoder, x):
+  return encoder(model, x)
 
 
 @nnx.jit
 def _clip_text(clip, ids):
   return clip.get_text_features(ids)
-
-
-@nnx.jit(static_argnums=(1, 2))
-def _dino(dino, resize, crop, x):
-  return dino(preprocess(x, resize, crop, IMAGENET_MEAN, IMAGENET_STD)).astype(jnp.float32)
 
 
 @nnx.jit
@@ -89,7 +84,7 @@ class MetricModels:
     return self.m.dino is not None
 
   def clip(self, images: np.ndarray) -> np.ndarray:
-    return _chunked(lambda x: _clip(self.m.clip, self.m.clip_size, 0, x), [images], self.chunk)
+    return _chunked(lambda x: _embed(self.m.clip, self.m.encoder("clip"), x), [images], self.chunk)
 
   @property
   def has_text(self):
@@ -101,8 +96,7 @@ class MetricModels:
     return _chunked(lambda x: _clip_text(self.m.clip, x), [ids], self.chunk)
 
   def dino(self, images: np.ndarray) -> np.ndarray:
-    size = self.m.dino_size
-    return _chunked(lambda x: _dino(self.m.dino, round(size * 256 / 224), size, x), [images], self.chunk)
+    return _chunked(lambda x: _embed(self.m.dino, self.m.encoder("dino"), x), [images], self.chunk)
 
   def pairs(self, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
     """ssim_target and, with LPIPS configured, lpips_target (the distance) of images (W, N, S, S, 3) to their

@@ -15,13 +15,14 @@ Names (all similarities 100 x cosine; one value per image):
                                the user's preferred one
   pixel_genre_hit              the same read off the pixels (nearest signature by colour and stripes)
   nima, profile                from the scorer, when one is configured
+The formulas are pgen_jax.rewards.similarity's, the GRPO rewards' own; numpy inputs run in float64.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pgen_jax.metrics import similarity_to_other_users, unit
+from pgen_jax.rewards import similarity as S
 from pgen_jax.sampling import per_sample
 
 LOWER_IS_BETTER = frozenset({"lpips_target", "cross_user"})
@@ -29,13 +30,11 @@ LOWER_IS_BETTER = frozenset({"lpips_target", "cross_user"})
 
 def image_similarities(prefix: str, g, history, target, future=None) -> dict[str, np.ndarray]:
   """g (W, N, D) image embeddings; history (W, h, D), target (W, D), future (W, p, D) -> {name: (W, N)}."""
-  g, h, t = unit(g), unit(history), unit(target)
-  cos = lambda a, b: 100.0 * np.einsum("wnd,wmd->wnm", a, b)
-  out = {f"{prefix}_target": cos(g, t[:, None])[..., 0],
-         f"{prefix}_history": cos(g, unit(h.mean(1))[:, None])[..., 0],
-         f"{prefix}_history_items": cos(g, h).mean(-1)}
+  out = {f"{prefix}_target": S.to_reference(g, target),
+         f"{prefix}_history": S.to_history(g, history),
+         f"{prefix}_history_items": S.to_each(g, history).mean(-1)}
   if future is not None and future.shape[1]:
-    f = cos(g, unit(future))
+    f = S.to_each(g, future)
     out[f"{prefix}_future"] = f.mean(-1)
     out[f"{prefix}_future_max"] = f.max(-1)
   return out
@@ -43,11 +42,11 @@ def image_similarities(prefix: str, g, history, target, future=None) -> dict[str
 
 def text_similarity(g, text) -> np.ndarray:
   """g (W, N, D) CLIP image embeddings, text (W, D) CLIP text embeddings -> cts (W, N)."""
-  return 100.0 * np.einsum("wnd,wd->wn", unit(g), unit(text))
+  return S.to_reference(g, text)
 
 
 def cross_user(g, users) -> np.ndarray:
   """g (W, N, D), users (W,) -> (W, N): each image's mean cosine x 100 to the images of other users."""
   w, n = g.shape[:2]
   flat = np.asarray(g).reshape(w * n, -1)
-  return 100.0 * similarity_to_other_users(flat, per_sample(np.asarray(users), n)).reshape(w, n)
+  return 100.0 * S.similarity_to_other_users(flat, per_sample(np.asarray(users), n)).reshape(w, n)

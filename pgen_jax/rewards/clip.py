@@ -2,8 +2,8 @@
 
 Parameter paths mirror transformers' CLIPModel (vision_model.*, text_model.*, visual_projection,
 text_projection, logit_scale), so models/hf_params.py maps HF checkpoints; open_clip checkpoints
-are renamed to these keys by rewards/hf.py. Embeddings are L2-normalised by `image_features` /
-`text_features`; similarity scores are 100 * cosine as in the metric literature.
+are renamed to these keys by rewards/hf.py. The features are not normalised; the similarity scores
+(100 x cosine, as in the metric literature) are pgen_jax.rewards.similarity's.
 """
 
 from __future__ import annotations
@@ -172,15 +172,6 @@ class CLIP(nnx.Module):
 
   def get_text_features(self, ids):
     return self.text_projection(self.text_model(ids)).astype(jnp.float32)
-
-
-def normalize(x):
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def similarity(a, b):
-  """100 x cosine similarity of embeddings, row by row."""
-  return 100.0 * jnp.sum(normalize(a) * normalize(b), -1)
 
 
 # Architectures for random-weight runs ("random:<name>" in grpo.clip): timing and memory at the real

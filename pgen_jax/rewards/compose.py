@@ -14,6 +14,7 @@ Terms (each (N,) for N generated images; references per prompt, see in_jit_terms
   fixed         (tests only) a deliberately hackable term: the share of image tokens drawn from one fixed
                 image's few codes, 0..1, computed by the trainer from the tokens; the same image wins
                 for every user, which the hacking defence must catch
+The embeddings and the similarity formulas are pgen_jax.rewards.similarity's, which eval measures with too.
 Only terms with a non-zero weight are computed. The total is the weighted sum of these raw terms, so
 its level means something from step to step (the logged reward_mean). normalize="running" divides
 each term by a running estimate of its spread WITHIN groups (RunningScale) before weighting, so that
@@ -31,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgen_jax.models.janus import from_uint8
-from pgen_jax.rewards.clip import normalize as unit
-from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess, ssim
+from pgen_jax.rewards.image_ops import ssim
+from pgen_jax.rewards.similarity import ImageEncoder, to_each, to_history, to_reference
 
 IN_JIT = ("clip_history", "clip_target", "clip_future", "clip_text", "dino_history", "dino_target", "dino_future",
           "ssim_target", "lpips_target")
@@ -60,9 +61,10 @@ class RewardConfig:
   def active(self) -> dict[str, float]:
     return {k: w for k, w in self.weights if w}
 
-
-def _sim(a, b):
-  return 100.0 * jnp.sum(unit(a) * unit(b), -1)
+  def encoder(self, kind: str) -> ImageEncoder:
+    """How "clip" or "dino" embeds images at this config's sizes."""
+    return ImageEncoder("clip", self.clip_size, self.clip_size) if kind == "clip" else \
+        ImageEncoder("dino", self.dino_crop, self.dino_resize)
 
 
 def group_size(n: int, references: dict) -> int:
@@ -76,13 +78,13 @@ def group_size(n: int, references: dict) -> int:
   return n // b.pop() if b else 1
 
 
-def _encode(encoder, prep, generated, references: dict):
+def _encode(model, encoder: ImageEncoder, generated, references: dict):
   """generated (N, S, S, 3) and the reference images {name: (B, [m,] S, S, 3)} through one encoder call, each
   image once -> (N, D), {name: (B, [m,] D)}. One call, not one per kind: XLA then keeps no buffers alive
   between calls of the same shape (on CPU it shared their bias broadcasts, ~10x the temporaries), and an
   accelerator gets one larger batch."""
   parts = [generated, *references.values()]
-  emb = encoder(prep(jnp.concatenate([x.reshape(-1, *x.shape[-3:]) for x in parts])))
+  emb = encoder(model, jnp.concatenate([x.reshape(-1, *x.shape[-3:]) for x in parts]))
   sizes = np.cumsum([math.prod(x.shape[:-3]) for x in parts])[:-1]
   g, *refs = [e.reshape(*x.shape[:-3], -1) for x, e in zip(parts, jnp.split(emb, sizes))]
   return g, dict(zip(references, refs))
@@ -93,11 +95,11 @@ def _image_terms(prefix: str, want, g, refs: dict) -> dict:
   future (B, p, D)} -> {term: (B, G)}."""
   out = {}
   if f"{prefix}_history" in want:
-    out[f"{prefix}_history"] = _sim(g, unit(refs["history"]).mean(1)[:, None])
+    out[f"{prefix}_history"] = to_history(g, refs["history"])
   if f"{prefix}_target" in want:
-    out[f"{prefix}_target"] = _sim(g, refs["target"][:, None])
+    out[f"{prefix}_target"] = to_reference(g, refs["target"])
   if f"{prefix}_future" in want:
-    out[f"{prefix}_future"] = _sim(g[:, :, None], refs["future"][:, None]).mean(-1)
+    out[f"{prefix}_future"] = to_each(g, refs["future"]).mean(-1)
   return out
 
 
@@ -116,14 +118,12 @@ def in_jit_terms(cfg: RewardConfig, generated, *, history=None, target=None, fut
   out = {}
   needs = lambda prefix: {k: v for k, v in images.items() if f"{prefix}_{k}" in want}
   if any(t.startswith("clip") for t in want):
-    prep = lambda x: preprocess(x, cfg.clip_size, cfg.clip_size, CLIP_MEAN, CLIP_STD)
-    g, refs = _encode(clip.get_image_features, prep, generated, needs("clip"))
+    g, refs = _encode(clip, cfg.encoder("clip"), generated, needs("clip"))
     out.update(_image_terms("clip", want, per_prompt(g), refs))
     if "clip_text" in want:
-      out["clip_text"] = _sim(per_prompt(g), clip.get_text_features(target_text)[:, None])
+      out["clip_text"] = to_reference(per_prompt(g), clip.get_text_features(target_text))
   if any(t.startswith("dino") for t in want):
-    prep = lambda x: preprocess(x, cfg.dino_resize, cfg.dino_crop, IMAGENET_MEAN, IMAGENET_STD)
-    g, refs = _encode(dino, prep, generated, needs("dino"))
+    g, refs = _encode(dino, cfg.encoder("dino"), generated, needs("dino"))
     out.update(_image_terms("dino", want, per_prompt(g), refs))
   if "ssim_target" in want:  # pixels: nothing to encode
     out["ssim_target"] = ssim(generated, jnp.repeat(target, g_size, 0))

@@ -16,7 +16,7 @@ from pgen_jax.models import place_on_mesh
 from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
 from pgen_jax.rewards.hf import load_clip, load_dino, load_lpips
-from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, preprocess
+from pgen_jax.rewards.similarity import ImageEncoder
 
 
 @dataclasses.dataclass
@@ -30,6 +30,10 @@ class RewardModels:
     """A RewardConfig with each model's input size: CLIP its native one, DINO dino_size after a 256/224 resize."""
     return RewardConfig(weights=tuple(weights), normalize=normalize, clip_size=self.clip_size,
                         dino_crop=self.dino_size, dino_resize=round(self.dino_size * 256 / 224))
+
+  def encoder(self, kind: str) -> ImageEncoder:
+    """How "clip" or "dino" embeds images at these models' sizes (the rewards' and eval's alike)."""
+    return self.config(()).encoder(kind)
 
   @property
   def clip_size(self) -> int:
@@ -47,8 +51,7 @@ class RewardModels:
     """CLIP image embeddings (N, D) of uint8 images; without CLIP, the flattened pixels."""
     if self.clip is None:
       return images.reshape(len(images), -1).astype(np.float32)
-    x = preprocess(jnp.asarray(images), self.clip_size, self.clip_size, CLIP_MEAN, CLIP_STD)
-    return np.asarray(self.clip.get_image_features(x))
+    return np.asarray(self.encoder("clip")(self.clip, jnp.asarray(images)))
 
 
 RANDOM = "random:"  # grpo.clip / grpo.dino = "random:<preset>": random weights of that architecture

@@ -26,9 +26,9 @@ import numpy as np
 
 from pgen_jax.data import synthetic
 from pgen_jax.data.genre_probe import fit_classifier
-from pgen_jax.metrics import similarity_to_other_users
 from pgen_jax.rewards.compose import RunningScale, combine
 from pgen_jax.rewards.models import load_reward_models
+from pgen_jax.rewards.similarity import similarity_to_other_users
 from pgen_jax.sampling.sampler import per_sample
 from pgen_jax.scorer.client import profile_text
 from pgen_jax.scorer.launch import scorer_client

@@ -15,7 +15,7 @@ reward's spread collapsing as it began. Signals, logged every GRPO step:
 An alarm needs `patience` consecutive flagged steps. It names the earliest parameters whose samples
 were flagged in that streak (`suspect_from`): a roll-back goes to a checkpoint from before them, since
 a checkpoint whose own samples were flagged is no healthier than the alarm's step. The similarity
-itself is pgen_jax.metrics'.
+itself is pgen_jax.rewards.similarity's.
 """
 
 from __future__ import annotations
