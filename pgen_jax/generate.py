@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from PIL import Image
@@ -28,10 +27,11 @@ from pgen_jax import cli
 from pgen_jax.data.images import ImageSkip, load_rgb, understanding_input
 from pgen_jax.data.pipeline import spec_from_config, store_dir
 from pgen_jax.data.store import builders
-from pgen_jax.errors import InputError
+from pgen_jax.errors import ConfigError, InputError
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
+from pgen_jax.settings import Settings, from_config
 from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint, use_compile_cache
 from pgen_jax.viz import png_bytes
 
@@ -48,14 +48,16 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OUT = flags.DEFINE_string("out", "", "Output directory; default <workdir>/generate/<user-ID|history-...>.")
 
 
-def load_config(workdir: Path):
+def load_config(workdir: Path) -> Settings:
+  """The run's typed settings, from the config.json pgen_jax.main wrote there."""
   path = workdir / "config.json"
   if not path.is_file():
     raise InputError(f"{path}: not found; run `python -m pgen_jax.main --config=...` with this workdir first")
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except (json.JSONDecodeError, TypeError) as e:
-    raise InputError(f"{path}: not a run config ({e}); rerun pgen_jax.main with this workdir") from e
+    return from_config(json.loads(path.read_text()))
+  except (json.JSONDecodeError, TypeError, AttributeError, ConfigError) as e:
+    raise InputError(f"{path}: not a run config of this version ({e}); rerun pgen_jax.main with this "
+                     "workdir") from e
 
 
 def items_by_id(cfg) -> dict[int, dict]:
@@ -166,7 +168,7 @@ def main(argv) -> None:
       raise InputError(f"give exactly one of --user, --history, --history_file (got {chosen or 'none'})")
     workdir = Path(_WORKDIR.value)
     cfg = load_config(workdir)
-    use_compile_cache(cfg.get("compile_cache", ""))  # a config.json from before the key: no cache
+    use_compile_cache(cfg.compile_cache)
     if _USER.value is not None:
       ids = [str(i) for i in user_history(cfg, _USER.value)]
       history, what = history_from_ids(cfg, ids), f"user-{_USER.value}"

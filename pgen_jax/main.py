@@ -104,10 +104,11 @@ STAGES = {
 }
 
 
-def run(cfg, only: tuple[str, ...] | None = None, *, redo: tuple[str, ...] = (), keep_old: bool = False) -> None:
-  """Checks the config, then runs its stages (or `only` these); files the fetch stage brings are checked
-  after it. Stages with results made with other settings stop the run unless `redo` names them (their
-  results are removed first) or `keep_old` (run_settings)."""
+def run(raw, only: tuple[str, ...] | None = None, *, redo: tuple[str, ...] = (), keep_old: bool = False) -> None:
+  """Types and checks the config, then runs its stages (or `only` these); files the fetch stage brings
+  are checked after it. Stages with results made with other settings stop the run unless `redo` names
+  them (their results are removed first) or `keep_old` (run_settings). Below here only the typed
+  settings travel."""
 
   def check(fn, *args, **kw):
     try:
@@ -115,20 +116,20 @@ def run(cfg, only: tuple[str, ...] | None = None, *, redo: tuple[str, ...] = (),
     except ValueError as e:  # every ValueError of the config checks is about the config
       raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
 
-  typed = check(settings.from_config, cfg)  # every section checks itself as it is made
-  stages = typed.stages
-  check(run_config.validate, typed, files="fetch" not in stages + tuple(only or ()))
+  cfg = check(settings.from_config, raw)  # every section checks itself as it is made
+  stages = cfg.stages
+  check(run_config.validate, cfg, files="fetch" not in stages + tuple(only or ()))
   use_compile_cache(cfg.compile_cache)
   run_settings.check(cfg, tuple(only or stages), redo=tuple(redo), keep_old=keep_old)
   if jax.process_index() == 0:  # what pgen_jax.generate reads back to rebuild the prompts and the store
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.workdir) / "config.json", cfg.to_dict())
+    write_json(Path(cfg.workdir) / "config.json", raw.to_dict())
   checked = False
   for stage in only or stages:
     if stage != "fetch" and not checked:
       if "fetch" in stages:
-        check(run_config.validate, typed)
-      check(run_config.check_against_model, typed)
+        check(run_config.validate, cfg)
+      check(run_config.check_against_model, cfg)
       checked = True
     logging.info("stage %s", stage)
     run_settings.record(cfg, stage, tuple(only or stages))

@@ -9,6 +9,7 @@ it logs or saves, where the scorer listens, a later stage's keys) never stop a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -31,9 +32,11 @@ LOGISTICS = {"log_every", "ckpt_every", "keep", "eval_every", "eval_batches", "e
 
 
 def _flat(node, prefix: str = "") -> dict:
+  if dataclasses.is_dataclass(node):  # the typed settings: the same keys as the ConfigDict they came from
+    node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
   out = {}
   for k, v in node.items():
-    if hasattr(v, "items"):
+    if hasattr(v, "items") or dataclasses.is_dataclass(v):
       out.update(_flat(v, f"{prefix}{k}."))
     else:
       out[prefix + k] = json.loads(json.dumps(v))  # tuples -> lists, as the file will hold them

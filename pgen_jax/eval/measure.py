@@ -19,10 +19,10 @@ def metric_model_section(cfg):
   """The section load_reward_models reads, with eval.clip / eval.dino in place of the reward's models."""
   grpo_cfg, eval_cfg = cfg.grpo, cfg.eval
   for key in ("clip", "dino"):
-    if not eval_cfg.get(key) and grpo_cfg.get(key):
+    if not getattr(eval_cfg, key) and getattr(grpo_cfg, key):
       logging.warning("eval.%s is empty: measuring with the reward's model grpo.%s = %s, which GRPO optimised; "
-                      "set eval.%s to an independent model", key, key, grpo_cfg[key], key)
-  return types.SimpleNamespace(clip=eval_cfg.get("clip") or grpo_cfg.clip, dino=eval_cfg.get("dino") or grpo_cfg.dino,
+                      "set eval.%s to an independent model", key, key, getattr(grpo_cfg, key), key)
+  return types.SimpleNamespace(clip=eval_cfg.clip or grpo_cfg.clip, dino=eval_cfg.dino or grpo_cfg.dino,
                                dino_size=grpo_cfg.dino_size, lpips_vgg=grpo_cfg.lpips_vgg,
                                lpips_heads=grpo_cfg.lpips_heads)
 
