@@ -8,9 +8,11 @@ process needs nothing.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
+import numpy as np
 from absl import logging
 
 
@@ -38,3 +40,31 @@ def initialize() -> None:
     return
   logging.info("process %d of %d; %d local / %d global devices", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+
+
+def gather_rows(batch: dict) -> dict:
+  """Every process's rows of a host batch ({name: array}, process-local rows, the same names and
+  per-process row counts everywhere), concatenated in process order: the global batch, the same on
+  every process. Text (object) arrays too. The batch itself on one process."""
+  if jax.process_count() == 1:
+    return batch
+  from jax.experimental import multihost_utils  # lazy: one process never needs it
+  out = {}
+  for k, v in sorted(batch.items()):  # the same order on every process: each key is a collective
+    v = np.asarray(v)
+    if v.dtype.kind in "OU":  # text: as padded utf-8 bytes of its JSON
+      data = np.frombuffer(json.dumps(v.tolist()).encode(), np.uint8)
+      size = int(multihost_utils.process_allgather(np.int64(data.size)).max())
+      parts = multihost_utils.process_allgather(np.pad(data, (0, size - data.size), constant_values=ord(" ")))
+      rows = [json.loads(bytes(p).decode()) for p in parts]
+      out[k] = np.concatenate([np.array(r, dtype=v.dtype if v.dtype.kind == "O" else None).reshape(-1, *v.shape[1:])
+                               for r in rows])
+    else:
+      out[k] = np.asarray(multihost_utils.process_allgather(v, tiled=True))
+  return out
+
+
+def local_rows(x: np.ndarray) -> np.ndarray:
+  """This process's rows of a global host array that gather_rows built (equal parts, in process order)."""
+  n = x.shape[0] // jax.process_count()
+  return x[jax.process_index() * n:(jax.process_index() + 1) * n]

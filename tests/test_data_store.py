@@ -148,3 +148,15 @@ def test_workers_and_hosts(world):
     seen.append([tuple(x) for b in loader for x in b["item_ids"].tolist()])
   assert not set(seen[0]) & set(seen[1])
   assert len(seen[0]) + len(seen[1]) >= len(src) - 1
+
+
+def test_hosts_read_their_rows_of_one_global_order(world):
+  """Two hosts' batches are the rows of one host's batches of twice their size, in process order: the
+  global batch (and so the training) is the same on any number of hosts."""
+  spec, store, _ = world
+  src = HistorySource(spec, str(store), "train")
+  _, one = batches(make_loader(src, batch_size=8, seed=5, shard_index=0, shard_count=1), 3)
+  _, first = batches(make_loader(src, batch_size=4, seed=5, shard_index=0, shard_count=2), 3)
+  _, second = batches(make_loader(src, batch_size=4, seed=5, shard_index=1, shard_count=2), 3)
+  for want, a, b in zip(one, first, second):
+    np.testing.assert_array_equal(np.concatenate([a["item_ids"], b["item_ids"]]), want["item_ids"])

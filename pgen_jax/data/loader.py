@@ -14,6 +14,7 @@ batch on the devices (or copy it) before taking the next.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 
 import grain.python as grain
@@ -114,15 +115,51 @@ def _text(t) -> str:
 def make_loader(source: HistorySource, *, batch_size: int, seed: int = 0, shuffle: bool = True,
                 num_epochs: int | None = None, worker_count: int = 0, drop_remainder: bool = True,
                 shard_index: int | None = None, shard_count: int | None = None) -> grain.DataLoader:
-  """A grain DataLoader over `source`; `batch_size` is per host. Hosts read disjoint shards."""
+  """A grain DataLoader over `source`; `batch_size` is per host. Hosts read disjoint slices of one global
+  order: host i's batch t is rows [i * batch_size, (i + 1) * batch_size) of global batch t, the batch one
+  host reading batch_size x hosts would get (the same examples in the same rows of the global array)."""
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags (e.g. under pytest)
       flags.FLAGS.mark_as_parsed()
   if shard_index is None:
     import jax  # lazy: grain's worker processes import this module and need no jax
     shard_index, shard_count = jax.process_index(), jax.process_count()
-  sampler = grain.IndexSampler(len(source), grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
-                               shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-  return grain.DataLoader(data_source=source, sampler=sampler,
+  sampler = HostSlices(grain.IndexSampler(len(source), grain.NoSharding(), shuffle=shuffle, num_epochs=num_epochs,
+                                          seed=seed), batch_size, shard_index, shard_count, drop_remainder)
+  return grain.DataLoader(data_source=source, sampler=sampler, shard_options=grain.NoSharding(),
                           operations=[grain.Batch(batch_size, drop_remainder=drop_remainder)],
                           worker_count=worker_count)
+
+
+class HostSlices:
+  """Host `index` of `count`'s records of a global sampler, `batch_size` of every `batch_size` x `count`.
+
+  Not grain's ShardOptions: that gives each host a contiguous block of the records, shuffled on its own,
+  so the global batches (and the trained parameters) depended on the number of hosts, and a host's
+  iterator state meant other records on another host. Here the global order is the same for any number
+  of hosts, and every host's iterator state (checkpointed by the primary host alone) is the same.
+  With drop_remainder, an incomplete last global batch is dropped on every host, so all hosts see
+  the same number of batches.
+  """
+
+  def __init__(self, sampler: grain.IndexSampler, batch_size: int, index: int, count: int, drop_remainder: bool):
+    self._sampler, self._b, self._i, self._n = sampler, batch_size, index, count
+    total = len(sampler)
+    if total >= sys.maxsize:  # endless (num_epochs=None)
+      self._len = sys.maxsize
+    else:
+      full, rest = divmod(total, batch_size * count)
+      self._len = full * batch_size + (0 if drop_remainder else min(max(rest - index * batch_size, 0), batch_size))
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    if not 0 <= index < self._len:
+      raise IndexError(f"index {index} out of [0, {self._len})")
+    step, row = divmod(index, self._b)
+    meta = self._sampler[(step * self._n + self._i) * self._b + row]
+    return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
+
+  def __repr__(self) -> str:  # grain checks it when restoring an iterator's state: the same on every host
+    return f"HostSlices({self._sampler!r}, batch_size={self._b}, hosts={self._n})"

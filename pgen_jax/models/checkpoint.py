@@ -86,17 +86,46 @@ def save_janus(model: Janus, path: str | os.PathLike, *, hf_files: str | os.Path
 
   hf_files: a HF checkpoint directory whose config.json and tokenizer/processor files are kept.
   """
+  if jax.process_count() > 1:
+    _save_janus_multihost(model, Path(path).resolve(), hf_files)
+    return
   with atomic_directory(path) as tmp:
-    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    # Every parameter of a Janus has the model's param_dtype.
-    meta = {"format": FORMAT, "model": model.config.to_dict(),
-            "param_dtype": jnp.dtype(jax.tree.leaves(state)[0].dtype).name}
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(tmp / "params", state)
-      ckptr.wait_until_finished()
+    _write_janus(model, tmp, hf_files)
+
+
+def _write_janus(model: Janus, tmp: Path, hf_files, primary: bool = True) -> None:
+  state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  # Every parameter of a Janus has the model's param_dtype.
+  meta = {"format": FORMAT, "model": model.config.to_dict(),
+          "param_dtype": jnp.dtype(jax.tree.leaves(state)[0].dtype).name}
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp / "params", state)
+    ckptr.wait_until_finished()
+  if primary:
     if hf_files is not None:
       copy_hf_side_files(Path(hf_files), tmp / "hf")
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def _save_janus_multihost(model: Janus, path: Path, hf_files) -> None:
+  """save_janus on several processes: orbax's save is collective, every process writing its shards into
+  the same directory (each in a temporary directory of its own, as atomic_directory makes, the processes
+  waited for each other for ever); process 0 writes the rest and renames it, and no process goes on
+  before `path` exists (the next stage loads it on all of them)."""
+  from jax.experimental import multihost_utils  # lazy: one process never needs it
+  if path.exists():
+    raise FileExistsError(f"{path} already exists; choose a new output directory")
+  tmp = path.parent / f".{path.name}.tmp-multihost"
+  primary = jax.process_index() == 0
+  if primary:
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+    tmp.mkdir(parents=True)
+  multihost_utils.sync_global_devices(f"save_janus {path}: start")
+  _write_janus(model, tmp, hf_files, primary)
+  multihost_utils.sync_global_devices(f"save_janus {path}: written")
+  if primary:
+    os.rename(tmp, path)
+  multihost_utils.sync_global_devices(f"save_janus {path}: renamed")
 
 
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

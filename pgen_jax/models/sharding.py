@@ -77,13 +77,34 @@ def path_str(path: tuple) -> str:
 def place_on_mesh(module, mesh: Mesh):
   """An NNX module with its parameters moved to their shardings on `mesh` (spec_for's rules)."""
   graphdef, state = nnx.split(module)
-  return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+  return nnx.merge(graphdef, put_global(state, param_shardings(state, mesh)))
+
+
+def put_global(tree, shardings):
+  """jax.device_put of this process's arrays onto `shardings`, whose values are the same on every process.
+
+  On several processes device arrays go through host memory: put straight onto a replicated sharding
+  that spans processes, they came out broken with this JAX (addressable_shards raises "an argument
+  array had 2 shard(s)", and orbax cannot save them); numpy input is put right."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def put(x, sharding):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(x)), sharding),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), sharding)
+  return jax.tree.map(put, tree, shardings)
 
 
 def to_device(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Host-local batch -> global arrays split over the mesh's batch axes."""
   def put(x):
-    spec = P(BATCH) if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else P()
+    # The global batch's rows decide (every host puts as many): with one row per host on two hosts,
+    # the global 2 split over 2 devices, where this host's 1 alone would have been taken as the whole
+    # (replicated) batch, a different one on each host.
+    rows = x.shape[0] * jax.process_count()
+    spec = P(BATCH) if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else P()
     return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.ascontiguousarray(x))
   return {k: put(v) for k, v in batch.items()}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 # (torchvision index of each conv, output channels); "M" is a 2x2 max-pool.
@@ -17,8 +18,10 @@ VGG16 = [(0, 64), (2, 64), "M", (5, 128), (7, 128), "M", (10, 256), (12, 256), (
          (17, 512), (19, 512), (21, 512), "M", (24, 512), (26, 512), (28, 512)]
 VGG16_OUT = [layer for layer in VGG16 if layer != "M"]
 TAPS = (2, 7, 14, 21, 28)  # the convs whose ReLU outputs LPIPS compares
-SHIFT = jnp.array([-0.030, -0.088, -0.188])
-SCALE = jnp.array([0.458, 0.448, 0.450])
+# numpy, not jnp: a jax array made at import starts the XLA backend, and a multi-host job
+# (pgen_jax.distributed) must join jax.distributed before that
+SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
+SCALE = np.array([0.458, 0.448, 0.450], np.float32)
 
 
 class Head(nnx.Module):

@@ -41,6 +41,7 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax import distributed
 from pgen_jax.data.pipeline import loader_from_config
 from pgen_jax.errors import RunStopped
 from pgen_jax.fileio import write_bytes, write_json
@@ -232,7 +233,7 @@ class StepFunctions:
                                                 grpo_cfg.advantage_eps))
     weights = per_sample(signal if grpo_cfg.dynamic_sampling else np.ones_like(signal),
                          grpo_cfg.group_size).astype(np.float32)
-    dev = {**cur.batch, **to_device({"advantages": adv, "weights": weights}, self.mesh),
+    dev = {**cur.batch, **_to_device_global({"advantages": adv, "weights": weights}, self.mesh),
            "on_policy": self.on_policy[cur.on_policy]}
     metrics = {}
     if weights.any():  # dynamic sampling: a batch without signal is not trained on
@@ -282,7 +283,10 @@ class Rollouts:
 
   def sample(self, at: int, params, ahead: bool) -> Rollout:
     """Draws the next batch and samples it with `params` (rollout index `at`)."""
-    raw = {k: np.array(v) for k, v in next(self.iterator).items()}
+    # Each host reads its rows of the global batch; the rollout (prompts, sampling keys, rewards, advantages)
+    # is then of the global batch on every host, as in one process: the Sampler needs the same inputs on
+    # every host, and the defence's decisions must not differ between hosts.
+    raw = distributed.gather_rows({k: np.array(v) for k, v in next(self.iterator).items()})
     t = time.perf_counter()
     x, pb, roll = self._roll(raw, params, self.defence.sampling_key(jax.random.key(self.cfg.seed + 1), at))
     tokens = np.asarray(roll.tokens)
@@ -290,13 +294,13 @@ class Rollouts:
     job = self._submit(raw, roll)
     # Per prompt (its G samples share it in the update) and per sample.
     uncond, uncond_mask = pb.uncond_rows()  # at their true length, as the sampler prefilled them
-    dev = to_device({"ids": x["ids"], "mask": x["mask"], "uncond": uncond, "uncond_mask": uncond_mask,
-                     "images": x["history"], "tokens": tokens}, self.mesh)
+    dev = _to_device_global({"ids": x["ids"], "mask": x["mask"], "uncond": uncond, "uncond_mask": uncond_mask,
+                             "images": x["history"], "tokens": tokens}, self.mesh)
     if ahead:  # trained after this step's update: old log-probs under the sampling parameters, now
       # (waited for, as the update donates these parameters)
       dev["old_logp"] = jax.block_until_ready(self.fns.old_logp(params, dev))
     else:  # the update's own log-probs stand in (GRPOConfig's on_policy)
-      dev["old_logp"] = to_device({"z": np.zeros(tokens.shape, np.float32)}, self.mesh)["z"]
+      dev["old_logp"] = _to_device_global({"z": np.zeros(tokens.shape, np.float32)}, self.mesh)["z"]
     return Rollout(x=x, batch=dev, job=job, seconds=seconds, on_policy=not ahead)
 
   def validate(self, raw: dict, params) -> float:
@@ -316,7 +320,12 @@ class Validation:
     batch = next(iter(loader), None)
     if batch is None:
       raise ValueError("grpo.eval_every: the validation split has no windows; set data.val_windows >= 1 or grpo.eval_every=0")
-    self.raw = {k: np.array(v) for k, v in batch.items()}
+    self.raw = distributed.gather_rows({k: np.array(v) for k, v in batch.items()})
+
+
+def _to_device_global(batch: dict, mesh) -> dict:
+  """A global host batch (the same on every host) -> global arrays: each host puts its own rows."""
+  return to_device({k: distributed.local_rows(v) for k, v in batch.items()}, mesh)
 
 
 def _step_scalars(scored: Scored, adv, signal, similarity: float, drift: dict, metrics: dict, rewards: Rewards) -> dict:

@@ -17,6 +17,7 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax import distributed
 from pgen_jax.data.genre_probe import genre_hit_rate
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
 from pgen_jax.errors import RunStopped
@@ -161,6 +162,7 @@ def _validation_batches(cfg, prompter: Prompter, n: int, item_tokens: ItemTokens
 
 def _grid(sampler, graphdef, params, frozen, batch, mesh, out: Path, step: int, writer, cfg) -> None:
   """History strip | generated samples | ground truth, one row per validation example."""
+  batch = distributed.gather_rows(batch)  # the Sampler takes the same prompts on every host: the global ones
   rows = min(4, batch["ids"].shape[0])
   sampler.state = jax.device_put(nnx.state(nnx.merge(graphdef, params, frozen)), sampler.state_shardings)
   pb = prompt_batch({k: v[:rows] for k, v in batch.items()}, cfg.prompt.uncond)

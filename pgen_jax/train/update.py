@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax.models.sharding import put_global
+
 TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
 
 
@@ -65,7 +67,7 @@ def init_state(params, tx, seed: int = 0, mesh=None) -> dict[str, Any]:
   if mesh is None:
     return state
   replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), state)
+  return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else put_global(x, replicated), state)
 
 
 def guarded_update(tx, state: dict, loss, grads) -> tuple[dict, dict]:
