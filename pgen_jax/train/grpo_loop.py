@@ -49,8 +49,8 @@ from pgen_jax.models.checkpoint import save_janus
 from pgen_jax.models.janus import from_uint8, to_uint8
 from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import to_device
-from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.rewards.similarity import cross_user_similarity
+from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
 from pgen_jax.train import grpo, update
