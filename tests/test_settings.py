@@ -16,7 +16,7 @@ def test_every_config_file_makes_its_typed_sections(module):
   # the sections hold the config's values, lists as tuples, nested dicts as dicts
   assert s.sft.lr == cfg.sft.lr and s.grpo.group_size == cfg.grpo.group_size and s.data.name == cfg.data.name
   assert s.stages == tuple(cfg.stages) and s.sft.trainable == tuple(cfg.sft.trainable)
-  assert s.grpo.reward_weights == dict(cfg.grpo.reward_weights) and s.fetch.janus["repo"] == cfg.fetch.janus.repo
+  assert s.grpo.reward_weights == dict(cfg.grpo.reward_weights) and s.fetch.janus.repo == cfg.fetch.janus.repo
   assert s.mesh.fsdp == cfg.mesh.fsdp and s.eval.sasrec["dim"] == cfg.eval.sasrec.dim
 
 

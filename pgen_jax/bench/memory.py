@@ -268,7 +268,7 @@ def reward_models(cfg, mesh, stage, images: int, prompts: int):
   weights = {k: v for k, v in cfg.grpo.reward_weights.items()
              if v and (k.startswith("clip") and cfg.grpo.clip or k.startswith("dino") and cfg.grpo.dino)}
   if stage == "eval":  # the eval stage measures every CLIP/DINO metric its models allow
-    weights = {f"{m}_{w}": 1.0 for m in ("clip", "dino") if cfg.grpo[m] for w in ("history", "target", "future")}
+    weights = {f"{m}_{w}": 1.0 for m in ("clip", "dino") if getattr(cfg.grpo, m) for w in ("history", "target", "future")}
   if not weights:
     return []
   clip_gd, clip_st = abstract(lambda: clip_lib.CLIP(clip_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))

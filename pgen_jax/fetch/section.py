@@ -11,14 +11,23 @@ REPOS = ("janus", "clip", "dino", "qwen", "nima")
 
 
 @dataclasses.dataclass(frozen=True)
+class Repo(Section):
+  """One Hub repository at a pinned commit: the files matching `allow`, or the one `file`."""
+  repo: str
+  revision: str
+  allow: tuple = ()
+  file: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class FetchSection(Section):
   where = "fetch"
   hf_endpoint: str        # "": $HF_ENDPOINT, else https://huggingface.co
-  janus: dict             # each of REPOS: repo, revision, and allow (patterns) or file
-  clip: dict
-  dino: dict
-  qwen: dict
-  nima: dict
+  janus: Repo
+  clip: Repo
+  dino: Repo
+  qwen: Repo
+  nima: Repo
   movielens_url: str
   movielens_md5: str
   posters: str            # tmdb, or a folder of <movieId>.jpg
@@ -29,7 +38,7 @@ class FetchSection(Section):
   def check(self) -> None:
     for name in REPOS:
       repo = getattr(self, name)
-      missing = [k for k in ("repo", "revision") if not repo.get(k)]
+      missing = [k for k in ("repo", "revision") if not getattr(repo, k)]
       if missing:
         raise ConfigError(f"fetch.{name}: {', '.join(missing)} empty; name the Hub repository and its commit")
     positive(self, "lock_timeout")

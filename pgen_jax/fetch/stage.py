@@ -69,7 +69,7 @@ def fetch_from_config(cfg) -> dict:
       hub.download_file(fetch_cfg.nima.repo, fetch_cfg.nima.revision, fetch_cfg.nima.file, dest,
                         hf_endpoint=fetch_cfg.hf_endpoint)
     else:
-      spec = fetch_cfg[what]
+      spec = getattr(fetch_cfg, what)
       hub.download_repo(spec.repo, spec.revision, dest, allow=list(spec.allow), hf_endpoint=fetch_cfg.hf_endpoint,
                         lock_timeout=fetch_cfg.lock_timeout)
     done[key] = str(dest)
