@@ -31,21 +31,20 @@ def mesh_from_config(cfg):
   return make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
 
 
-def model_from_config(cfg, mesh, checkpoint: str | Path | None = None, *, remat="none") -> Janus:
-  """The configured Janus on the mesh: from `checkpoint` (default model.checkpoint) or a seeded init.
-  remat: the decoder layers' policy in the training forward (a training stage passes its own)."""
+def model_from_config(cfg, mesh, checkpoint: str | Path | None = None) -> Janus:
+  """The configured Janus on the mesh: from `checkpoint` (default model.checkpoint) or a seeded init."""
   dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
-  options = dict(remat=remat, attention_impl=cfg.model.attention)
   path = checkpoint or cfg.model.checkpoint
   if path:
-    model = load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype, **options)
+    model = load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
   else:
     logging.warning("model.checkpoint is empty: using a randomly initialised %s (seed %d)", cfg.model.preset,
                     cfg.seed)
     model = place_on_mesh(Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype,
-                                param_dtype=param_dtype, **options), mesh)
+                                param_dtype=param_dtype), mesh)
   if checkpoint is None:  # a training result already holds the tokenizer it was trained with
     load_trained_tokenizer(cfg, model)
+  model.language_model.attention_impl = cfg.model.attention
   return model
 
 

@@ -92,13 +92,12 @@ def spec(shape, dtype, mesh, axes=()) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, fit_spec(shape, axes, mesh)))
 
 
-def abstract_model(cfg, mesh, remat="none"):
-  """(graphdef, abstract sharded state, model config) of the configured architecture, built with the
-  configured attention kernel and this remat policy (a training stage's)."""
+def abstract_model(cfg, mesh):
+  """(graphdef, abstract sharded state, model config) of the configured architecture."""
   config = preset(_PRESET.value or cfg.model.preset)
   model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype),
-                                       param_dtype=jnp.dtype(cfg.model.param_dtype), remat=remat_policy(remat),
-                                       attention_impl=cfg.model.attention))
+                                       param_dtype=jnp.dtype(cfg.model.param_dtype)))
+  model.language_model.attention_impl = cfg.model.attention
   graphdef, state = nnx.split(model)
   shardings = param_shardings(state, mesh)
   return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
@@ -157,10 +156,10 @@ def decode_step(cfg, mesh, graphdef, state, config, prompts, samples, length):
   kvh, hd, layers = lm_cfg.num_key_value_heads, lm_cfg.dim_per_head, lm_cfg.num_hidden_layers
   rows, own = 2 * prompts * samples, config.num_image_tokens - 1
   uncond_len = sampler_inputs(cfg, mesh, config, prompts, samples, length)[2].shape[1]
-  # all layers' keys and values, stacked as the model keeps them: (L, B, KVH, S, D)
-  kv = lambda b, s: spec((layers, b, kvh, s, hd), dtype, mesh, (None, BATCH, "tensor"))
-  prefix_c, prefix_u, cache = ((kv(b, s), kv(b, s))
-                               for b, s in ((prompts, length), (prompts, uncond_len), (rows, own)))
+  kv = lambda b, s: spec((b, kvh, s, hd), dtype, mesh, (BATCH, "tensor"))
+  prefix_c = [(kv(prompts, length), kv(prompts, length)) for _ in range(layers)]
+  prefix_u = [(kv(prompts, uncond_len), kv(prompts, uncond_len)) for _ in range(layers)]
+  cache = [(kv(rows, own), kv(rows, own)) for _ in range(layers)]
 
   def step(state, tok, prefix_c, mask_c, prefix_u, mask_u, cache, i):
     model = nnx.merge(graphdef, state)
@@ -202,7 +201,7 @@ def train_state(graphdef, state, cfg, section, mesh):
 
 def sft_stage(cfg, mesh, graphdef, state, config):
   b, length = cfg.sft.batch_size, prompt_len(cfg, config.num_image_tokens)
-  graphdef = abstract_model(cfg, mesh, cfg.sft.remat)[0]
+  graphdef = set_remat(graphdef, state, cfg.sft.remat)
   params, frozen, tx, full = train_state(graphdef, state, cfg, cfg.sft, mesh)
   size = config.vision.image_size
   batch = {"ids": spec((b, length), jnp.int32, mesh, (BATCH,)), "uncond": spec((b, length), jnp.int32, mesh, (BATCH,)),
@@ -218,10 +217,16 @@ def sft_stage(cfg, mesh, graphdef, state, config):
   return [measure("sft", "train_step", fn, full, frozen, batch)]
 
 
+def set_remat(graphdef, state, policy):
+  model = nnx.merge(graphdef, state)
+  model.language_model.remat = remat_policy(policy)
+  return nnx.split(model)[0]
+
+
 def grpo_stage(cfg, mesh, graphdef, state, config):
   grpo_cfg = cfg.grpo
   rows = rollout(cfg, mesh, graphdef, state, config, stage="grpo")
-  graphdef = abstract_model(cfg, mesh, grpo_cfg.remat)[0]
+  graphdef = set_remat(graphdef, state, grpo_cfg.remat)
   params, frozen, tx, full = train_state(graphdef, state, cfg, grpo_cfg, mesh)
   b, n = grpo_cfg.prompts_per_step, grpo_cfg.group_size
   length = prompt_len(cfg, config.num_image_tokens)

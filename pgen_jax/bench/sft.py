@@ -93,18 +93,11 @@ def main(argv):
     sys.exit(1)
 
 
-def with_remat(model, policy: str):
-  """The same parameters in a Janus built with this remat policy (part of the graphdef)."""
-  abstract = nnx.eval_shape(lambda: Janus(model.config, nnx.Rngs(0), dtype=model.language_model.dtype,
-                                          param_dtype=jnp.float32, remat=policy))
-  return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
-
-
 def time_step(model, mesh, batch_size: int, policy: str) -> dict:
   """Times the train step at one batch and remat policy; prints a line and returns its figures."""
   cfg = model.config
   micro = _MICRO.value or batch_size
-  model = with_remat(model, policy)
+  model.language_model.remat = policy
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
   tx = update.make_optimizer(1e-5, 10, 1000, 0.9, 0.95, 0.0, 1.0)
   state = update.init_state(params, tx, mesh=mesh)

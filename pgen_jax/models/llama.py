@@ -1,9 +1,7 @@
 """The LLaMA-style decoder of Janus-Pro (DeepSeek-LLM): RMSNorm, RoPE, SwiGLU, grouped-query attention.
 
 Keys and values are kept heads-major, (B, KVH, S, D), the layout the attention dots read, so a KV
-cache is never transposed. The decoder layers are one DecoderLayer whose parameters carry a leading
-layer axis, and every forward is one lax.scan over it; KV caches and prefixes are stacked the same
-way, (L, B, KVH, S, D). - a full forward, or prefill / one-token decode against a preallocated cache;
+cache is never transposed. - a full forward, or prefill / one-token decode against a preallocated cache;
 - `return_kv=True` hands back each layer's keys and values: a prompt's prefix, to share;
 - `prefixes=`: continuation rows that attend to shared prefixes' keys and values plus their own
   (causal); rows are laid out per prefix, then per prompt, then per sample, so G samples of one
@@ -23,7 +21,7 @@ from pgen_jax.models import attention as attn
 from pgen_jax.models.config import TextConfig
 from pgen_jax.models.layers import RMSNorm, linear
 
-KVCache = tuple[jax.Array, jax.Array]  # keys, values: (L, B, KVH, S, D) each, all layers stacked
+KVCache = tuple[jax.Array, jax.Array]  # (B, KVH, S, D) each
 
 # Decoder-layer rematerialisation policies: what the backward pass keeps instead of recomputing.
 REMAT = {
@@ -41,8 +39,8 @@ def remat_policy(value) -> str:
 
 @dataclasses.dataclass
 class Prefix:
-  """A shared prompt prefix: its keys and values, (L, B, KVH, P, D) each, and its key mask (B, P)."""
-  kv: KVCache
+  """A shared prompt prefix: per layer (k, v) of shape (B, KVH, P, D), and its key mask (B, P)."""
+  kv: list
   mask: jax.Array
 
 
@@ -72,20 +70,18 @@ class Attention(nnx.Module):
     self.v_proj = linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, rngs, **kw)
     self.o_proj = linear(self.num_heads * self.head_dim, cfg.hidden_size, rngs, **kw)
 
-  def __call__(self, x, cos, sin, ctx: "Context", cache: KVCache | None = None, prefix_kv=None, layer=None):
-    """cache: all layers' (L, B, KVH, S, D) keys and values; this one, `layer`, writes its new positions
-    into them (in place, nothing else of the cache is rewritten) and returns them."""
+  def __call__(self, x, cos, sin, ctx: "Context", cache: KVCache | None = None, prefix_kv=None):
     b, t, _ = x.shape
     heads = lambda y, n: y.reshape(b, t, n, self.head_dim).transpose(0, 2, 1, 3)
     q = apply_rope(heads(self.q_proj(x), self.num_heads), cos, sin)
     k = apply_rope(heads(self.k_proj(x), self.num_kv_heads), cos, sin)
     v = heads(self.v_proj(x), self.num_kv_heads)
     if cache is not None:
-      start = (layer, 0, 0, ctx.cache_index, 0)
-      kv = tuple(jax.lax.dynamic_update_slice(c, new.astype(c.dtype)[None], start) for c, new in zip(cache, (k, v)))
-      k, v = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in kv)
-    else:
-      kv = (k, v)
+      ck, cv = cache
+      start = (0, 0, ctx.cache_index, 0)
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
+    kv = (k, v)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     causal_q = ctx.cache_index + jnp.arange(t)
     if prefix_kv is None:
@@ -144,92 +140,77 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
     self.mlp = MLP(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, x, cos, sin, ctx: Context, cache=None, prefix_kv=None, layer=None):
-    h, kv = self.self_attn(self.input_layernorm(x), cos, sin, ctx, cache, prefix_kv, layer)
+  def __call__(self, x, cos, sin, ctx: Context, cache=None, prefix_kv=None):
+    h, kv = self.self_attn(self.input_layernorm(x), cos, sin, ctx, cache, prefix_kv)
     x = x + h
     return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
-def stacked_layers(cfg: TextConfig, rngs: nnx.Rngs, **kw) -> DecoderLayer:
-  """cfg.num_hidden_layers DecoderLayers as one whose every parameter has a leading layer axis.
-
-  Initialised layer by layer and stacked once here (the values of separate inits, in order); loading a
-  checkpoint builds it under nnx.eval_shape, so nothing is allocated twice."""
-  layers = [DecoderLayer(cfg, rngs, **kw) for _ in range(cfg.num_hidden_layers)]
-  stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *[nnx.state(layer) for layer in layers])
-  return nnx.merge(nnx.graphdef(layers[0]), stacked)
-
-
 class LlamaModel(nnx.Module):
-  """remat: the backward's policy for the layers of a forward without a cache (a REMAT key, or a bool);
-  attention_impl: the attention kernel (pgen_jax.models.attention.IMPLS). Both are static, part of the
-  graphdef: a stage that needs other ones builds or loads the model with them."""
-
-  def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32, remat="none",
-               attention_impl: str = "auto"):
+  def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
     self.cfg = cfg
     self.dtype = dtype
-    self.remat = remat_policy(remat)
-    if self.remat not in REMAT:
-      raise ValueError(f"remat {remat!r}: use one of {', '.join(REMAT)} (or a bool)")
-    if attention_impl not in attn.IMPLS:
-      raise ValueError(f"attention implementation {attention_impl!r}: use one of {', '.join(attn.IMPLS)}")
-    self.attention_impl = attention_impl
+    # Set by the training stages: the decoder-layer remat policy (a key of REMAT) and
+    # the attention kernel (pgen_jax.models.attention.IMPLS).
+    self.remat = "none"
+    self.attention_impl = "auto"
     self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                   embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.layers = stacked_layers(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
+                            for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
 
-  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> list[KVCache]:
     dtype = dtype or self.dtype or jnp.float32
-    return (jnp.zeros(self.cache_shape(batch, max_len), dtype),) * 2
+    return [(jnp.zeros(self.cache_shape(batch, max_len), dtype),) * 2 for _ in self.layers]
 
   def cache_shape(self, batch: int, length: int) -> tuple[int, ...]:
-    """Of the keys (and of the values) of all layers: (L, B, KVH, S, D)."""
-    return (self.cfg.num_hidden_layers, batch, self.cfg.num_key_value_heads, length, self.cfg.dim_per_head)
+    return (batch, self.cfg.num_key_value_heads, length, self.cfg.dim_per_head)
 
   def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None, return_kv=True):
-    """The layers as one lax.scan over their stacked weights.
-
-    Without a cache, each step is under jax.checkpoint when remat is set: inside a scan the backward
-    keeps only each layer's input (and what the policy saves), which XLA honours on every backend (an
-    unrolled loop of checkpointed layers is not rematerialised by XLA's CPU pipeline). With a cache,
-    the whole stacked cache is the carry and each layer writes its new positions into it in place.
-    Each step casts its layer's matrices to the compute dtype (linear layers would anyway), so the
-    fp32 parameters are never copied as a whole; norms keep their dtype.
-    """
     cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
     x = x if self.dtype is None else x.astype(self.dtype)
-    graphdef, weights = nnx.split(self.layers)
-    prefix_kv = None if prefix is None else [p.kv for p in prefix]
-    cast = lambda w: w.astype(self.dtype) if self.dtype is not None and w.ndim >= 2 else w
-
-    def layer(h, w, layer_prefix, layer_cache=None, i=None):
-      return nnx.merge(graphdef, jax.tree.map(cast, w))(h, cos, sin, ctx, layer_cache, layer_prefix, i)
-
-    if cache is not None:
-      def cached(carry, xs):
-        (h, kv), (w, layer_prefix, i) = carry, xs
-        return layer(h, w, layer_prefix, kv, i), None
-
-      (x, cache), _ = jax.lax.scan(cached, (x, tuple(cache)),
-                                   (weights, prefix_kv, jnp.arange(self.cfg.num_hidden_layers)))
-      return self.norm(x), cache
-
-    def body(h, xs):
-      h, kv = layer(h, *xs)
-      return h, (kv if return_kv else None)
-
-    if self.remat != "none":
-      body = jax.checkpoint(body, policy=REMAT[self.remat])
-    x, kvs = jax.lax.scan(body, x, (weights, prefix_kv))
+    name = remat_policy(self.remat)
+    if name != "none" and cache is None:
+      x, kvs = self._scanned(x, cos, sin, ctx, prefix, REMAT[name], return_kv)
+      return self.norm(x), kvs
+    kvs = []
+    for i, layer in enumerate(self.layers):
+      layer_prefix = None if prefix is None else [p.kv[i] for p in prefix]
+      layer_cache = None if cache is None else cache[i]
+      x, kv = layer(x, cos, sin, ctx, layer_cache, layer_prefix)
+      kvs.append(kv)
     return self.norm(x), kvs
 
+  def _scanned(self, x, cos, sin, ctx, prefix, policy, return_kv):
+    """The layers as one lax.scan over their stacked weights, each step under jax.checkpoint.
+
+    Inside a scan the backward keeps only each layer's input (and what `policy` saves), which XLA
+    honours on every backend; an unrolled loop of checkpointed layers is not rematerialised by XLA's
+    CPU pipeline, so its memory analysis could not show remat. It also compiles one layer, not all.
+    Weights are cast to the compute dtype before stacking (linear layers cast them anyway), so the
+    stacked copy and its gradient are compute-dtype sized; norms keep their dtype.
+    """
+    graphdef = nnx.graphdef(self.layers[0])
+    cast = lambda w: w.astype(self.dtype) if self.dtype is not None and w.ndim >= 2 else w
+    weights = jax.tree.map(lambda *ws: jnp.stack([cast(w) for w in ws]),
+                           *[nnx.state(layer) for layer in self.layers])
+    stacked_prefix = None if prefix is None else [
+        tuple(jnp.stack([p.kv[i][j] for i in range(len(self.layers))]) for j in range(2)) for p in prefix]
+
+    def body(h, xs):
+      w, layer_prefix = xs
+      h, kv = nnx.merge(graphdef, w)(h, cos, sin, ctx, None, layer_prefix)
+      return h, (kv if return_kv else None)
+
+    x, kvs = jax.lax.scan(jax.checkpoint(body, policy=policy), x, (weights, stacked_prefix))
+    return x, ([(kvs[0][i], kvs[1][i]) for i in range(len(self.layers))] if return_kv else [])
+
   def __call__(self, inputs_embeds, positions=None, attention_mask=None,
-               cache: KVCache | None = None, cache_index=0, *, return_kv: bool = False,
+               cache: list[KVCache] | None = None, cache_index=0, *, return_kv: bool = False,
                prefixes: list[Prefix] | None = None):
     """inputs_embeds (B, T, D) -> last hidden state (B, T, D), and the updated cache (or, with
-    return_kv, all layers' keys and values, (L, B, KVH, T, D) each) or None.
+    return_kv, each layer's keys and values) or None.
 
     positions: (B, T) RoPE positions, default arange. attention_mask: (B, S) booleans over keys
     (S = T, or the cache length when a cache is given); False marks padding.

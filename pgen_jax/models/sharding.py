@@ -31,9 +31,6 @@ RULES: list[tuple[str, tuple]] = [
     (r"vqmodel/.*kernel", (None, None, None, "fsdp")),  # conv HWIO: split output channels
     (r".*", ()),  # norms, biases, small tensors: replicated
 ]
-# The decoder layers' parameters carry a leading layer axis: it stays whole (each scan step reads one
-# layer), the rules above apply to the rest.
-STACKED = r"language_model/layers/(?!\d)"
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
@@ -67,8 +64,6 @@ def fit_spec(shape: tuple[int, ...], axes: tuple, mesh: Mesh) -> P:
 
 
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-  if re.search(STACKED, path):
-    return P(None, *spec_for(re.sub(STACKED, "language_model/layer/", path), shape[1:], mesh))
   for pattern, axes in RULES:
     if re.search(pattern, path):
       return fit_spec(shape, axes, mesh)

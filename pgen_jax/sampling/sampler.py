@@ -117,9 +117,8 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, samp
   feats = model.get_image_features(images) if images.shape[0] else None
   cond_emb = model.embed_inputs(ids, image_features=feats)
   uncond_emb = model.embed_inputs(uncond, image_features=feats if uncond_images else None)
-  constrain = lambda x, axes=(BATCH,): x if mesh is None else jax.lax.with_sharding_constraint(
-      x, NamedSharding(mesh, fit_spec(x.shape, axes, mesh)))
-  layered = lambda x: constrain(x, (None, BATCH))  # all layers' keys or values: (L, B, KVH, S, D)
+  constrain = lambda x: x if mesh is None else jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, fit_spec(x.shape, (BATCH,), mesh)))
 
   def prefill(emb, m):
     positions = jnp.maximum(jnp.cumsum(m, axis=1) - 1, 0)
@@ -152,10 +151,10 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, samp
   cache, done = None, 0
   for length in phase_lengths(num_tokens, sampling.decode_phases):
     if cache is None:
-      cache = tuple(layered(jnp.zeros(lm.cache_shape(2 * b * n, length), dtype)) for _ in "kv")
+      cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, length), dtype)) for _ in "kv") for _ in lm.layers]
     else:
-      pad = ((0, 0), (0, 0), (0, 0), (0, length - done), (0, 0))
-      cache = tuple(layered(jnp.pad(c, pad)) for c in cache)
+      pad = ((0, 0), (0, 0), (0, length - done), (0, 0))
+      cache = [tuple(constrain(jnp.pad(c, pad)) for c in layer) for layer in cache]
     cache, tokens, logps, tok = jax.lax.fori_loop(done + 1, min(length, num_tokens - 1) + 1, step,
                                                   (cache, tokens, logps, tok))
     done = length
