@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -38,8 +37,7 @@ from pgen_jax.models.sharding import BATCH
 from pgen_jax.models.vq import VQModel, l2_normalize
 from pgen_jax.rewards.hf import load_lpips
 from pgen_jax.setup import mesh_from_config, model_from_config, tokenizer_dir
-from pgen_jax.train import update
-from pgen_jax.train.checkpoints import Checkpoints
+from pgen_jax.train import harness, update
 from pgen_jax.viz import save_grid
 
 
@@ -126,10 +124,8 @@ def codebook_usage(tokens: np.ndarray, k: int) -> dict:
 
 def run_vq(cfg) -> dict:
   out, c = tokenizer_dir(cfg).parent, cfg.vq
-  if (out / "final").exists():
-    logging.info("vq already finished: %s", out / "final")
-    return json.loads((out / "summary.json").read_text())
-  out.mkdir(parents=True, exist_ok=True)
+  if (done := harness.finished("vq", out)) is not None:
+    return done
   mesh = mesh_from_config(cfg)
   vq = model_from_config(cfg, mesh).vqmodel
   graphdef, params, rest = nnx.split(vq, nnx.Param, ...)
@@ -152,26 +148,17 @@ def run_vq(cfg) -> dict:
                     in_shardings=(replicated, state_sh, jax.tree.map(lambda x: x.sharding, rest),
                                   jax.tree.map(lambda x: x.sharding, lpips_state)),
                     out_shardings=(state_sh, replicated))
-  ckpts = Checkpoints(out, keep=c.keep)
-  restored = ckpts.restore_latest(state)
-  step = 0
-  if restored is not None:
-    step, state, _ = restored
-    logging.info("resumed vq at step %d", step)
-  writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=c.num_steps, writer=writer, every_steps=c.log_every)
-  while step < c.num_steps:
-    state, metrics = step_fn(train_images, state, rest, lpips_state)
-    step += 1
-    progress(step)
-    if step % c.log_every == 0 or step == c.num_steps:
-      m = jax.device_get(metrics)
-      writer.write_scalars(step, {k: float(v) for k, v in m.items()})
+  loop = harness.Harness("vq", out, num_steps=c.num_steps, log_every=c.log_every, ckpt_every=c.ckpt_every,
+                         keep=c.keep)
+  step, state, _ = loop.resume(state)
+
+  def log_line(step, state, m):
+    if m is not None:
       logging.info("vq step %d/%d: l2 %.4f%s, live codes %d, restarted %d", step, c.num_steps, m["l2"],
                    f", lpips {m['perceptual']:.4f}" if "perceptual" in m else "", m["live_codes"], m["restarted"])
-    if step % c.ckpt_every == 0 or step == c.num_steps:
-      ckpts.save(step, state, "")
-  ckpts.wait()
+
+  state = loop.run(step, state, lambda _, state: step_fn(train_images, state, rest, lpips_state), after=log_line)
+  loop.ckpts.wait()
   nnx.update(vq, state["params"])
   recs, tokens = reconstruct(vq, images)
   summary = {"steps": c.num_steps, "psnr_heldout": float(psnr(recs[held_idx], images[held_idx]).mean()),
@@ -179,13 +166,13 @@ def run_vq(cfg) -> dict:
              "heldout_items": int(len(held_idx)), "codebook": codebook_usage(tokens, vq.quantize.embedding.num_embeddings),
              "skipped_steps": int(jax.device_get(state["skipped"]))}
   rows = held_idx[:8]
-  save_grid(images[rows][:, None], recs[rows], images[rows], out, c.num_steps, writer)
-  writer.write_scalars(c.num_steps, {"psnr_heldout": summary["psnr_heldout"],
-                                     "codebook_used": summary["codebook"]["used"]})
-  writer.flush()
+  save_grid(images[rows][:, None], recs[rows], images[rows], out, c.num_steps, loop.writer)
+  loop.writer.write_scalars(c.num_steps, {"psnr_heldout": summary["psnr_heldout"],
+                                          "codebook_used": summary["codebook"]["used"]})
+  loop.writer.flush()
   write_json(out / "summary.json", summary)
   with atomic_directory(out / "final") as tmp, ocp.StandardCheckpointer() as ckptr:
     ckptr.save(tmp / "params", nnx.to_pure_dict(nnx.state(vq, nnx.Param)))
-  ckpts.close()
+  loop.close()
   logging.info("vq done: %s", json.dumps(summary))
   return summary
