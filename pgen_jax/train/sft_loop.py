@@ -13,14 +13,12 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax import distributed
 from pgen_jax.data.genre_probe import genre_hit_rate
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
-from pgen_jax.errors import RunStopped
 from pgen_jax.fileio import write_json
 from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
 from pgen_jax.models.llama import remat_policy
@@ -28,14 +26,9 @@ from pgen_jax.models.sharding import to_device
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.setup import mesh_from_config, model_from_config
-from pgen_jax.train import sft, update
-from pgen_jax.train.checkpoints import Checkpoints
+from pgen_jax.train import harness, sft, update
 from pgen_jax.train.item_tokens import ItemTokens
 from pgen_jax.viz import save_grid
-
-
-class NonFiniteError(RunStopped):
-  pass
 
 
 def sft_dir(cfg) -> Path:
@@ -44,9 +37,8 @@ def sft_dir(cfg) -> Path:
 
 def run_sft(cfg) -> dict:
   out = sft_dir(cfg)
-  if (out / "final").exists():
-    logging.info("SFT already finished: %s", out / "final")
-    return json.loads((out / "summary.json").read_text())
+  if (done := harness.finished("SFT", out)) is not None:
+    return done
   out.mkdir(parents=True, exist_ok=True)
   sft_cfg = cfg.sft
   mesh = mesh_from_config(cfg)
@@ -76,69 +68,53 @@ def run_sft(cfg) -> dict:
                        in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, replicated))
   eval_step = jax.jit(functools.partial(sft.eval_loss, graphdef), out_shardings=replicated)
 
-  ckpts = Checkpoints(out, keep=sft_cfg.keep)
+  loop = harness.Harness("SFT", out, num_steps=total, log_every=sft_cfg.log_every, ckpt_every=sft_cfg.ckpt_every,
+                         keep=sft_cfg.keep, max_bad_steps=sft_cfg.max_bad_steps)
   it = iter(train_loader)
-  restored = ckpts.restore_latest(state)
-  summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-  if restored is not None:
-    start, state, data_state = restored
+  start, state, data_state = loop.resume(state)
+  if data_state is not None:
     it.set_state(data_state.encode())
-    logging.info("resumed SFT at step %d", start)
-  else:
-    start = 0
-  writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=sft_cfg.log_every)
+  summary = harness.load_summary(out)
   item_tokens = ItemTokens.build(cfg, model) if sft_cfg.pretokenize else None
   val_batches = _validation_batches(cfg, prompter, sft_cfg.eval_batches, item_tokens)
   sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=sft_cfg.cfg_weight, num_samples=sft_cfg.grid_samples))
 
-  def evaluate(step):
-    losses = [float(eval_step(state["params"], frozen, to_device(b, mesh))) for b in val_batches]
+  def evaluate(step, params):
+    losses = [float(eval_step(params, frozen, to_device(b, mesh))) for b in val_batches]
     val = float(np.mean(losses))
-    writer.write_scalars(step, {"val_loss": val})
+    loop.writer.write_scalars(step, {"val_loss": val})
     summary.setdefault("initial_val_loss", val)
     summary["val_loss"] = val
     write_json(out / "summary.json", summary)  # persists across a kill, like the checkpoints
     return val
 
-  if start == 0:
-    evaluate(0)
-  step = start
-  while step < total:
+  def train(step, state):
     raw = next(it)
     batch = prompter(raw)
-    batch = to_device(item_tokens.replace_target(batch, raw) if item_tokens else batch, mesh)
-    state, metrics = train_step(state, frozen, batch)
-    step += 1
-    progress(step)
-    if step % sft_cfg.log_every == 0 or step == total:
-      m = jax.device_get(metrics)
-      writer.write_scalars(step, {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-                                  "skipped_steps": int(m["skipped"])})
-      if int(m["bad_streak"]) >= sft_cfg.max_bad_steps:
-        ckpts.wait()
-        raise NonFiniteError(f"SFT stopped at step {step}: {int(m['bad_streak'])} steps in a row had a non-finite "
-                             f"loss or gradient ({int(m['skipped'])} skipped in all); the last good checkpoint "
-                             f"is step {ckpts.latest.latest_step()} in {out / 'latest'}")
-    if step % sft_cfg.eval_every == 0 or step == total:
-      val = evaluate(step)
-      ckpts.save_best(step, state["params"], val)
-      _grid(sampler, graphdef, state["params"], frozen, val_batches[0], mesh, out, step, writer, cfg)
-    if step % sft_cfg.ckpt_every == 0 or step == total:
-      if int(jax.device_get(state["bad_streak"])) == 0:  # never checkpoint in the middle of a bad streak
-        ckpts.save(step, state, it.get_state())
-  ckpts.wait()
+    return train_step(state, frozen, to_device(item_tokens.replace_target(batch, raw) if item_tokens else batch, mesh))
+
+  def eval_and_grid(step, state, m):
+    if loop.due(step, sft_cfg.eval_every):
+      val = evaluate(step, state["params"])
+      loop.ckpts.save_best(step, state["params"], val)
+      _grid(sampler, graphdef, state["params"], frozen, val_batches[0], mesh, out, step, loop.writer, cfg)
+
+  if start == 0:
+    evaluate(0, state["params"])
+  report = lambda _, m: {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "skipped_steps": int(m["skipped"])}
+  state = loop.run(start, state, train, report=report, after=eval_and_grid, data_state=it.get_state)
+  loop.ckpts.wait()
   summary.update(steps=total, skipped_steps=int(jax.device_get(state["skipped"])))
   write_json(out / "summary.json", summary)
   final = nnx.merge(graphdef, state["params"], frozen)
   if cfg.data.name == "synthetic" and sft_cfg.genre_probe:
     summary["genre_probe"] = genre_hit_rate(cfg, final, mesh, prompter)
-    writer.write_scalars(total, {"genre_hit_rate": summary["genre_probe"]["hit_rate"]})
+    loop.writer.write_scalars(total, {"genre_hit_rate": summary["genre_probe"]["hit_rate"]})
     write_json(out / "summary.json", summary)
-  writer.flush()
+  loop.writer.flush()
   ckpt = cfg.model.checkpoint
   save_janus(final, out / "final", hf_files=(Path(ckpt) / "hf" if is_pgen_checkpoint(ckpt) else ckpt) if ckpt else None)
-  ckpts.close()
+  loop.close()
   logging.info("SFT done: %s", json.dumps(summary))
   return summary
 
