@@ -44,10 +44,10 @@ def get_config(preset: str = ""):
   c.grpo.ckpt_every = 1000
   c.grpo.grid_every = 1000
   c.grpo.eval_every = 0                # no validation rollouts, so no best/ checkpoint: the card's disk is 64 GiB
-  c.grpo.clip = "random:vit-h-14"
-  c.grpo.dino = "random:dinov2-large"
-  c.grpo.scorer_nima = ""
-  c.grpo.scorer_qwen = ""
+  c.reward_models.clip = "random:vit-h-14"
+  c.reward_models.dino = "random:dinov2-large"
+  c.reward_models.scorer_nima = ""
+  c.reward_models.scorer_qwen = ""
   c.eval.windows = 8                   # one sampler batch (eval.batch_size) per generator
   c.eval.bootstrap = 100
   c.eval.report_users = 2
@@ -59,9 +59,9 @@ def get_config(preset: str = ""):
     c.data.image_size = 16             # the tiny model's image size
     c.data.workers = 0
     c.prompt.max_text_tokens = 8
-    c.grpo.clip = "random:tiny"
-    c.grpo.dino = "random:tiny"
-    c.grpo.dino_size = 28
+    c.reward_models.clip = "random:tiny"
+    c.reward_models.dino = "random:tiny"
+    c.reward_models.dino_size = 28
   elif preset:
     raise ValueError(f"configs/accel_run1.py:{preset}: unknown preset; use no suffix or ':tiny'")
   return c

@@ -2,7 +2,7 @@
 weights, CLIP ViT-H-14 and DINOv2-L architectures with random weights, the synthetic world at 384px.
 
   python -m pgen_jax.main --config=configs/bench_grpo_1b.py
-  # with a scorer running at grpo.scorer_url (python -m pgen_jax.scorer serve --nima=... --qwen=...):
+  # with a scorer running at reward_models.scorer_url (python -m pgen_jax.scorer serve --nima=... --qwen=...):
   python -m pgen_jax.main --config=configs/bench_grpo_1b.py --config.grpo.reward_weights.profile=1.0
 
 Read time/rollout, time/reward, time/scorer_wait, time/update and time/step per step from the log (or
@@ -27,6 +27,6 @@ def get_config():
   c.grpo.ckpt_every = 1000             # no checkpoint but the final one
   c.grpo.grid_every = 1000
   c.grpo.eval_every = 0                # timing only: no validation rollouts
-  c.grpo.clip = "random:vit-h-14"
-  c.grpo.dino = "random:dinov2-large"
+  c.reward_models.clip = "random:vit-h-14"
+  c.reward_models.dino = "random:dinov2-large"
   return c

@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.vq.warmup_steps = 20
   c.vq.clip = 1.0
   c.vq.beta = 0.25                     # commitment weight
-  c.vq.perceptual = 0.0                # weight of an LPIPS term beside L2 (grpo.lpips_vgg + grpo.lpips_heads); 0: off
+  c.vq.perceptual = 0.0                # weight of an LPIPS term beside L2 (reward_models.lpips_vgg + reward_models.lpips_heads); 0: off
   c.vq.restart_every = 25              # steps between dead-code restarts
   c.vq.restart_below = 0.05            # dead: running usage below this share of the uniform rate
   c.vq.usage_decay = 0.9
@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.b1 = 0.9                      # AdamW, as sft.*
   c.grpo.b2 = 0.95
   c.grpo.weight_decay = 0.0
-  c.grpo.grad_clip = 1.0               # global gradient norm (grpo.clip is the CLIP reward model)
+  c.grpo.grad_clip = 1.0               # global gradient norm (reward_models.clip is the CLIP reward model)
   c.grpo.beta = 0.01                   # KL to the reference (the starting policy); 0 skips it
   c.grpo.eps_low = 0.2
   c.grpo.eps_high = 0.28               # clip-higher (DAPO); set equal to eps_low for symmetric clipping
@@ -120,17 +120,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.reward_weights = ml_collections.ConfigDict(
       dict(clip_history=1.0, clip_future=1.0, dino_target=0.5, profile=0.0, nima=0.0, fixed=0.0))  # fixed: tests only
   c.grpo.reward_normalize = "none"     # none: raw weighted sum | running: terms / running within-group spread
-  c.grpo.clip = ""                     # CLIP directory (transformers or open_clip), e.g. ViT-H-14 laion2b
-  c.grpo.dino = ""                     # DINOv2 directory
-  c.grpo.dino_size = 224               # DINO input size (Pigeon's protocol); positions resampled to it
-  c.grpo.lpips_vgg = ""                # torchvision VGG16 weights, for lpips_target
-  c.grpo.lpips_heads = ""              # lpips' weights/v0.1/vgg.pth
-  c.grpo.scorer_url = "http://127.0.0.1:8765"
-  c.grpo.scorer_token = ""
-  c.grpo.scorer_nima = ""              # NIMA weights (pyiqa's file): the job's own scorer loads them
-  c.grpo.scorer_qwen = ""              # Qwen2.5-VL directory (transformers layout), for the profile term
-  c.grpo.scorer_start = True           # start the scorer when profile/nima have weight and none answers
-  c.grpo.scorer_device = ""            # torch device of a started scorer: "" = cuda when present, else cpu
   c.grpo.diversity_weight = 0.0        # penalty for resembling other users' images
   c.grpo.fixed_seed = 0
   c.grpo.log_every = 10
@@ -150,10 +139,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.defence_diversity_factor = 2.0
   c.grpo.defence_max_rollbacks = 3     # then stop
 
+  # The frozen reward and metric models vq (LPIPS), grpo (rewards), eval (metrics) and fetch share;
+  # the scorer process serves NIMA and Qwen2.5-VL.
+  c.reward_models = ml_collections.ConfigDict()
+  c.reward_models.clip = ""                # CLIP directory (transformers or open_clip), e.g. ViT-H-14 laion2b
+  c.reward_models.dino = ""                # DINOv2 directory
+  c.reward_models.dino_size = 224          # DINO input size (Pigeon's protocol); positions resampled to it
+  c.reward_models.lpips_vgg = ""           # torchvision VGG16 weights, for lpips_target
+  c.reward_models.lpips_heads = ""         # lpips' weights/v0.1/vgg.pth
+  c.reward_models.scorer_url = "http://127.0.0.1:8765"
+  c.reward_models.scorer_token = ""
+  c.reward_models.scorer_nima = ""         # NIMA weights (pyiqa's file): the job's own scorer loads them
+  c.reward_models.scorer_qwen = ""         # Qwen2.5-VL directory (transformers layout), for the profile term
+  c.reward_models.scorer_start = True      # start the scorer when profile/nima have weight and none answers
+  c.reward_models.scorer_device = ""       # torch device of a started scorer: "" = cuda when present, else cpu
+
   c.eval = ml_collections.ConfigDict()  # the comparison: recommenders and generators on the same windows
-  c.eval.clip = ""                     # metric CLIP; "": grpo.clip (the optimised reward, with a warning)
-  c.eval.dino = ""                     # metric DINO; "": grpo.dino
-  c.eval.scorer_terms = ()             # nima, profile: per image from the scorer (grpo.scorer_*; started if none)
+  c.eval.clip = ""                     # metric CLIP; "": reward_models.clip (the optimised reward, with a warning)
+  c.eval.dino = ""                     # metric DINO; "": reward_models.dino
+  c.eval.scorer_terms = ()             # nima, profile: per image from the scorer (reward_models.scorer_*; started if none)
   c.eval.recommenders = ("random", "pop", "itemknn", "lastitem", "sasrec")
   c.eval.generators = ("zero_shot", "sft", "grpo")  # rows for those that exist
   c.eval.sasrec = ml_collections.ConfigDict(dict(dim=64, layers=2, heads=1, dropout=0.2, lr=1e-3, weight_decay=0.0,
@@ -181,19 +185,19 @@ def base_config() -> ml_collections.ConfigDict:
       repo="deepseek-community/Janus-Pro-1B",
       revision="1655280bb75959cc1cb85529a2a8b26e7016072e",
       allow=("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")))
-  c.fetch.clip = ml_collections.ConfigDict(dict(   # -> grpo.clip (open_clip layout and its tokenizer)
+  c.fetch.clip = ml_collections.ConfigDict(dict(   # -> reward_models.clip (open_clip layout and its tokenizer)
       repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
       revision="1c2b8495b28150b8a4922ee1c8edee224c284c0c",
       allow=("open_clip_config.json", "open_clip_model.safetensors", "tokenizer*", "vocab.json", "merges.txt",
              "special_tokens_map.json")))
-  c.fetch.dino = ml_collections.ConfigDict(dict(   # -> grpo.dino
+  c.fetch.dino = ml_collections.ConfigDict(dict(   # -> reward_models.dino
       repo="facebook/dinov2-large",
       revision="47b73eefe95e8d44ec3623f8890bd894b6ea2d6c", allow=("config.json", "model.safetensors",
                                                              "preprocessor_config.json")))
-  c.fetch.qwen = ml_collections.ConfigDict(dict(   # -> grpo.scorer_qwen, when reward_weights.profile > 0
+  c.fetch.qwen = ml_collections.ConfigDict(dict(   # -> reward_models.scorer_qwen, when reward_weights.profile > 0
       repo="Qwen/Qwen2.5-VL-7B-Instruct",
       revision="cc594898137f460bfe9f0759e9844b3ce807cfb5", allow=("*.json", "*.safetensors", "*.txt", "*.jinja")))
-  c.fetch.nima = ml_collections.ConfigDict(dict(   # -> grpo.scorer_nima, when reward_weights.nima > 0
+  c.fetch.nima = ml_collections.ConfigDict(dict(   # -> reward_models.scorer_nima, when reward_weights.nima > 0
       repo="chaofengc/IQA-PyTorch-Weights",
       revision="0df2df423c65f6a64209309695f3845727431027", file="NIMA_InceptionV2_ava-b0c77c00.pth"))
   c.fetch.movielens_url = "https://files.grouplens.org/datasets/movielens"  # <url>/<data.version>.zip(.md5)

@@ -26,9 +26,9 @@ def get_config():
   c.sft.grad_accum = 4
   c.grpo.remat = "full"
   c.grpo.micro_batch = 1
-  c.grpo.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout
-  c.grpo.dino = "checkpoints/dinov2-large"
-  c.grpo.scorer_nima = "checkpoints/NIMA_InceptionV2_ava.pth"
-  c.grpo.scorer_qwen = "checkpoints/Qwen2.5-VL-7B-Instruct"
+  c.reward_models.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout
+  c.reward_models.dino = "checkpoints/dinov2-large"
+  c.reward_models.scorer_nima = "checkpoints/NIMA_InceptionV2_ava.pth"
+  c.reward_models.scorer_qwen = "checkpoints/Qwen2.5-VL-7B-Instruct"
   c.export.dir = "runs/movielens/hf"
   return c

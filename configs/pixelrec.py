@@ -11,7 +11,7 @@ def get_config():
   c.prompt.uncond_pads = "drop"        # the CFG row is BOS + BOI, not thousands of attended pads
   c.data.name = "pixelrec"
   c.data.root = "data/pixelrec"
-  c.grpo.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout
-  c.grpo.dino = "checkpoints/dinov2-large"
+  c.reward_models.clip = "checkpoints/CLIP-ViT-H-14-laion2B-s32B-b79K"  # open_clip or transformers layout
+  c.reward_models.dino = "checkpoints/dinov2-large"
   c.export.dir = "runs/pixelrec/hf"
   return c

@@ -14,8 +14,7 @@ from pathlib import Path
 from pgen_jax.errors import ConfigError
 from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
 from pgen_jax.models.config import PRESETS, JanusConfig, preset
-from pgen_jax.rewards import clip, dino
-from pgen_jax.rewards.models import RANDOM, random_preset
+from pgen_jax.rewards.models import RANDOM
 from pgen_jax.sampling.prompts import PromptTemplate, max_prompt_len
 from pgen_jax.sampling.tokenizers import load_tokenizer
 from pgen_jax.scorer.launch import answers
@@ -44,11 +43,13 @@ def validate(s: Settings, *, files: bool = True) -> None:
                       f"{size}")
   if "vq" in s.stages:
     _check_vq(s, files)
-  if "grpo" in s.stages or "eval" in s.stages:
-    for key, value, presets in (("grpo.clip", s.grpo.clip, clip.PRESETS), ("grpo.dino", s.grpo.dino, dino.PRESETS)):
-      random_preset(value, presets, key)  # an unknown preset name raises, naming the key
-    if files:
-      _require_files({f"grpo.{k}": getattr(s.grpo, k) for k in ("clip", "dino", "lpips_vgg", "lpips_heads")})
+  r = s.reward_models
+  if "grpo" in s.stages and s.grpo.reward == "models":
+    for term in ("clip", "dino"):
+      if any(w for k, w in s.grpo.reward_weights.items() if k.startswith(term + "_")) and not getattr(r, term):
+        raise ConfigError(f"{r.key(term)}: empty, but grpo.reward_weights gives {term}_* terms a weight")
+  if files and ("grpo" in s.stages or "eval" in s.stages):
+    _require_files({r.key(k): getattr(r, k) for k in ("clip", "dino", "lpips_vgg", "lpips_heads")})
   if "grpo" in s.stages and s.grpo.reward in SYNTHETIC_ONLY and s.data.name != "synthetic":
     raise ConfigError(f"grpo.reward: {s.grpo.reward!r} judges the synthetic world's genres; with "
                       f"data.name={s.data.name!r} use models")
@@ -63,11 +64,12 @@ def _check_vq(s: Settings, files: bool) -> None:
   if s.vq.crop % patch or s.vq.crop > s.data.image_size:
     raise ConfigError(f"vq.crop: {s.vq.crop!r}; use 0 (whole images) or a multiple of the patch size {patch} "
                       f"up to data.image_size")
-  if s.vq.perceptual and not (s.grpo.lpips_vgg and s.grpo.lpips_heads):
-    raise ConfigError("vq.perceptual: the LPIPS term needs its weights; set grpo.lpips_vgg (torchvision's "
-                      "VGG16 weights, .pth) and grpo.lpips_heads (lpips' weights/v0.1/vgg.pth)")
+  r = s.reward_models
+  if s.vq.perceptual and not (r.lpips_vgg and r.lpips_heads):
+    raise ConfigError("vq.perceptual: the LPIPS term needs its weights; set reward_models.lpips_vgg (torchvision's "
+                      "VGG16 weights, .pth) and reward_models.lpips_heads (lpips' weights/v0.1/vgg.pth)")
   if s.vq.perceptual and files:
-    _require_files({"grpo.lpips_vgg": s.grpo.lpips_vgg, "grpo.lpips_heads": s.grpo.lpips_heads})
+    _require_files({r.key(k): getattr(r, k) for k in ("lpips_vgg", "lpips_heads")})
 
 
 def _require_files(paths: dict[str, str]) -> None:
@@ -119,17 +121,18 @@ def check_against_model(s: Settings) -> None:
 
 
 def _check_scorer(s: Settings) -> None:
-  """The scorer terms need a scorer answering at grpo.scorer_url, or what the job needs to start one."""
-  g = s.grpo
+  """The scorer terms need a scorer answering at reward_models.scorer_url, or what the job needs to start one."""
+  g, r = s.grpo, s.reward_models
   need = [t for t in ("profile", "nima") if g.reward == "models" and g.reward_weights.get(t, 0)]
-  if not need or answers(g.scorer_url):
+  if not need or answers(r.scorer_url):
     return
-  if not g.scorer_start:
-    raise ConfigError(f"grpo.scorer_start: False and nothing answers at grpo.scorer_url {g.scorer_url}, but "
-                      f"grpo.reward_weights gives {need} a weight; start the scorer or set grpo.scorer_start=True")
+  if not r.scorer_start:
+    raise ConfigError(f"reward_models.scorer_start: False and nothing answers at reward_models.scorer_url "
+                      f"{r.scorer_url}, but grpo.reward_weights gives {need} a weight; start the scorer or set "
+                      "reward_models.scorer_start=True")
   for term in need:
     key = "scorer_qwen" if term == "profile" else "scorer_nima"
-    if not getattr(g, key) or not Path(getattr(g, key)).exists():
-      raise ConfigError(f"grpo.{key}: {getattr(g, key) or 'empty'} is not there, and nothing answers at "
-                        f"{g.scorer_url}, but grpo.reward_weights.{term} is {g.reward_weights[term]}; download it "
+    if not getattr(r, key) or not Path(getattr(r, key)).exists():
+      raise ConfigError(f"{r.key(key)}: {getattr(r, key) or 'empty'} is not there, and nothing answers at "
+                        f"{r.scorer_url}, but grpo.reward_weights.{term} is {g.reward_weights[term]}; download it "
                         "(the fetch stage) or start a scorer there")

@@ -23,7 +23,7 @@ FILE = "settings.json"
 # The config sections each stage's results depend on, and the stage whose results it starts from. The
 # eval stage is not here: it records its own setup and redoes what was measured otherwise (eval/).
 SECTIONS = {"vq": ("seed", "model", "data", "vq"), "sft": ("seed", "model", "data", "prompt", "sft"),
-            "grpo": ("seed", "model", "data", "prompt", "grpo")}
+            "grpo": ("seed", "model", "data", "prompt", "grpo", "reward_models")}
 STARTS_FROM = {"vq": None, "sft": "vq", "grpo": "sft"}
 # Keys (their last part, or the whole dotted key) that change how a stage runs or reports, not its results.
 LOGISTICS = {"log_every", "ckpt_every", "keep", "eval_every", "eval_batches", "eval_batch_size", "grid_every",

@@ -10,6 +10,7 @@ from pgen_jax.errors import ConfigError
 from pgen_jax.eval.section import EvalSection
 from pgen_jax.fetch.section import FetchSection
 from pgen_jax.models.section import MeshSection, ModelSection
+from pgen_jax.rewards.section import RewardModelsSection
 from pgen_jax.sampling.section import PromptSection
 from pgen_jax.sections import Section, make
 from pgen_jax.train.sections import GRPOSection, SFTSection, VQSection
@@ -36,6 +37,7 @@ class Settings(Section):
   vq: VQSection
   sft: SFTSection
   grpo: GRPOSection
+  reward_models: RewardModelsSection
   eval: EvalSection
   export: ExportSection
   fetch: FetchSection

@@ -19,8 +19,8 @@ KEYS = {"stage", "function", "preset", "devices", "argument_gb", "output_gb", "t
 SHAPE = ["--preset=tiny", "--config.data.image_size=16", "--config.data.history_len=1",
          "--config.grpo.prompts_per_step=2", "--config.grpo.group_size=2", "--config.grpo.micro_batch=1",
          "--config.sft.batch_size=2", "--config.eval.batch_size=2", "--config.eval.samples=2",
-         "--config.grpo.clip=random:tiny", "--config.grpo.dino=random:tiny", "--config.model.dtype=float32",
-         "--config.prompt.max_text_tokens=4", "--config.grpo.dino_size=16", "--config.prompt.uncond_pads=drop"]
+         "--config.reward_models.clip=random:tiny", "--config.reward_models.dino=random:tiny", "--config.model.dtype=float32",
+         "--config.prompt.max_text_tokens=4", "--config.reward_models.dino_size=16", "--config.prompt.uncond_pads=drop"]
 
 
 def start_stage(stage: str, devices: int, *args: str, config: str = "configs/demo.py", **streams) -> subprocess.Popen:
@@ -81,8 +81,8 @@ def test_every_stage_on_two_fake_devices(stage, functions):
 EIGHT = ["--preset=tiny", "--config.data.image_size=16", "--config.data.history_len=1", "--config.data.future_len=1",
          "--config.prompt.max_text_tokens=4", "--config.sft.batch_size=16", "--config.sft.grad_accum=2",
          "--config.grpo.prompts_per_step=8", "--config.grpo.group_size=2", "--config.eval.batch_size=8",
-         "--config.eval.samples=1", "--config.grpo.clip=random:tiny", "--config.grpo.dino=random:tiny",
-         "--config.grpo.dino_size=16"]
+         "--config.eval.samples=1", "--config.reward_models.clip=random:tiny", "--config.reward_models.dino=random:tiny",
+         "--config.reward_models.dino_size=16"]
 
 
 def test_eight_devices_need_no_involuntary_reshards(tmp_path):

@@ -47,12 +47,12 @@ def evaluated(tmp_path_factory):
   heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
   torch.save(heads, tmp / "vgg.pth")
   torch.save({"params": NIMA().eval().state_dict()}, tmp / "nima.pth")  # the job starts its scorer with it
-  args = ["--config=configs/demo.py", f"--config.grpo.scorer_nima={tmp / 'nima.pth'}",
-          f"--config.grpo.scorer_url={closed_port_url()}", "--config.grpo.scorer_device=cpu",
+  args = ["--config=configs/demo.py", f"--config.reward_models.scorer_nima={tmp / 'nima.pth'}",
+          f"--config.reward_models.scorer_url={closed_port_url()}", "--config.reward_models.scorer_device=cpu",
           "--config.eval.scorer_terms=('nima',)", f"--config.workdir={tmp}/run", f"--config.data.root={tmp}/world",
           "--config.sft.num_steps=10", "--config.sft.genre_probe=False", "--config.sft.eval_every=10",
-          f"--config.eval.clip={tmp / 'clip'}", f"--config.eval.dino={tmp / 'dino'}", "--config.grpo.dino_size=28",
-          f"--config.grpo.lpips_vgg={tmp / 'vgg16.pth'}", f"--config.grpo.lpips_heads={tmp / 'vgg.pth'}",
+          f"--config.eval.clip={tmp / 'clip'}", f"--config.eval.dino={tmp / 'dino'}", "--config.reward_models.dino_size=28",
+          f"--config.reward_models.lpips_vgg={tmp / 'vgg16.pth'}", f"--config.reward_models.lpips_heads={tmp / 'vgg.pth'}",
           "--config.eval.samples=2", "--config.eval.windows=5", "--config.eval.batch_size=2",
           "--config.eval.report_users=5", "--config.eval.sasrec.epochs=3"]
   run = run_main(ROOT, *args, "--config.stages=('prepare','sft','eval')")

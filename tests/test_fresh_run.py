@@ -82,7 +82,7 @@ def test_fresh_clone_runs_every_stage_from_downloads(tmp_path):
          "--config.sft.batch_size=2", "--config.sft.grad_accum=1", "--config.sft.num_steps=2",
              "--config.sft.warmup_steps=1",
          "--config.sft.eval_every=2", "--config.sft.eval_batches=1", "--config.sft.eval_batch_size=2",
-         "--config.sft.ckpt_every=2", "--config.sft.grid_samples=1", "--config.grpo.dino_size=28",
+         "--config.sft.ckpt_every=2", "--config.sft.grid_samples=1", "--config.reward_models.dino_size=28",
          "--config.eval.samples=1", "--config.eval.windows=2", "--config.eval.batch_size=2"],
         cwd=clone, capture_output=True, text=True,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "HF_ENDPOINT": sites.url, "HF_HUB_OFFLINE": "0",

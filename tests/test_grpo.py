@@ -83,8 +83,8 @@ def hacked_models_args(workdir, world, tmp_path, **over):
     dinov2(28).save_pretrained(tmp_path / "dino")
   opts = dict(reward="models", lr=5e-3, logprobs="cfg", sample_ahead=False, eval_every=0, log_every=1)
   opts.update(over)
-  return [*grpo_args(workdir, world, "prepare", "grpo", **opts), f"--config.grpo.clip={tmp_path / 'clip'}",
-          f"--config.grpo.dino={tmp_path / 'dino'}", "--config.grpo.dino_size=28",
+  return [*grpo_args(workdir, world, "prepare", "grpo", **opts), f"--config.reward_models.clip={tmp_path / 'clip'}",
+          f"--config.reward_models.dino={tmp_path / 'dino'}", "--config.reward_models.dino_size=28",
           "--config.grpo.reward_weights.fixed=1000.0"]
 
 
@@ -190,8 +190,8 @@ def test_logged_reward_is_the_weighted_raw_terms(tmp_path, world):
   run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="models", num_steps=3, group_size=4,
                                   prompts_per_step=4, log_every=1, ckpt_every=3, beta=0.01, logprobs="cond",
                                   save_rollouts=1, eval_every=3),
-                 "--config.model.dtype=bfloat16", f"--config.grpo.clip={tmp_path / 'clip'}",
-                 f"--config.grpo.dino={tmp_path / 'dino'}", "--config.grpo.dino_size=28",
+                 "--config.model.dtype=bfloat16", f"--config.reward_models.clip={tmp_path / 'clip'}",
+                 f"--config.reward_models.dino={tmp_path / 'dino'}", "--config.reward_models.dino_size=28",
                  "--config.grpo.reward_weights.clip_history=1.0", "--config.grpo.reward_weights.clip_future=1.0",
                  "--config.grpo.reward_weights.dino_target=0.5")
   assert run.returncode == 0, run.stderr[-3000:]
@@ -320,8 +320,8 @@ def test_benchmark_config_runs_at_small_shapes(tmp_path):
   """configs/bench_grpo_1b.py, shrunk to CPU size: random CLIP/DINO presets load and the split is logged."""
   run = run_main(ROOT, "--config=configs/bench_grpo_1b.py", f"--config.workdir={tmp_path}",
                  f"--config.data.root={tmp_path}/world", "--config.model.preset=demo", "--config.data.image_size=32",
-                 "--config.data.history_len=2", "--config.grpo.clip=random:tiny", "--config.grpo.dino=random:tiny",
-                 "--config.grpo.dino_size=28", "--config.grpo.num_steps=2", "--config.grpo.prompts_per_step=2",
+                 "--config.data.history_len=2", "--config.reward_models.clip=random:tiny", "--config.reward_models.dino=random:tiny",
+                 "--config.reward_models.dino_size=28", "--config.grpo.num_steps=2", "--config.grpo.prompts_per_step=2",
                  "--config.grpo.group_size=2", "--config.data.workers=0")
   assert run.returncode == 0, run.stderr[-3000:]
   for key in ("time/rollout", "time/reward", "time/scorer_wait", "time/update", "reward/clip_history_mean",

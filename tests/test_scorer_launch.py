@@ -60,11 +60,11 @@ def test_started_restarted_and_stopped(tmp_path, nima_file):
 
 def test_nothing_to_start_is_a_one_line_error(tmp_path):
   url = closed_port_url()
-  with pytest.raises(ScorerUnavailable, match=f"nothing answers at {url}.*grpo.scorer_nima"):
+  with pytest.raises(ScorerUnavailable, match=f"nothing answers at {url}.*reward_models.scorer_nima"):
     launch.scorer_client(grpo_config(url), tmp_path)
-  with pytest.raises(ScorerUnavailable, match="grpo.scorer_nima: /no/nima.pth does not exist"):
+  with pytest.raises(ScorerUnavailable, match="reward_models.scorer_nima: /no/nima.pth does not exist"):
     launch.scorer_client(grpo_config(url, "/no/nima.pth"), tmp_path)
-  with pytest.raises(ScorerUnavailable, match="grpo.scorer_start=True"):
+  with pytest.raises(ScorerUnavailable, match="reward_models.scorer_start=True"):
     launch.scorer_client(grpo_config(url, start=False), tmp_path)
 
 

@@ -100,11 +100,11 @@ def test_cross_stage_checks_run_before_the_first_stage(tmp_path):
 def test_scorer_terms_without_a_scorer_fail_before_the_first_stage(tmp_path):
   from fake_sites import closed_port_url
   args = ["--config=configs/demo.py", "--config.stages=('prepare','grpo')", f"--config.workdir={tmp_path}",
-          f"--config.data.root={tmp_path}/world", "--config.grpo.reward=models", "--config.grpo.dino=",
+          f"--config.data.root={tmp_path}/world", "--config.grpo.reward=models", "--config.reward_models.dino=",
           "--config.grpo.reward_weights.dino_target=0", "--config.grpo.reward_weights.clip_history=0",
           "--config.grpo.reward_weights.clip_future=0", "--config.grpo.reward_weights.nima=1.0",
-          f"--config.grpo.scorer_url={closed_port_url()}"]
-  one_line(run_main(*args), 2, "config error: grpo.scorer_nima: empty is not there, and nothing answers at")
+          f"--config.reward_models.scorer_url={closed_port_url()}"]
+  one_line(run_main(*args), 2, "config error: reward_models.scorer_nima: empty is not there, and nothing answers at")
   assert not (tmp_path / "world").exists()
 
 

@@ -68,7 +68,7 @@ def test_perceptual_term_adds_the_torch_lpips_of_the_reconstruction(tmp_path):
   np.testing.assert_allclose(float(loss) - float(plain), 0.5 * want.mean().item(), rtol=1e-3)
   # ... and the stage trains with it: the term is logged
   run = run_main(ROOT, *vq_args(tmp_path / "run", tmp_path / "store", steps=4), "--config.vq.perceptual=0.5",
-                 f"--config.grpo.lpips_vgg={tmp_path / 'vgg16.pth'}", f"--config.grpo.lpips_heads={tmp_path / 'vgg.pth'}")
+                 f"--config.reward_models.lpips_vgg={tmp_path / 'vgg16.pth'}", f"--config.reward_models.lpips_heads={tmp_path / 'vgg.pth'}")
   assert run.returncode == 0, run.stderr[-3000:]
   assert "vq step 4/4: l2" in run.stderr and ", lpips " in run.stderr
   assert (tmp_path / "run" / "vq" / "final").exists()

@@ -268,17 +268,18 @@ def reward_models(cfg, mesh, stage, images: int, prompts: int):
 
   # "random:<preset>" names the architecture; a directory is taken to hold the paper's models.
   arch = lambda spec, presets, default: presets[spec[len(RANDOM):]] if spec.startswith(RANDOM) else presets[default]
-  clip_cfg = arch(cfg.grpo.clip, clip_lib.PRESETS, "vit-h-14")
-  dino_cfg = dataclasses.replace(arch(cfg.grpo.dino, dino_lib.PRESETS, "dinov2-large"), image_size=cfg.grpo.dino_size)
+  clip_cfg = arch(cfg.reward_models.clip, clip_lib.PRESETS, "vit-h-14")
+  models = cfg.reward_models
+  dino_cfg = dataclasses.replace(arch(models.dino, dino_lib.PRESETS, "dinov2-large"), image_size=models.dino_size)
   weights = {k: v for k, v in cfg.grpo.reward_weights.items()
-             if v and (k.startswith("clip") and cfg.grpo.clip or k.startswith("dino") and cfg.grpo.dino)}
+             if v and (k.startswith("clip") and cfg.reward_models.clip or k.startswith("dino") and cfg.reward_models.dino)}
   if stage == "eval":  # the eval stage measures every CLIP/DINO metric its models allow
-    weights = {f"{m}_{w}": 1.0 for m in ("clip", "dino") if getattr(cfg.grpo, m) for w in ("history", "target", "future")}
+    weights = {f"{m}_{w}": 1.0 for m in ("clip", "dino") if getattr(cfg.reward_models, m) for w in ("history", "target", "future")}
   if not weights:
     return []
   clip_gd, clip_st = abstract(lambda: clip_lib.CLIP(clip_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
   dino_gd, dino_st = abstract(lambda: dino_lib.Dino(dino_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
-  holder = RewardModels(dino_size=cfg.grpo.dino_size)
+  holder = RewardModels(dino_size=cfg.reward_models.dino_size)
   holder.clip = nnx.merge(clip_gd, clip_st)
   rcfg = holder.config(tuple(weights.items()))
 

@@ -104,7 +104,7 @@ class Comparison:
     self.target_text = self.models.text(self.catalog.texts(w.target)) if self.models.has_text else None
     # nima / profile from the scorer; the judge reads each window's history as a profile
     self.scorer_terms = list(self.eval_cfg.scorer_terms)
-    self.scorer = scorer_client(cfg.grpo, cfg.workdir) if self.scorer_terms else None
+    self.scorer = scorer_client(cfg.reward_models, cfg.workdir) if self.scorer_terms else None
     self.profiles = np.array([profile_text(self.catalog.texts(h)) for h in w.history], dtype=object)
 
   def measure(self, images: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -177,13 +177,12 @@ class _GenreProbe:
 
 def setup_digest(cfg) -> str:
   """What a method's values depend on besides the method: the data, the windows, N, the metric models."""
-  eval_cfg = cfg.eval
+  eval_cfg, models = cfg.eval, cfg.reward_models
   keys = {"data": spec_from_config(cfg).fingerprint(), "samples": eval_cfg.samples, "per_user": eval_cfg.per_user,
           "windows": eval_cfg.windows, "report_users": eval_cfg.report_users, "cfg_weight": eval_cfg.cfg_weight,
           "temperature": eval_cfg.temperature, "seed": eval_cfg.seed,
-          "clip": eval_cfg.clip or cfg.grpo.clip, "dino": eval_cfg.dino or cfg.grpo.dino,
-          "dino_size": cfg.grpo.dino_size,
-          "lpips": [cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads], "scorer_terms": list(eval_cfg.scorer_terms),
+          "clip": eval_cfg.clip or models.clip, "dino": eval_cfg.dino or models.dino, "dino_size": models.dino_size,
+          "lpips": [models.lpips_vgg, models.lpips_heads], "scorer_terms": list(eval_cfg.scorer_terms),
           "sasrec": dict(eval_cfg.sasrec), "seed_run": cfg.seed}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,10 +1,10 @@
 """The evaluation's metric models, apart from the reward's (eval.clip / eval.dino, default the reward's
-grpo.clip / grpo.dino, with a warning), run jitted in fixed-size chunks so each shape compiles once. Images
+reward_models.clip / .dino, with a warning), run jitted in fixed-size chunks so each shape compiles once. Images
 are embedded as the rewards embed them (rewards.similarity.ImageEncoder)."""
 
 from __future__ import annotations
 
-import types
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,18 +13,17 @@ from flax import nnx
 
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
 from pgen_jax.rewards.hf import tokenize
+from pgen_jax.rewards.section import RewardModelsSection
 
 
-def metric_model_section(cfg):
-  """The section load_reward_models reads, with eval.clip / eval.dino in place of the reward's models."""
-  grpo_cfg, eval_cfg = cfg.grpo, cfg.eval
+def metric_model_section(cfg) -> RewardModelsSection:
+  """The reward_models section with eval.clip / eval.dino in place of the reward's models."""
+  models, eval_cfg = cfg.reward_models, cfg.eval
   for key in ("clip", "dino"):
-    if not getattr(eval_cfg, key) and getattr(grpo_cfg, key):
-      logging.warning("eval.%s is empty: measuring with the reward's model grpo.%s = %s, which GRPO optimised; "
-                      "set eval.%s to an independent model", key, key, getattr(grpo_cfg, key), key)
-  return types.SimpleNamespace(clip=eval_cfg.clip or grpo_cfg.clip, dino=eval_cfg.dino or grpo_cfg.dino,
-                               dino_size=grpo_cfg.dino_size, lpips_vgg=grpo_cfg.lpips_vgg,
-                               lpips_heads=grpo_cfg.lpips_heads)
+    if not getattr(eval_cfg, key) and getattr(models, key):
+      logging.warning("eval.%s is empty: measuring with the reward's model reward_models.%s = %s, which GRPO "
+                      "optimised; set eval.%s to an independent model", key, key, getattr(models, key), key)
+  return dataclasses.replace(models, clip=eval_cfg.clip or models.clip, dino=eval_cfg.dino or models.dino)
 
 
 @nnx.jit(static_argnums=(1,))

@@ -96,7 +96,7 @@ def write_results(cfg, out: Path, methods: list[str], comparison, extra: dict) -
     info[m] = json.loads((d / "method.json").read_text())
   s = summarise(values, {m: info[m]["kind"] for m in methods}, cfg.eval.bootstrap, cfg.eval.seed)
   res = {"windows": int(len(comparison.windows.users)), "samples": int(cfg.eval.samples),
-         "metric_models": {"clip": cfg.eval.clip or cfg.grpo.clip, "dino": cfg.eval.dino or cfg.grpo.dino},
+         "metric_models": {"clip": cfg.eval.clip or cfg.reward_models.clip, "dino": cfg.eval.dino or cfg.reward_models.dino},
          "methods": {m: {"kind": info[m]["kind"], "ranking": info[m]["ranking"],
                          **({"source": info[m]["source"]} if "source" in info[m] else {}),
                          "metrics": {k: {mode: list(v[mode]) for mode in MODES} for k, v in s["methods"][m].items()}}

@@ -14,8 +14,8 @@ from pgen_jax.sections import Section, all_in, at_least
 @dataclasses.dataclass(frozen=True)
 class EvalSection(Section):
   where = "eval"
-  clip: str               # metric CLIP; "": grpo.clip (the optimised reward, with a warning)
-  dino: str               # metric DINO; "": grpo.dino
+  clip: str               # metric CLIP; "": reward_models.clip (the optimised reward, with a warning)
+  dino: str               # metric DINO; "": reward_models.dino
   scorer_terms: tuple     # nima, profile: per image from the scorer
   recommenders: tuple
   generators: tuple

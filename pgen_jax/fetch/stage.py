@@ -1,9 +1,9 @@
 """The fetch stage: for each path the config's stages need and that is missing, download it.
 
   model.checkpoint  <- fetch.janus   (when a model stage runs: sft, grpo, eval, export)
-  grpo.clip/dino    <- fetch.clip / fetch.dino   (grpo or eval; random:* presets need nothing)
-  grpo.scorer_qwen  <- fetch.qwen    (grpo with reward_weights.profile > 0)
-  grpo.scorer_nima  <- fetch.nima    (grpo with reward_weights.nima > 0)
+  reward_models.clip/dino    <- fetch.clip / fetch.dino   (grpo or eval; random:* presets need nothing)
+  reward_models.scorer_qwen  <- fetch.qwen    (grpo with reward_weights.profile > 0)
+  reward_models.scorer_nima  <- fetch.nima    (grpo with reward_weights.nima > 0)
   data.root         <- the MovieLens release data.version
   posters           <- fetch.posters: a folder to use, or "tmdb" (ml-1m has no links.csv: its ids are
                        MovieLens ids, so ml-latest-small's links.csv maps most of them)
@@ -34,14 +34,14 @@ def plan(cfg) -> list[tuple[str, str, Path]]:
   if any(s in stages for s in MODEL_STAGES):
     want("janus", "model.checkpoint", cfg.model.checkpoint)
   if "grpo" in stages or "eval" in stages:
-    want("clip", "grpo.clip", cfg.grpo.clip)
-    want("dino", "grpo.dino", cfg.grpo.dino)
+    want("clip", "reward_models.clip", cfg.reward_models.clip)
+    want("dino", "reward_models.dino", cfg.reward_models.dino)
   if "grpo" in stages and cfg.grpo.reward == "models":
     weights = cfg.grpo.reward_weights
     if weights.get("profile", 0):
-      want("qwen", "grpo.scorer_qwen", cfg.grpo.scorer_qwen)
+      want("qwen", "reward_models.scorer_qwen", cfg.reward_models.scorer_qwen)
     if weights.get("nima", 0):
-      want("nima", "grpo.scorer_nima", cfg.grpo.scorer_nima)
+      want("nima", "reward_models.scorer_nima", cfg.reward_models.scorer_nima)
   if cfg.data.name == "movielens" and any(s in stages for s in ("prepare", "sft", "grpo", "eval")):
     want("movielens", "data.root", cfg.data.root)
     images = Path(cfg.data.images or Path(cfg.data.root) / "posters")

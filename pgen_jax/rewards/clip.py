@@ -174,7 +174,7 @@ class CLIP(nnx.Module):
     return self.text_projection(self.text_model(ids)).astype(jnp.float32)
 
 
-# Architectures for random-weight runs ("random:<name>" in grpo.clip): timing and memory at the real
+# Architectures for random-weight runs ("random:<name>" in reward_models.clip): timing and memory at the real
 # shapes before anything is downloaded.
 PRESETS = {
     "vit-h-14": CLIPConfig(vision=TowerConfig(1280, 5120, 32, 16, "gelu", image_size=224, patch_size=14),

@@ -169,6 +169,6 @@ class Dino(nnx.Module):
     return self.layernorm(self.encoder(self.embeddings(pixels)))[:, 0].astype(jnp.float32)
 
 
-# Architectures for random-weight runs ("random:<name>" in grpo.dino).
+# Architectures for random-weight runs ("random:<name>" in reward_models.dino).
 PRESETS = {"dinov2-large": DinoConfig(), "dinov2-base": DinoConfig(hidden_size=768, num_attention_heads=12),
            "tiny": DinoConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=28)}

@@ -1,6 +1,6 @@
-"""The frozen reward/metric models a run configures (grpo.clip, grpo.dino, grpo.lpips_*), loaded onto the
-mesh, and the jitted function that computes the in-process terms of pgen_jax.rewards.compose with them.
-Shared by the GRPO rewards and the eval stage, so both measure images the same way.
+"""The frozen reward/metric models a run configures (reward_models.clip, .dino, .lpips_*), loaded onto the mesh,
+and the jitted function that computes the in-process terms of pgen_jax.rewards.compose with them. Shared by
+the GRPO rewards and the eval stage, so both measure images the same way.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class RewardModels:
     return np.asarray(self.encoder("clip")(self.clip, jnp.asarray(images)))
 
 
-RANDOM = "random:"  # grpo.clip / grpo.dino = "random:<preset>": random weights of that architecture
+RANDOM = "random:"  # reward_models.clip / reward_models.dino = "random:<preset>": random weights of that architecture
 
 
 def random_preset(spec: str, presets: dict, key: str):
@@ -68,19 +68,19 @@ def random_preset(spec: str, presets: dict, key: str):
 
 
 def load_reward_models(section, mesh, dtype) -> RewardModels:
-  """The models named in a config section `section` (grpo.clip, grpo.dino, grpo.lpips_vgg + grpo.lpips_heads):
-  directories of weights, or "random:<preset>" for random weights at a real shape (benchmarks)."""
+  """The models a RewardModelsSection names (clip, dino, lpips_vgg + lpips_heads): directories of weights,
+  or "random:<preset>" for random weights at a real shape (benchmarks)."""
   kw = dict(mesh=mesh, dtype=dtype, param_dtype=dtype)
   out = RewardModels(dino_size=section.dino_size)
-  if random_preset(section.clip, clip_lib.PRESETS, "grpo.clip"):
-    logging.warning("grpo.clip is %s: random CLIP weights, for timing only", section.clip)
-    out.clip = place_on_mesh(clip_lib.CLIP(random_preset(section.clip, clip_lib.PRESETS, "grpo.clip"), nnx.Rngs(0),
+  if random_preset(section.clip, clip_lib.PRESETS, "reward_models.clip"):
+    logging.warning("reward_models.clip is %s: random CLIP weights, for timing only", section.clip)
+    out.clip = place_on_mesh(clip_lib.CLIP(random_preset(section.clip, clip_lib.PRESETS, "reward_models.clip"), nnx.Rngs(0),
                                            dtype=dtype, param_dtype=dtype), mesh)
   elif section.clip:
     out.clip = load_clip(section.clip, **kw)
-  if random_preset(section.dino, dino_lib.PRESETS, "grpo.dino"):
-    logging.warning("grpo.dino is %s: random DINO weights, for timing only", section.dino)
-    dino_config = dataclasses.replace(random_preset(section.dino, dino_lib.PRESETS, "grpo.dino"),
+  if random_preset(section.dino, dino_lib.PRESETS, "reward_models.dino"):
+    logging.warning("reward_models.dino is %s: random DINO weights, for timing only", section.dino)
+    dino_config = dataclasses.replace(random_preset(section.dino, dino_lib.PRESETS, "reward_models.dino"),
                                       image_size=section.dino_size)
     out.dino = place_on_mesh(dino_lib.Dino(dino_config, nnx.Rngs(1), dtype=dtype, param_dtype=dtype), mesh)
   elif section.dino:

@@ -1,5 +1,5 @@
 """The job's own scorer: started when the `profile` or `nima` reward has weight and nothing answers at
-grpo.scorer_url.
+reward_models.scorer_url.
 
 The child (`python -m pgen_jax.scorer serve`) listens on 127.0.0.1 at the URL's port with a fresh
 random token (passed in its environment, never on a command line), logs to <workdir>/scorer.log, is
@@ -9,7 +9,7 @@ stopped when the job ends (stop_all, also at exit).
 Sharing one accelerator with JAX: JAX preallocates 75% of GPU memory at start, so torch would run out.
 Give the scorer room by starting the job with XLA_PYTHON_CLIENT_MEM_FRACTION (e.g. 0.6; the scorer's
 Qwen2.5-VL-7B needs ~17 GB in bf16) or XLA_PYTHON_CLIENT_PREALLOCATE=false, or put the scorer on
-another device: grpo.scorer_device "cpu" (no GPU for the child) or "cuda:N" (the child sees only GPU N,
+another device: reward_models.scorer_device "cpu" (no GPU for the child) or "cuda:N" (the child sees only GPU N,
 as its cuda:0). "" lets torch take the first visible GPU.
 """
 
@@ -52,12 +52,12 @@ class ScorerProcess:
                startup_timeout: float = 900.0, max_restarts: int = 3):
     parts = urllib.parse.urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
-      raise ScorerUnavailable(f"grpo.scorer_url: {url} is not http://127.0.0.1:<port>; the job starts a scorer "
+      raise ScorerUnavailable(f"reward_models.scorer_url: {url} is not http://127.0.0.1:<port>; the job starts a scorer "
                               "only on this machine. Start it there yourself, or use a local URL")
     if not (nima or qwen):
-      raise ScorerUnavailable(f"nothing answers at {url}, and neither grpo.scorer_nima nor grpo.scorer_qwen is "
+      raise ScorerUnavailable(f"nothing answers at {url}, and neither reward_models.scorer_nima nor reward_models.scorer_qwen is "
                               "set for the job to start one; set them (the fetch stage downloads them)")
-    for key, path in (("grpo.scorer_nima", nima), ("grpo.scorer_qwen", qwen)):
+    for key, path in (("reward_models.scorer_nima", nima), ("reward_models.scorer_qwen", qwen)):
       if path and not Path(path).exists():
         raise ScorerUnavailable(f"{key}: {path} does not exist; run the fetch stage or set the key")
     self.url, self.port = f"http://127.0.0.1:{parts.port}", parts.port
@@ -76,7 +76,7 @@ class ScorerProcess:
     elif self.device.startswith("cuda:"):
       env["CUDA_VISIBLE_DEVICES"] = self.device.split(":", 1)[1]
     elif self.device:
-      raise ScorerUnavailable(f"grpo.scorer_device: {self.device!r}; use '', 'cpu' or 'cuda:N'")
+      raise ScorerUnavailable(f"reward_models.scorer_device: {self.device!r}; use '', 'cpu' or 'cuda:N'")
     env.pop("JAX_PLATFORMS", None)
     return env
 
@@ -177,23 +177,23 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
-def scorer_client(grpo_cfg, workdir: str | Path) -> ScorerClient:
-  """The client of the scorer at grpo_cfg.scorer_url: the one answering there, else one this job starts (when
-  grpo_cfg.scorer_start), health-checked before it is returned."""
-  if answers(grpo_cfg.scorer_url):
+def scorer_client(section, workdir: str | Path) -> ScorerClient:
+  """The client of the scorer at section.scorer_url (the reward_models section): the one answering there, else
+  one this job starts (when section.scorer_start), health-checked before it is returned."""
+  if answers(section.scorer_url):
     try:  # a wrong token is a one-line error now, not at the first step
-      ScorerClient(grpo_cfg.scorer_url, token=grpo_cfg.scorer_token, timeout=10.0, retries=0).health()
+      ScorerClient(section.scorer_url, token=section.scorer_token, timeout=10.0, retries=0).health()
     except ScorerUnavailable as e:
       if "(401)" in str(e):
-        raise ScorerUnavailable(f"{e}; set grpo.scorer_token to the scorer's token") from None
-      logging.warning("the scorer at %s answers, but not its health check: %s", grpo_cfg.scorer_url, e)
-    return ScorerClient(grpo_cfg.scorer_url, token=grpo_cfg.scorer_token)
-  if not grpo_cfg.scorer_start:
-    raise ScorerUnavailable(f"nothing answers at grpo.scorer_url {grpo_cfg.scorer_url}; start the scorer "
-                            "(python -m pgen_jax.scorer serve ...) or set grpo.scorer_start=True")
-  _warn_about_memory(grpo_cfg.scorer_device)
-  proc = ScorerProcess(grpo_cfg.scorer_url, nima=grpo_cfg.scorer_nima, qwen=grpo_cfg.scorer_qwen,
-                       device=grpo_cfg.scorer_device, log=Path(workdir) / "scorer.log").start()
+        raise ScorerUnavailable(f"{e}; set reward_models.scorer_token to the scorer's token") from None
+      logging.warning("the scorer at %s answers, but not its health check: %s", section.scorer_url, e)
+    return ScorerClient(section.scorer_url, token=section.scorer_token)
+  if not section.scorer_start:
+    raise ScorerUnavailable(f"nothing answers at reward_models.scorer_url {section.scorer_url}; start the scorer "
+                            "(python -m pgen_jax.scorer serve ...) or set reward_models.scorer_start=True")
+  _warn_about_memory(section.scorer_device)
+  proc = ScorerProcess(section.scorer_url, nima=section.scorer_nima, qwen=section.scorer_qwen,
+                       device=section.scorer_device, log=Path(workdir) / "scorer.log").start()
   return ManagedClient(proc)
 
 
@@ -203,4 +203,4 @@ def _warn_about_memory(device: str) -> None:
     return
   if jax.default_backend() == "gpu":
     logging.warning("the scorer shares the GPU with JAX, which preallocated 75%% of its memory; if the scorer "
-                    "runs out, start the job with XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 or set grpo.scorer_device")
+                    "runs out, start the job with XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 or set reward_models.scorer_device")

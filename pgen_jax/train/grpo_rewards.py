@@ -1,8 +1,8 @@
 """The GRPO stage's rewards (grpo.reward), one rollout at a time:
 
   models  the weighted sum of the raw terms of pgen_jax.rewards.compose (CLIP/DINO/LPIPS/SSIM in jit,
-          from grpo.clip / grpo.dino / grpo.lpips_vgg + grpo.lpips_heads, plus the scorer's
-          profile/nima from grpo.scorer_url, scored in the background); each term's scale is in
+          from reward_models.clip / reward_models.dino / reward_models.lpips_vgg + reward_models.lpips_heads, plus the scorer's
+          profile/nima from reward_models.scorer_url, scored in the background); each term's scale is in
           compose's docstring. grpo.reward_normalize=running divides the terms by their running
           within-group spread for the advantages only; the logged reward is always the raw total.
   genre   (synthetic world) how much more likely the tokens are under the user's preferred genre than
@@ -36,6 +36,7 @@ from pgen_jax.scorer.launch import scorer_client
 
 KINDS = ("models", "genre", "pixel", "fixed")
 SYNTHETIC_ONLY = ("genre", "pixel")   # they judge the synthetic world's genres
+IMAGE_KINDS = ("models", "pixel")     # they judge images: the sampler decodes its tokens for these
 
 
 def token_embeddings(tokens: np.ndarray, vocab: int) -> np.ndarray:
@@ -62,7 +63,7 @@ class Rewards:
     self.scorer_wait = 0.0  # seconds the last step waited for the scorer
     self.fixed = np.random.default_rng(grpo_cfg.fixed_seed).choice(self.vocab, 4, replace=False)
     self.scale = None
-    self.needs_images = self.kind in ("models", "pixel")  # the sampler decodes its tokens for these
+    self.needs_images = self.kind in IMAGE_KINDS
     if self.kind == "genre":
       self.classifier, _ = fit_classifier(cfg, model)
     elif self.kind == "models":
@@ -72,14 +73,14 @@ class Rewards:
 
   def _init_models(self, cfg, mesh):
     grpo_cfg = cfg.grpo
-    self.models = load_reward_models(grpo_cfg, mesh, jnp.dtype(cfg.model.dtype))
+    self.models = load_reward_models(cfg.reward_models, mesh, jnp.dtype(cfg.model.dtype))
     self.reward_cfg = self.models.config(((k, float(v)) for k, v in grpo_cfg.reward_weights.items()),
                                          grpo_cfg.reward_normalize)
     self.terms_fn = self.models.terms_fn(self.reward_cfg)
     self.scale = RunningScale() if grpo_cfg.reward_normalize == "running" else None
     self.scorer = None
     if any(self.reward_cfg.active.get(k) for k in ("profile", "nima")):
-      self.scorer = scorer_client(grpo_cfg, cfg.workdir)  # the one answering at scorer_url, else one started here
+      self.scorer = scorer_client(cfg.reward_models, cfg.workdir)  # the one answering at scorer_url, else one started here
 
   def submit(self, tokens: np.ndarray, images: np.ndarray | None, users: np.ndarray, raw: dict,
              samples: int) -> dict:

@@ -123,17 +123,6 @@ class GRPOSection(Section):
   reward: str             # train.grpo_rewards.KINDS
   reward_weights: dict
   reward_normalize: str
-  clip: str               # the reward models (shared with vq, eval and fetch; a section of their own to come)
-  dino: str
-  dino_size: int
-  lpips_vgg: str
-  lpips_heads: str
-  scorer_url: str
-  scorer_token: str
-  scorer_nima: str
-  scorer_qwen: str
-  scorer_start: bool
-  scorer_device: str
   diversity_weight: float
   fixed_seed: int
   log_every: int
@@ -179,7 +168,4 @@ class GRPOSection(Section):
     if self.reward == "models":
       if not any(self.reward_weights.values()):
         raise ConfigError("grpo.reward_weights: every weight is 0; give at least one term a weight")
-      for term in ("clip", "dino"):
-        if any(w for k, w in self.reward_weights.items() if k.startswith(term + "_")) and not getattr(self, term):
-          raise ConfigError(f"grpo.{term}: empty, but grpo.reward_weights gives {term}_* terms a weight")
     _check_remat(self)

@@ -3,7 +3,7 @@ prepared items, for small-image experiments such as the demo; the SFT stage then
 the configured one. The real Janus-Pro tokenizer is never trained: no shipped config runs this stage.
 
 Loss: L2 reconstruction (+ vq.perceptual x the LPIPS-VGG distance of reconstruction and input, with
-the frozen LPIPS weights every stage uses, grpo.lpips_vgg + grpo.lpips_heads) + codebook + beta x
+the frozen LPIPS weights every stage uses, reward_models.lpips_vgg + .lpips_heads) + codebook + beta x
 commitment, both on the L2-normalised vectors the model's lookup uses, with a straight-through
 estimator. Codes whose running usage falls below
 vq.restart_below x the uniform rate are restarted, every vq.restart_every steps, on encoder outputs
@@ -141,7 +141,8 @@ def run_vq(cfg) -> dict:
   # numpy: a jax array put onto a sharding over several processes comes out broken (models.sharding.put_global)
   state["usage"] = jax.device_put(np.ones((vq.quantize.embedding.num_embeddings,), np.float32), replicated)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  lpips_graphdef, lpips_state = (nnx.split(load_lpips(cfg.grpo.lpips_vgg, cfg.grpo.lpips_heads, mesh=mesh))
+  lpips_graphdef, lpips_state = (nnx.split(load_lpips(cfg.reward_models.lpips_vgg, cfg.reward_models.lpips_heads,
+                                                                mesh=mesh))
                                  if c.perceptual else (None, None))
   step_fn = jax.jit(functools.partial(train_step, graphdef, tx, c, NamedSharding(mesh, P(BATCH)), lpips_graphdef),
                     donate_argnums=(1,),
