@@ -68,3 +68,19 @@ def local_rows(x: np.ndarray) -> np.ndarray:
   """This process's rows of a global host array that gather_rows built (equal parts, in process order)."""
   n = x.shape[0] // jax.process_count()
   return x[jax.process_index() * n:(jax.process_index() + 1) * n]
+
+
+def first_then_others(fn, name: str):
+  """fn() on process 0, then on the others: on a shared disk they find its result there (a store, a
+  synthetic world) instead of racing to write it; on disks of their own each writes its own."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils  # lazy: one process never needs it
+  first = jax.process_index() == 0
+  if not first:
+    multihost_utils.sync_global_devices(f"{name}: process 0 done")
+  out = fn()
+  if first:
+    multihost_utils.sync_global_devices(f"{name}: process 0 done")
+  return out
+

@@ -65,7 +65,7 @@ def sft(cfg) -> None:
 
 def prepare(cfg) -> None:
   """Raw files -> prepared store (a no-op when the same inputs were prepared already)."""
-  stats = prepare_from_config(cfg)
+  stats = distributed.first_then_others(lambda: prepare_from_config(cfg), "prepare")
   summary = {"splits": stats["splits"], "dropped": stats["dropped"], "users": stats.get("user_counts")}
   logging.info("prepared data in %s:\n%s", store_dir(cfg), json.dumps(summary, indent=2))
   print(json.dumps(summary))

@@ -21,6 +21,11 @@ def use_compile_cache(path: str) -> None:
   first compile."""
   if not path:
     return
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    # A CPU program's cache entry holds its process's place in the job: one process loading another's
+    # deadlocked the collectives (JAX 0.12.1, gloo). CPU jobs of several processes are tests; no cache.
+    logging.info("compile_cache: off for a CPU job of several processes")
+    return
   jax.config.update("jax_compilation_cache_dir", str(Path(path).expanduser()))
   # every program: a random init compiles one per initializer shape (about 60 at 0.2 s for the demo
   # model), and each stage that inits again would compile them all anew
@@ -31,20 +36,21 @@ def mesh_from_config(cfg):
   return make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
 
 
-def model_from_config(cfg, mesh, checkpoint: str | Path | None = None) -> Janus:
-  """The configured Janus on the mesh: from `checkpoint` (default model.checkpoint) or a seeded init."""
+def model_from_config(cfg, mesh, checkpoint: str | Path | None = None, *, remat="none") -> Janus:
+  """The configured Janus on the mesh: from `checkpoint` (default model.checkpoint) or a seeded init.
+  remat: the decoder layers' policy in the training forward (a training stage passes its own)."""
   dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
+  options = dict(remat=remat, attention_impl=cfg.model.attention)
   path = checkpoint or cfg.model.checkpoint
   if path:
-    model = load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+    model = load_janus(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype, **options)
   else:
     logging.warning("model.checkpoint is empty: using a randomly initialised %s (seed %d)", cfg.model.preset,
                     cfg.seed)
     model = place_on_mesh(Janus(preset(cfg.model.preset), nnx.Rngs(cfg.seed), dtype=dtype,
-                                param_dtype=param_dtype), mesh)
+                                param_dtype=param_dtype, **options), mesh)
   if checkpoint is None:  # a training result already holds the tokenizer it was trained with
     load_trained_tokenizer(cfg, model)
-  model.language_model.attention_impl = cfg.model.attention
   return model
 
 

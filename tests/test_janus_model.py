@@ -40,9 +40,9 @@ def test_sharded_model_equals_single_device(hf_path):
   mesh = make_mesh(data=2, fsdp=2, tensor=2)
   many = load_janus(hf_path, mesh=mesh)
   # Parameters really are split over the mesh.
-  q = many.language_model.layers[0].self_attn.q_proj.kernel[...]
-  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  assert q.addressable_shards[0].data.shape == (q.shape[0] // 2, q.shape[1] // 2)
+  q = many.language_model.layers.self_attn.q_proj.kernel[...]  # all layers' (L, in, out): L stays whole
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // 2, q.shape[2] // 2)
   cfg = one.config
   n = cfg.num_image_tokens
   ids = np.array([[1, 5 + i] + [cfg.image_token_id] * n + [7, 9] for i in range(4)])
@@ -103,3 +103,100 @@ def test_map_chunks_pads_the_last_chunk_and_compiles_once():
   np.testing.assert_array_equal(map_chunks(f, x, chunk=3), x.sum(axis=1) * 2)  # 3 + 3 + 1 (padded) rows
   assert traced == [(3, 3)]
   np.testing.assert_array_equal(map_chunks(f, x[:2], chunk=3), x[:2].sum(axis=1) * 2)  # fewer rows than a chunk
+
+
+def all_eqns(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs inside it (scan bodies, checkpoints, pjit)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+          yield from all_eqns(getattr(sub, "jaxpr", sub))
+
+
+def test_decoder_layers_are_stored_stacked_and_no_forward_restacks_them():
+  """Each decoder weight is one array with a leading layer axis, the model's logits are those of the same
+  layers stored one by one, and no forward (the training one under remat with its gradient, a prefill
+  handing back its keys and values, a cached decode against that prefix) stacks layer weights: the remat
+  forward is one scan over the stored stack, the others read its slices; caches stay one per layer."""
+  from pgen_jax.models.llama import Prefix
+  model = Janus(tiny(), nnx.Rngs(0), remat="full")
+  lm, t = model.language_model, tiny().text
+  n, d, heads, kvh, hd, ff = 2, 64, 4, 2, 16, 136  # tiny's text model, by hand
+  assert (t.num_hidden_layers, t.hidden_size, t.intermediate_size) == (n, d, ff)
+  shapes = {"self_attn/q_proj/kernel": (n, d, heads * hd), "self_attn/k_proj/kernel": (n, d, kvh * hd),
+            "self_attn/v_proj/kernel": (n, d, kvh * hd), "self_attn/o_proj/kernel": (n, heads * hd, d),
+            "mlp/gate_proj/kernel": (n, d, ff), "mlp/up_proj/kernel": (n, d, ff), "mlp/down_proj/kernel": (n, ff, d),
+            "input_layernorm/scale": (n, d), "post_attention_layernorm/scale": (n, d)}
+  got = {"/".join(str(k.key) for k in p): x.shape
+         for p, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(lm.layers)))[0]}
+  assert got == shapes
+  assert not any("layers" in "/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(lm.embed_tokens)))
+
+  graphdef, state = nnx.split(model)
+  ids = jnp.asarray(np.random.default_rng(2).integers(3, 300, (2, 6)))
+  mask = jnp.ones((2, 6), jnp.int32)
+
+  def train(st):
+    return jax.grad(lambda s: nnx.merge(graphdef, s)(ids).logits.sum())(st)
+
+  def prefill(st):
+    m = nnx.merge(graphdef, st)
+    return m.language_model(m.embed_inputs(ids), None, mask, return_kv=True)
+
+  def decode(st):
+    m = nnx.merge(graphdef, st)
+    _, kv = m.language_model(m.embed_inputs(ids), None, mask, return_kv=True)
+    assert len(kv) == n and kv[0][0].shape == (2, kvh, 6, hd)  # one (k, v) per layer
+    e = m.prepare_embeddings_for_image_generation(ids[:, :1] % 64)
+    cache = m.language_model.init_cache(2, 4)
+    assert len(cache) == n and cache[0][0].shape == (2, kvh, 4, hd)
+    return m.language_model(e, jnp.full((2, 1), 6), None, cache, 0, prefixes=[Prefix(kv, mask)])
+
+  stacked = set(shapes.values())
+  for forward in (train, prefill, decode):
+    eqns = list(all_eqns(jax.make_jaxpr(forward)(state).jaxpr))
+    if forward is train:
+      assert any(e.primitive.name == "scan" and e.params["length"] == n for e in eqns)
+    restacked = [e for e in eqns if e.primitive.name in ("stack", "concatenate")  # jnp.stack is either
+                 and any(tuple(v.aval.shape) in stacked for v in e.outvars)]
+    assert not restacked, (forward.__name__, restacked)
+
+  # The same logits as the layers stored one by one: a per-layer reference built from the stored slices.
+  from pgen_jax.models.llama import DecoderLayer, rope_tables, Context
+  plain = Janus(tiny(), nnx.Rngs(0))
+  lm = plain.language_model
+  layers = [nnx.merge(nnx.graphdef(lm.layers), jax.tree.map(lambda w: w[i], nnx.state(lm.layers)))
+            for i in range(n)]
+  assert all(isinstance(layer, DecoderLayer) for layer in layers)
+  x = plain.embed_inputs(ids)
+  cos, sin = rope_tables(jnp.broadcast_to(jnp.arange(6), (2, 6)), t.dim_per_head, t.rope_theta)
+  for layer in layers:
+    x, _ = layer(x, cos, sin, Context(None, 0, lm.attention_impl))
+  want = plain.lm_head(lm.norm(x)).astype(jnp.float32)
+  np.testing.assert_array_equal(np.asarray(plain(ids).logits), np.asarray(want))
+
+
+def test_checkpoint_of_one_subtree_per_layer_loads_stacked(tmp_path):
+  """A checkpoint saved before the layers were stacked (format pgen_jax.janus/1, language_model/layers/<i>/...)
+  loads into the stacked layout with every value in place."""
+  import json
+  import orbax.checkpoint as ocp
+  from pgen_jax.models import save_janus
+  model = Janus(tiny(), nnx.Rngs(3))
+  save_janus(model, tmp_path / "ck")
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  layers = {i: jax.tree.map(lambda x: np.asarray(x[i]), pure["language_model"]["layers"]) for i in range(2)}
+  pure["language_model"]["layers"] = layers  # as an nnx.List of layers held them
+  params = (tmp_path / "old" / "params").resolve()
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(params, pure)
+    ckptr.wait_until_finished()
+  meta = json.loads((tmp_path / "ck" / "pgen_config.json").read_text())
+  (tmp_path / "old" / "pgen_config.json").write_text(json.dumps({**meta, "format": "pgen_jax.janus/1"}))
+  back = load_janus(tmp_path / "old")
+  np.testing.assert_array_equal(np.asarray(back.language_model.layers.mlp.down_proj.kernel[...][1]),
+                                layers[1]["mlp"]["down_proj"]["kernel"])
+  for a, b in zip(jax.tree.leaves(nnx.state(back, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,7 +1,8 @@
 """The job itself across processes: `python -m pgen_jax.main` as two processes on 127.0.0.1 (jax.distributed,
 gloo CPU collectives, one device each) runs a few SFT and GRPO steps of the demo world, each process
 reading its own slice of every global batch, and writes the same sft/final and grpo/final parameters as
-one process with two devices running the same config (the reference: the same mesh and global batch)."""
+one process with two devices running the same config (the reference: the same mesh and global batch).
+The two processes prepare their data themselves, on one disk, and use no compile cache (setup.py)."""
 
 import os
 import socket
@@ -61,13 +62,15 @@ def test_two_processes_train_as_one(tmp_path):
 
   port = free_port()
   logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]
-  procs = [subprocess.Popen([sys.executable, "-m", "pgen_jax.main", *args(tmp_path / "two", store)], cwd=ROOT,
+  # a store of their own: both processes prepare it (the same synthetic world) on one disk, in turn
+  procs = [subprocess.Popen([sys.executable, "-m", "pgen_jax.main", *args(tmp_path / "two", tmp_path / "store2")],
+                            cwd=ROOT,
                             env=env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                                     JAX_PROCESS_ID=str(i)), stdout=subprocess.DEVNULL, stderr=log)
            for i, log in enumerate(logs)]
   try:
     for p in procs:
-      p.wait(timeout=600)
+      p.wait(timeout=900)  # two processes compile everything each: about 3x one process on 2 loaded cores
   finally:
     for p in procs:
       if p.poll() is None:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.models.config import JanusConfig
@@ -25,13 +26,15 @@ from pgen_jax.models.hf_params import majority_float_dtype, place
 from pgen_jax.models.janus import Janus
 from pgen_jax.models.sharding import make_mesh, param_shardings
 
-FORMAT = "pgen_jax.janus/1"
+FORMAT = "pgen_jax.janus/2"  # /2: the decoder layers' parameters stacked, language_model/layers/<param> (L, ...)
+LEGACY = "pgen_jax.janus/1"  # one subtree per decoder layer, language_model/layers/<i>/<param>
 CONFIG_FILE = "pgen_config.json"
 
 
-def abstract_janus(config: JanusConfig, *, dtype=None, param_dtype=jnp.float32):
-  """(graphdef, state of ShapeDtypeStructs) without allocating any parameter."""
-  model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+def abstract_janus(config: JanusConfig, *, dtype=None, param_dtype=jnp.float32, **options):
+  """(graphdef, state of ShapeDtypeStructs) without allocating any parameter. options: Janus's
+  remat and attention_impl."""
+  model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, **options))
   return nnx.split(model)
 
 
@@ -44,41 +47,62 @@ def is_pgen_checkpoint(path: str | os.PathLike) -> bool:
   return (Path(path) / CONFIG_FILE).exists()
 
 
-def load_janus(path: str | os.PathLike, *, mesh=None, dtype=None, param_dtype=None) -> Janus:
+def load_janus(path: str | os.PathLike, *, mesh=None, dtype=None, param_dtype=None, remat="none",
+               attention_impl: str = "auto") -> Janus:
   """Janus from our checkpoint or from a transformers/deepseek Janus directory.
 
   mesh: where parameters live (default: all local devices on the fsdp axis). dtype: compute dtype.
-  param_dtype: storage dtype (default: the checkpoint's).
+  param_dtype: storage dtype (default: the checkpoint's). remat, attention_impl: the model's options
+  (Janus).
   """
   mesh = mesh if mesh is not None else make_mesh()
+  options = dict(remat=remat, attention_impl=attention_impl)
   if is_pgen_checkpoint(path):
-    return _load_ours(Path(path), mesh, dtype, param_dtype)
-  return from_hf_checkpoint(HFCheckpoint(path), mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+    return _load_ours(Path(path), mesh, dtype, param_dtype, options)
+  return from_hf_checkpoint(HFCheckpoint(path), mesh=mesh, dtype=dtype, param_dtype=param_dtype, **options)
 
 
-def from_hf_checkpoint(ckpt: HFCheckpoint, *, mesh, dtype=None, param_dtype=None) -> Janus:
+def from_hf_checkpoint(ckpt: HFCheckpoint, *, mesh, dtype=None, param_dtype=None, **options) -> Janus:
   param_dtype = param_dtype if param_dtype is not None else majority_float_dtype(ckpt.tensors)
-  graphdef, abstract = abstract_janus(ckpt.config, dtype=dtype, param_dtype=param_dtype)
+  graphdef, abstract = abstract_janus(ckpt.config, dtype=dtype, param_dtype=param_dtype, **options)
   return place(ckpt.tensors, graphdef, abstract, mesh, hf_key, str(ckpt.dir))
 
 
-def _load_ours(path: Path, mesh, dtype, param_dtype) -> Janus:
+def _load_ours(path: Path, mesh, dtype, param_dtype, options) -> Janus:
   meta = json.loads((path / CONFIG_FILE).read_text())
-  if meta.get("format") != FORMAT:
+  if meta.get("format") not in (FORMAT, LEGACY):
     raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
   config = JanusConfig.from_dict(meta["model"])
   stored = jnp.dtype(meta["param_dtype"])
-  graphdef, abstract = abstract_janus(config, dtype=dtype, param_dtype=stored)
+  graphdef, abstract = abstract_janus(config, dtype=dtype, param_dtype=stored, **options)
   pure = nnx.to_pure_dict(abstract)
   shardings = param_shardings(pure, mesh)
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), pure, shardings)
   with ocp.StandardCheckpointer() as ckptr:
-    values = ckptr.restore(path.resolve() / "params", target)
+    if meta["format"] == LEGACY:
+      values = _restore_per_layer(ckptr, path.resolve() / "params", target)
+    else:
+      values = ckptr.restore(path.resolve() / "params", target)
   if param_dtype is not None and jnp.dtype(param_dtype) != stored:
     values = jax.tree.map(lambda v: v.astype(param_dtype), values)
-    graphdef, abstract = abstract_janus(config, dtype=dtype, param_dtype=param_dtype)
+    graphdef, abstract = abstract_janus(config, dtype=dtype, param_dtype=param_dtype, **options)
   nnx.replace_by_pure_dict(abstract, values)
   return nnx.merge(graphdef, abstract)
+
+
+def _restore_per_layer(ckptr, params: Path, target: dict) -> dict:
+  """A LEGACY checkpoint's values in today's layout: each layer restored on its own, then stacked."""
+  stacked = target["language_model"]["layers"]
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  one = lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype,
+                                       sharding=NamedSharding(x.sharding.mesh, P(*x.sharding.spec[1:])))
+  per_layer = {i: jax.tree.map(one, stacked) for i in range(n)}
+  values = ckptr.restore(params, {**target, "language_model": {**target["language_model"], "layers": per_layer}})
+  layers = values["language_model"]["layers"]
+  values["language_model"]["layers"] = jax.tree.map(
+      lambda x, *ws: jax.jit(lambda *w: jnp.stack(w), out_shardings=x.sharding)(*ws), stacked,
+      *[layers[i] for i in range(n)])
+  return values
 
 
 def save_janus(model: Janus, path: str | os.PathLike, *, hf_files: str | os.PathLike | None = None) -> None:

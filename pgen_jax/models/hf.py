@@ -20,12 +20,13 @@ from pgen_jax import safetensors_io
 from pgen_jax.errors import CheckpointError, ConfigError
 from pgen_jax.fileio import atomic_directory
 from pgen_jax.models.config import JanusConfig
-from pgen_jax.models.hf_params import Tensor, leaf_key, read_safetensors, read_torch, state_dict
+from pgen_jax.models.hf_params import LAYER, Tensor, leaf_key, read_safetensors, read_torch, state_dict
 
 
 def hf_key(path: tuple) -> str:
-  """Our parameter path -> transformers JanusForConditionalGeneration key."""
-  key = leaf_key(path)
+  """Our parameter path -> transformers JanusForConditionalGeneration key (with LAYER for the stacked
+  decoder layers)."""
+  key = re.sub(r"^language_model\.layers\.", f"language_model.layers.{LAYER}.", leaf_key(path))
   return key if str(path[0]) == "lm_head" else "model." + key
 
 

@@ -4,7 +4,9 @@ Used by the checkpoint names of Janus (models/hf.py) and of CLIP, DINO, LPIPS (r
 
 One rule: Linear `weight` (out, in) <-> `kernel` (in, out); Conv `weight` OIHW <-> `kernel` HWIO;
 Embedding `weight` <-> `embedding`; norm `weight` <-> `scale`; `bias` stays. Tensors are read lazily
-and each goes straight into its sharding on the mesh.
+and each goes straight into its sharding on the mesh. A key function may return a key holding LAYER:
+the parameter stacks one tensor per layer along its first axis (Janus's decoder layers), LAYER
+standing for the layer's number.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pgen_jax.safetensors_io import Reader
 Tensor = tuple[tuple[int, ...], np.dtype, Callable[[], np.ndarray]]  # shape, dtype, loader
 
 LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+LAYER = "{layer}"
 
 
 # ---- our path <-> transformers key --------------------------------------------------------------
@@ -55,6 +58,13 @@ def to_hf(path: tuple, a: np.ndarray) -> np.ndarray:
   if str(path[-1]) == "kernel":
     return a.T if a.ndim == 2 else a.transpose(3, 2, 0, 1)
   return a
+
+
+def per_tensor(key: str, shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+  """The torch keys a parameter is made of, each with its index along the layer axis (None: unstacked)."""
+  if LAYER not in key:
+    return [(key, None)]
+  return [(key.replace(LAYER, str(i)), i) for i in range(shape[0])]
 
 
 
@@ -88,13 +98,17 @@ def place(tensors: dict[str, Tensor], graphdef, abstract, mesh, key_fn: Callable
   """The module `graphdef` with every parameter read from `tensors` (checked first) onto `mesh`."""
   pure = nnx.to_pure_dict(abstract)
   paths = {tuple(k.key for k in p): x for p, x in jax.tree_util.tree_flatten_with_path(pure)[0]}
-  check_against(tensors, {key_fn(p): hf_shape(p, x.shape) for p, x in paths.items()}, where)
+  keys = {p: per_tensor(key_fn(p), x.shape) for p, x in paths.items()}
+  check_against(tensors, {k: hf_shape(p, x.shape if i is None else x.shape[1:])
+                          for p, x in paths.items() for k, i in keys[p]}, where)
   shardings = param_shardings(pure, mesh)
   done = [0]
 
   def put(path, x, sharding):
     p = tuple(k.key for k in path)
-    arr = np.asarray(from_hf(p, tensors[key_fn(p)][2]())).astype(x.dtype)
+    arr = np.empty(x.shape, x.dtype)  # a stacked parameter is filled layer by layer
+    for k, i in keys[p]:
+      arr[() if i is None else i] = from_hf(p, tensors[k][2]())
     done[0] += 1
     if done[0] % 50 == 0 or done[0] == len(paths):
       logging.info("loaded %d/%d tensors from %s", done[0], len(paths), where)
@@ -110,7 +124,9 @@ def state_dict(model, key_fn: Callable[[tuple], str]) -> dict[str, np.ndarray]:
   out = {}
   for path, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]:
     p = tuple(k.key for k in path)
-    out[key_fn(p)] = to_hf(p, np.asarray(jax.device_get(x)))
+    a = np.asarray(jax.device_get(x))
+    for k, i in per_tensor(key_fn(p), a.shape):
+      out[k] = to_hf(p, a if i is None else a[i])
   return out
 
 

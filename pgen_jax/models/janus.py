@@ -41,10 +41,11 @@ class JanusOutput:
 
 
 class Janus(nnx.Module):
-  """All of Janus-Pro. `dtype` is the compute dtype, `param_dtype` the storage dtype."""
+  """All of Janus-Pro. `dtype` is the compute dtype, `param_dtype` the storage dtype; `remat` and
+  `attention_impl` are the language model's options (LlamaModel)."""
 
   def __init__(self, config: JanusConfig, rngs: nnx.Rngs | None = None, *, dtype=None,
-               param_dtype=jnp.float32):
+               param_dtype=jnp.float32, remat="none", attention_impl: str = "auto"):
     config.validate()
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     kw = dict(dtype=dtype, param_dtype=param_dtype)
@@ -57,7 +58,7 @@ class Janus(nnx.Module):
     self.generation_aligner = MlpAligner(q.embed_dim, q.projection_dim, q.num_hidden_layers, rngs,
                                          act=q.hidden_act, **kw)
     self.generation_head = GenerationHead(config, rngs, **kw)
-    self.language_model = LlamaModel(t, rngs, **kw)
+    self.language_model = LlamaModel(t, rngs, remat=remat, attention_impl=attention_impl, **kw)
     self.lm_head = linear(t.hidden_size, t.vocab_size, rngs, bias=False, **kw)
 
   # ---- understanding ------------------------------------------------------------------------

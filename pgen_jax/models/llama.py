@@ -1,7 +1,9 @@
 """The LLaMA-style decoder of Janus-Pro (DeepSeek-LLM): RMSNorm, RoPE, SwiGLU, grouped-query attention.
 
 Keys and values are kept heads-major, (B, KVH, S, D), the layout the attention dots read, so a KV
-cache is never transposed. - a full forward, or prefill / one-token decode against a preallocated cache;
+cache is never transposed. The decoder layers are stored as one DecoderLayer whose parameters carry a
+leading layer axis (nothing restacks them per forward); KV caches and prefixes stay one (k, v) per
+layer. - a full forward, or prefill / one-token decode against a preallocated cache;
 - `return_kv=True` hands back each layer's keys and values: a prompt's prefix, to share;
 - `prefixes=`: continuation rows that attend to shared prefixes' keys and values plus their own
   (causal); rows are laid out per prefix, then per prompt, then per sample, so G samples of one
@@ -146,65 +148,113 @@ class DecoderLayer(nnx.Module):
     return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
+def stacked_layers(cfg: TextConfig, rngs: nnx.Rngs, **kw) -> DecoderLayer:
+  """cfg.num_hidden_layers DecoderLayers as one whose every parameter has a leading layer axis.
+
+  Initialised layer by layer and stacked once here (the values of separate inits, in order); loading a
+  checkpoint builds it under nnx.eval_shape, so nothing is allocated twice."""
+  layers = [DecoderLayer(cfg, rngs, **kw) for _ in range(cfg.num_hidden_layers)]
+  stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *[nnx.state(layer) for layer in layers])
+  return nnx.merge(nnx.graphdef(layers[0]), stacked)
+
+
+def _key(k) -> str:
+  return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+
+def layer_major_leaves(tree) -> list:
+  """The leaves of a parameter-shaped tree (parameters, gradients) in the order a tree of separately
+  stored layers would flatten to: the decoder's stacked leaves (language_model/layers/<name>...) are
+  cut into their layers, layer 0's leaves first, then layer 1's, ... Sums over this list (a global
+  norm) add the same numbers in the same order as they did before the layers were stored stacked."""
+  out, group = [], []
+  def flush():
+    out.extend(leaf[i] for i in range(group[0].shape[0] if group else 0) for leaf in group)
+    group.clear()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [_key(k) for k in path]
+    at = next((j for j in range(len(keys) - 2) if keys[j:j + 2] == ["language_model", "layers"]), None)
+    if at is not None and not keys[at + 2].isdigit():
+      group.append(leaf)
+    else:
+      flush()
+      out.append(leaf)
+  flush()
+  return out
+
+
 class LlamaModel(nnx.Module):
-  def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32):
+  """remat: the backward's policy for the layers of a forward without a cache (a REMAT key, or a bool);
+  attention_impl: the attention kernel (pgen_jax.models.attention.IMPLS). Both are static, part of the
+  graphdef: a stage builds or loads the model with its own (a benchmark may still set them on a built one)."""
+
+  def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, *, dtype=None, param_dtype=jnp.float32, remat="none",
+               attention_impl: str = "auto"):
     self.cfg = cfg
     self.dtype = dtype
-    # Set by the training stages: the decoder-layer remat policy (a key of REMAT) and
-    # the attention kernel (pgen_jax.models.attention.IMPLS).
-    self.remat = "none"
-    self.attention_impl = "auto"
+    self.remat = remat_policy(remat)
+    if self.remat not in REMAT:
+      raise ValueError(f"remat {remat!r}: use one of {', '.join(REMAT)} (or a bool)")
+    if attention_impl not in attn.IMPLS:
+      raise ValueError(f"attention implementation {attention_impl!r}: use one of {', '.join(attn.IMPLS)}")
+    self.attention_impl = attention_impl
     self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                                   embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
-                            for _ in range(cfg.num_hidden_layers)])
+    self.layers = stacked_layers(cfg, rngs, dtype=dtype, param_dtype=param_dtype)
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
 
   def init_cache(self, batch: int, max_len: int, dtype=None) -> list[KVCache]:
     dtype = dtype or self.dtype or jnp.float32
-    return [(jnp.zeros(self.cache_shape(batch, max_len), dtype),) * 2 for _ in self.layers]
+    return [(jnp.zeros(self.cache_shape(batch, max_len), dtype),) * 2 for _ in range(self.cfg.num_hidden_layers)]
 
   def cache_shape(self, batch: int, length: int) -> tuple[int, ...]:
+    """Of one layer's keys (and of its values): caches stay one per layer."""
     return (batch, self.cfg.num_key_value_heads, length, self.cfg.dim_per_head)
 
   def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None, return_kv=True):
+    """The layers over their stored stacked weights; nothing restacks them.
+
+    With remat and no cache, one lax.scan over the stacked weights, each step under jax.checkpoint:
+    inside a scan the backward keeps only each layer's input (and what the policy saves), which XLA
+    honours on every backend (an unrolled loop of checkpointed layers is not rematerialised by XLA's
+    CPU pipeline); each step casts its layer's matrices to the compute dtype (linear layers would
+    anyway), so the fp32 parameters are never copied as a whole; norms keep their dtype. Otherwise
+    (no remat, or a cache) the layers run unrolled, layer i reading slice i of every stacked weight
+    (lax.split: its transpose concatenates the layers' gradients) and its own cache and prefix, one
+    (k, v) per layer: the computation of separately stored layers, value for value.
+    """
     cos, sin = rope_tables(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
     x = x if self.dtype is None else x.astype(self.dtype)
-    name = remat_policy(self.remat)
-    if name != "none" and cache is None:
-      x, kvs = self._scanned(x, cos, sin, ctx, prefix, REMAT[name], return_kv)
+    graphdef, weights = nnx.split(self.layers)
+    n = self.cfg.num_hidden_layers
+    policy = remat_policy(self.remat)
+    if policy != "none" and cache is None:
+      x, kvs = self._scanned(x, cos, sin, ctx, graphdef, weights, prefix, REMAT[policy], return_kv)
       return self.norm(x), kvs
+    leaves, treedef = jax.tree.flatten(weights)
+    split = [[p.reshape(w.shape[1:]) for p in jax.lax.split(w, (1,) * n)] for w in leaves]
     kvs = []
-    for i, layer in enumerate(self.layers):
+    for i in range(n):
+      w = jax.tree.unflatten(treedef, [parts[i] for parts in split])
       layer_prefix = None if prefix is None else [p.kv[i] for p in prefix]
       layer_cache = None if cache is None else cache[i]
-      x, kv = layer(x, cos, sin, ctx, layer_cache, layer_prefix)
+      x, kv = nnx.merge(graphdef, w)(x, cos, sin, ctx, layer_cache, layer_prefix)
       kvs.append(kv)
     return self.norm(x), kvs
 
-  def _scanned(self, x, cos, sin, ctx, prefix, policy, return_kv):
-    """The layers as one lax.scan over their stacked weights, each step under jax.checkpoint.
-
-    Inside a scan the backward keeps only each layer's input (and what `policy` saves), which XLA
-    honours on every backend; an unrolled loop of checkpointed layers is not rematerialised by XLA's
-    CPU pipeline, so its memory analysis could not show remat. It also compiles one layer, not all.
-    Weights are cast to the compute dtype before stacking (linear layers cast them anyway), so the
-    stacked copy and its gradient are compute-dtype sized; norms keep their dtype.
-    """
-    graphdef = nnx.graphdef(self.layers[0])
+  def _scanned(self, x, cos, sin, ctx, graphdef, weights, prefix, policy, return_kv):
     cast = lambda w: w.astype(self.dtype) if self.dtype is not None and w.ndim >= 2 else w
-    weights = jax.tree.map(lambda *ws: jnp.stack([cast(w) for w in ws]),
-                           *[nnx.state(layer) for layer in self.layers])
-    stacked_prefix = None if prefix is None else [
-        tuple(jnp.stack([p.kv[i][j] for i in range(len(self.layers))]) for j in range(2)) for p in prefix]
+    n = self.cfg.num_hidden_layers
+    stacked_prefix = None if prefix is None else [  # activations, stacked for the scan as before
+        tuple(jnp.stack([p.kv[i][j] for i in range(n)]) for j in range(2)) for p in prefix]
 
     def body(h, xs):
       w, layer_prefix = xs
-      h, kv = nnx.merge(graphdef, w)(h, cos, sin, ctx, None, layer_prefix)
+      h, kv = nnx.merge(graphdef, jax.tree.map(cast, w))(h, cos, sin, ctx, None, layer_prefix)
       return h, (kv if return_kv else None)
 
     x, kvs = jax.lax.scan(jax.checkpoint(body, policy=policy), x, (weights, stacked_prefix))
-    return x, ([(kvs[0][i], kvs[1][i]) for i in range(len(self.layers))] if return_kv else [])
+    return x, ([(kvs[0][i], kvs[1][i]) for i in range(n)] if return_kv else [])
 
   def __call__(self, inputs_embeds, positions=None, attention_mask=None,
                cache: list[KVCache] | None = None, cache_index=0, *, return_kv: bool = False,

@@ -31,6 +31,9 @@ RULES: list[tuple[str, tuple]] = [
     (r"vqmodel/.*kernel", (None, None, None, "fsdp")),  # conv HWIO: split output channels
     (r".*", ()),  # norms, biases, small tensors: replicated
 ]
+# The decoder layers' parameters carry a leading layer axis: it stays whole (each scan step reads one
+# layer), the rules above apply to the rest.
+STACKED = r"language_model/layers/(?!\d)"
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
@@ -64,6 +67,8 @@ def fit_spec(shape: tuple[int, ...], axes: tuple, mesh: Mesh) -> P:
 
 
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+  if re.search(STACKED, path):
+    return P(None, *spec_for(re.sub(STACKED, "language_model/layer/", path), shape[1:], mesh))
   for pattern, axes in RULES:
     if re.search(pattern, path):
       return fit_spec(shape, axes, mesh)
@@ -89,11 +94,17 @@ def put_global(tree, shardings):
   if jax.process_count() == 1:
     return jax.device_put(tree, shardings)
 
+  def from_host(x: np.ndarray, sharding):
+    # Each process builds its own shards from its copy: no collective (device_put of host data onto
+    # a sharding across processes checks the copies are equal with an allgather, which hung on
+    # JAX 0.12.1's CPU collectives).
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
   def put(x, sharding):
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(x)), sharding),
+      return jax.random.wrap_key_data(from_host(np.asarray(jax.random.key_data(x)), sharding),
                                       impl=jax.random.key_impl(x))
-    return jax.device_put(np.asarray(x), sharding)
+    return from_host(np.asarray(x), sharding)
   return jax.tree.map(put, tree, shardings)
 
 

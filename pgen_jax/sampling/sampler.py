@@ -151,7 +151,8 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, samp
   cache, done = None, 0
   for length in phase_lengths(num_tokens, sampling.decode_phases):
     if cache is None:
-      cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, length), dtype)) for _ in "kv") for _ in lm.layers]
+      cache = [tuple(constrain(jnp.zeros(lm.cache_shape(2 * b * n, length), dtype)) for _ in "kv")
+               for _ in range(lm.cfg.num_hidden_layers)]
     else:
       pad = ((0, 0), (0, 0), (0, length - done), (0, 0))
       cache = [tuple(constrain(jnp.pad(c, pad)) for c in layer) for layer in cache]

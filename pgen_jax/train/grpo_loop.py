@@ -87,8 +87,7 @@ def run_grpo(cfg) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   grpo_cfg = cfg.grpo
   mesh = mesh_from_config(cfg)
-  model = model_from_config(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)))
-  model.language_model.remat = remat_policy(grpo_cfg.remat)
+  model = model_from_config(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)), remat=remat_policy(grpo_cfg.remat))
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
   ref_params = jax.tree.map(jnp.copy, params) if grpo_cfg.beta else None
   # The schedule counts optimizer updates: inner_updates per step.

@@ -46,8 +46,7 @@ def run_sft(cfg) -> dict:
   if (sft_cfg.batch_size // sft_cfg.grad_accum) % shards or sft_cfg.batch_size % jax.process_count():
     raise ValueError(f"sft.batch_size: {sft_cfg.batch_size} / grad_accum {sft_cfg.grad_accum} must split evenly over the "
                      f"{shards} data-parallel devices and {jax.process_count()} hosts")
-  model = model_from_config(cfg, mesh)
-  model.language_model.remat = remat_policy(sft_cfg.remat)
+  model = model_from_config(cfg, mesh, remat=remat_policy(sft_cfg.remat))
   prompter = Prompter(cfg, model.config)
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(sft_cfg.trainable)), ...)
   train_loader = loader_from_config(cfg, "train", batch_size=sft_cfg.batch_size // jax.process_count(), seed=cfg.seed,

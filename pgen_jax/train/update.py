@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax.models.llama import layer_major_leaves
 from pgen_jax.models.sharding import put_global
 
 TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_aligner", "generation_head")
@@ -41,12 +42,32 @@ def _part(path) -> str:
   return str(getattr(key, "key", getattr(key, "name", key)))
 
 
+def global_norm(tree) -> jax.Array:
+  """optax.tree.norm, summed layer by layer over the decoder's stacked leaves (layer_major_leaves): the
+  norm of the tree of separately stored layers, to the last bit."""
+  total = 0
+  for x in layer_major_leaves(tree):
+    total = total + jnp.sum(jnp.square(x.real) + jnp.square(x.imag))
+  return jnp.sqrt(total)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm with global_norm above."""
+  def update_fn(updates, state, params=None):
+    del params
+    g_norm = global_norm(updates)
+    trigger = jnp.squeeze(g_norm < max_norm)
+    clip = lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm)
+    return jax.tree.map(clip, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(lr: float, warmup: int, total: int, b1: float, b2: float, weight_decay: float,
                    clip: float, lr_scales: dict[str, float] | None = None) -> optax.GradientTransformation:
   """AdamW with global-norm clipping on lr_schedule; `warmup` and `total` count optimizer updates.
   `lr_scales` multiplies the learning rate of whole parts (e.g. a randomly initialised encoder that has
   further to go than the pretrained LM); the others keep `lr`."""
-  chain = [optax.clip_by_global_norm(clip),
+  chain = [clip_by_global_norm(clip),
            optax.adamw(lr_schedule(lr, warmup, total), b1=b1, b2=b2, weight_decay=weight_decay)]
   scales = {k: float(v) for k, v in (lr_scales or {}).items() if float(v) != 1.0}
   if scales:
@@ -74,7 +95,7 @@ def guarded_update(tx, state: dict, loss, grads) -> tuple[dict, dict]:
   """Applies `grads` unless the loss or the gradient norm is not finite; then the parameters and the
   optimizer stay as they were and the step is counted as skipped."""
   params, opt_state = state["params"], state["opt_state"]
-  grad_norm = optax.global_norm(grads)
+  grad_norm = global_norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt = tx.update(grads, opt_state, params)
   updates = jax.tree.map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)  # lowered after a rollback
