@@ -8,17 +8,16 @@ positions and the prepared image size is the model's.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pgen_jax.errors import ConfigError
-from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
-from pgen_jax.models.config import PRESETS, JanusConfig, preset
+from pgen_jax.models.config import PRESETS
 from pgen_jax.rewards.models import RANDOM
 from pgen_jax.sampling.prompts import PromptTemplate, max_prompt_len
 from pgen_jax.sampling.tokenizers import load_tokenizer
 from pgen_jax.scorer.launch import answers
 from pgen_jax.settings import Settings
+from pgen_jax.setup import model_config
 from pgen_jax.train.grpo_rewards import SYNTHETIC_ONLY
 
 MODEL_STAGES = ("vq", "sft", "grpo", "eval", "export")  # the stages that load model.checkpoint
@@ -54,9 +53,7 @@ def validate(s: Settings, *, files: bool = True) -> None:
     raise ConfigError(f"grpo.reward: {s.grpo.reward!r} judges the synthetic world's genres; with "
                       f"data.name={s.data.name!r} use models")
   if "eval" in s.stages:
-    for key, value in (("eval.clip", s.eval.clip), ("eval.dino", s.eval.dino)):
-      if value and not value.startswith(RANDOM) and not Path(value).exists():
-        raise ConfigError(f"{key}: {value} does not exist; download the model there or clear the key")
+    _require_files({"eval.clip": s.eval.clip, "eval.dino": s.eval.dino})
 
 
 def _check_vq(s: Settings, files: bool) -> None:
@@ -79,22 +76,6 @@ def _require_files(paths: dict[str, str]) -> None:
       raise ConfigError(f"{key}: {value} does not exist; download the model there or clear the key")
 
 
-def model_config(s: Settings) -> JanusConfig:
-  """The Janus architecture the model stages will load: model.checkpoint's, else the preset's."""
-  ckpt = s.model.checkpoint
-  if not ckpt:
-    return preset(s.model.preset)
-  if is_pgen_checkpoint(ckpt):
-    return JanusConfig.from_dict(json.loads((Path(ckpt) / CONFIG_FILE).read_text())["model"])
-  path = Path(ckpt) / "config.json"
-  if not path.is_file():
-    raise ConfigError(f"model.checkpoint: {path} not found; is {ckpt} a Janus checkpoint directory?")
-  try:
-    return JanusConfig.from_hf(json.loads(path.read_text()))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ConfigError(f"model.checkpoint: {path} is not a Janus config ({e})") from None
-
-
 def check_against_model(s: Settings) -> None:
   """Before the first stage spends time: what prepare writes and what the training and eval stages build
   must fit the model they load."""
@@ -102,7 +83,7 @@ def check_against_model(s: Settings) -> None:
     return
   if "grpo" in s.stages:
     _check_scorer(s)
-  mc = model_config(s)
+  mc = model_config(s.model)
   if s.data.image_size != mc.vision.image_size:
     raise ConfigError(f"data.image_size: {s.data.image_size} differs from the model's image size "
                       f"{mc.vision.image_size} (model.checkpoint {s.model.checkpoint or 'empty'}); set "

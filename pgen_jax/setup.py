@@ -3,6 +3,7 @@ it ran), the newest training result."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -11,7 +12,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from pgen_jax.errors import ConfigError
 from pgen_jax.models import Janus, load_janus, make_mesh, place_on_mesh, preset
+from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
+from pgen_jax.models.config import JanusConfig
 
 
 def use_compile_cache(path: str) -> None:
@@ -82,3 +86,19 @@ def trained_checkpoint(cfg, stages=("grpo", "sft")) -> Path | None:
     if final.exists():
       return final
   return None
+
+def model_config(model) -> JanusConfig:
+  """The Janus architecture the model stages will load (a ModelSection): model.checkpoint's, else the
+  preset's. Read from the checkpoint's config file alone, before any weights."""
+  ckpt = model.checkpoint
+  if not ckpt:
+    return preset(model.preset)
+  if is_pgen_checkpoint(ckpt):
+    return JanusConfig.from_dict(json.loads((Path(ckpt) / CONFIG_FILE).read_text())["model"])
+  path = Path(ckpt) / "config.json"
+  if not path.is_file():
+    raise ConfigError(f"model.checkpoint: {path} not found; is {ckpt} a Janus checkpoint directory?")
+  try:
+    return JanusConfig.from_hf(json.loads(path.read_text()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"model.checkpoint: {path} is not a Janus config ({e})") from None
