@@ -3,8 +3,10 @@
   python -m pgen_jax.bench.memory --config=configs/movielens.py --stage=rollout
   python -m pgen_jax.bench.memory --config=configs/movielens.py --stage=grpo --preset=janus-pro-7b --devices=8
 
-Each stage's jitted functions are lowered for the configured mesh with abstract inputs (shapes,
-dtypes and shardings; no checkpoint is read) and compiled ahead of time; XLA's memory and cost
+Each stage's jitted functions, made by the loops' own builders (pgen_jax/train/steps.py,
+sampling.jit_generate; bench/programs.py gives them abstract inputs), are lowered for the configured
+mesh with abstract inputs (shapes, dtypes and shardings; no checkpoint is read) and compiled ahead of
+time; XLA's memory and cost
 analyses give, per device, the bytes of arguments, outputs and temporaries and the FLOPs and bytes
 accessed. `--devices=N` models a mesh of N devices with fake CPU devices. One JSON line per
 function:
@@ -41,28 +43,26 @@ if __name__ == "__main__":
   _fake_devices(sys.argv)
 
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from pgen_jax.bench import programs  # noqa: E402
+from pgen_jax.bench.programs import sampler_inputs, set_remat, spec  # noqa: E402
 from pgen_jax.bench.random_inputs import run_time  # noqa: E402
-from pgen_jax.models import Janus, from_uint8, make_mesh, preset  # noqa: E402
-from pgen_jax.models.llama import Prefix, remat_policy  # noqa: E402
-from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings  # noqa: E402
+from pgen_jax.models import make_mesh  # noqa: E402
+from pgen_jax.models.llama import Prefix  # noqa: E402
+from pgen_jax.models.sharding import BATCH, param_shardings  # noqa: E402
 from pgen_jax.rewards import clip as clip_lib, dino as dino_lib  # noqa: E402
 from pgen_jax.rewards.compose import in_jit_terms  # noqa: E402
 from pgen_jax.rewards.models import RANDOM, RewardModels  # noqa: E402
 from pgen_jax.sampling.prompts import PromptTemplate  # noqa: E402
-from pgen_jax.sampling.sampler import SamplingConfig, jit_generate  # noqa: E402
-from pgen_jax.train import grpo, sft, update  # noqa: E402
+from pgen_jax.sampling.sampler import SamplingConfig  # noqa: E402
 
 STAGES = ("rollout", "sft", "grpo", "eval")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/movielens.py", "experiment config")
@@ -88,22 +88,6 @@ def prompt_len(cfg, num_image_tokens: int) -> int:
   return 2 + literal(t.prompt.replace("{history}", "")) + cfg.data.history_len * item
 
 
-def spec(shape, dtype, mesh, axes=()) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, fit_spec(shape, axes, mesh)))
-
-
-def abstract_model(cfg, mesh):
-  """(graphdef, abstract sharded state, model config) of the configured architecture."""
-  config = preset(_PRESET.value or cfg.model.preset)
-  model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype),
-                                       param_dtype=jnp.dtype(cfg.model.param_dtype)))
-  model.language_model.attention_impl = cfg.model.attention
-  graphdef, state = nnx.split(model)
-  shardings = param_shardings(state, mesh)
-  return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
-                                shardings), config
-
-
 def measure(stage: str, name: str, fn, *args) -> dict:
   t = time.perf_counter()
   compiled = fn.lower(*args).compile()
@@ -122,31 +106,18 @@ def measure(stage: str, name: str, fn, *args) -> dict:
   return row
 
 
-def sampler_inputs(cfg, mesh, config, prompts: int, samples: int, length: int):
-  n_img = cfg.data.history_len
-  size = config.vision.image_size
-  uncond_len = 2 if cfg.prompt.uncond_pads == "drop" and cfg.prompt.uncond == "official" else length
-  if cfg.prompt.uncond == "keep_images" and cfg.prompt.uncond_pads == "drop":
-    uncond_len = 2 + n_img * (config.num_image_tokens + 2)
-  i32 = jnp.int32
-  return [spec((prompts, length), i32, mesh), spec((prompts, length), i32, mesh),
-          spec((prompts, uncond_len), i32, mesh), spec((prompts, uncond_len), i32, mesh),
-          spec((prompts * n_img, size, size, 3), jnp.float32, mesh),
-          spec((prompts * samples, 2), jnp.uint32, mesh)]
-
-
-def rollout(cfg, mesh, graphdef, state, config, stage="rollout", prompts=None, samples=None, cfg_weight=None):
+def rollout(cfg, mesh, graphdef, state, config, stage="rollout", prompts=None, scfg=None):
+  """The sampler; by default the GRPO loop's rollout (its sampling config, and in the grpo stage its
+  model, remat set)."""
   prompts = prompts or cfg.grpo.prompts_per_step
-  samples = samples or cfg.grpo.group_size
+  scfg = scfg or programs.rollout_sampling(cfg, _PHASES.value)
   length = prompt_len(cfg, config.num_image_tokens)
-  scfg = SamplingConfig(cfg_weight=cfg_weight or cfg.grpo.cfg_weight, temperature=cfg.grpo.temperature,
-                        num_samples=samples, decode_phases=_PHASES.value)
-  fn = jit_generate(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh, scfg,
-                    cfg.prompt.uncond == "keep_images", jnp.dtype(cfg.model.dtype))
-  rows = [measure(stage, "sampler", fn, state, *sampler_inputs(cfg, mesh, config, prompts, samples, length))]
+  model_gd = set_remat(graphdef, state, cfg.grpo.remat) if stage == "grpo" else graphdef
+  fn, args = programs.sampler(cfg, mesh, model_gd, state, config, scfg, prompts, length)
+  rows = [measure(stage, "sampler", fn, *args)]
   rows[0]["decode_phases"] = scfg.decode_phases
   if stage == "rollout":
-    rows.append(decode_step(cfg, mesh, graphdef, state, config, prompts, samples, length))
+    rows.append(decode_step(cfg, mesh, graphdef, state, config, prompts, scfg.num_samples, length))
   return rows
 
 
@@ -182,76 +153,21 @@ def decode_step(cfg, mesh, graphdef, state, config, prompts, samples, length):
   return row
 
 
-def train_state(graphdef, state, cfg, section, mesh):
-  """Abstract training state (params, optimizer, counters) with the shardings the real run gets."""
-  flt = update.trainable_filter(tuple(cfg.sft.trainable))
-  params = state.filter(flt)
-  frozen = state.filter(lambda path, x: not flt(path, x))
-  tx = update.make_optimizer(section.lr, max(section.warmup_steps, 1), 1000, section.b1, section.b2, 0.0, 1.0)
-  shapes = jax.eval_shape(lambda p: update.init_state(p, tx), params)
-  # As in a real run, where the optimizer's moments are created from the placed parameters: each
-  # moment takes its parameter's sharding, everything else (counters, the key) is replicated.
-  at = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-  replicated = NamedSharding(mesh, P())
-  opt_state = optax.tree_map_params(tx, lambda x, p: at(x, p.sharding), shapes["opt_state"], params,
-                                    transform_non_params=lambda x: at(x, replicated))
-  full = {**jax.tree.map(lambda x: at(x, replicated), shapes), "params": params, "opt_state": opt_state}
-  return params, frozen, tx, full
-
-
 def sft_stage(cfg, mesh, graphdef, state, config):
-  b, length = cfg.sft.batch_size, prompt_len(cfg, config.num_image_tokens)
-  graphdef = set_remat(graphdef, state, cfg.sft.remat)
-  params, frozen, tx, full = train_state(graphdef, state, cfg, cfg.sft, mesh)
-  size = config.vision.image_size
-  batch = {"ids": spec((b, length), jnp.int32, mesh, (BATCH,)), "uncond": spec((b, length), jnp.int32, mesh, (BATCH,)),
-           "mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
-           "uncond_mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
-           "history": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
-  if cfg.sft.pretokenize:  # the loop brings the targets' VQ ids (train/item_tokens.py)
-    batch["target_tokens"] = spec((b, config.num_image_tokens), jnp.int32, mesh, (BATCH,))
-  else:
-    batch["target"] = spec((b, size, size, 3), jnp.uint8, mesh, (BATCH,))
-  step_cfg = sft.StepConfig(grad_accum=cfg.sft.grad_accum, uncond_prob=cfg.sft.uncond_prob)
-  fn = jax.jit(functools.partial(sft.train_step, graphdef, tx, step_cfg), donate_argnums=(0,))
-  return [measure("sft", "train_step", fn, full, frozen, batch)]
-
-
-def set_remat(graphdef, state, policy):
-  model = nnx.merge(graphdef, state)
-  model.language_model.remat = remat_policy(policy)
-  return nnx.split(model)[0]
+  fn, args = programs.sft_train_step(cfg, mesh, graphdef, state, config, prompt_len(cfg, config.num_image_tokens))
+  return [measure("sft", "train_step", fn, *args)]
 
 
 def grpo_stage(cfg, mesh, graphdef, state, config):
   grpo_cfg = cfg.grpo
   rows = rollout(cfg, mesh, graphdef, state, config, stage="grpo")
-  graphdef = set_remat(graphdef, state, grpo_cfg.remat)
-  params, frozen, tx, full = train_state(graphdef, state, cfg, grpo_cfg, mesh)
-  b, n = grpo_cfg.prompts_per_step, grpo_cfg.group_size
-  length = prompt_len(cfg, config.num_image_tokens)
-  ins = sampler_inputs(cfg, mesh, config, b, n, length)
-  size, tokens = config.vision.image_size, config.num_image_tokens
-  batch = {"ids": ins[0], "mask": ins[1], "uncond": ins[2], "uncond_mask": ins[3],
-           "images": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-           "tokens": spec((b * n, tokens), jnp.int32, mesh, (BATCH,)),
-           "old_logp": spec((b * n, tokens), jnp.float32, mesh, (BATCH,)),
-           "advantages": spec((b * n,), jnp.float32, mesh, (BATCH,)),
-           "weights": spec((b * n,), jnp.float32, mesh, (BATCH,)), "on_policy": spec((), jnp.bool_, mesh)}
-  step_cfg = grpo.GRPOConfig(eps_low=grpo_cfg.eps_low, eps_high=grpo_cfg.eps_high, beta=grpo_cfg.beta, logprobs=grpo_cfg.logprobs,
-                             cfg_weight=grpo_cfg.cfg_weight, temperature=grpo_cfg.temperature,
-                             uncond_images=cfg.prompt.uncond == "keep_images")
-  micro = b // grpo_cfg.micro_batch if grpo_cfg.micro_batch else 1
-  update_fn = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro),
-                      donate_argnums=(0,))
-  ref = params if grpo_cfg.beta else None
-  rows.append(measure("grpo", "update_step", update_fn, full, frozen, ref, batch))
-  old_logp = jax.jit(lambda p, fr, bt: grpo.image_token_logprobs(
-      nnx.merge(graphdef, p, fr), bt["ids"], bt["mask"], from_uint8(bt["images"].reshape(-1, size, size, 3)),
-      bt["tokens"], temperature=grpo_cfg.temperature))
-  if grpo_cfg.logprobs == "cond":
-    rows.append(measure("grpo", "old_logprobs", old_logp, params, frozen, batch))
-  rows += reward_models(cfg, mesh, "grpo", b * n, b)
+  fns = programs.grpo_update(cfg, mesh, graphdef, state, config, prompt_len(cfg, config.num_image_tokens))
+  fn, args = fns["update_step"]
+  rows.append(measure("grpo", "update_step", fn, *args))
+  if grpo_cfg.sample_ahead:  # the loop's old log-probs of the batches sampled ahead
+    fn, args = fns["old_logprobs"]
+    rows.append(measure("grpo", "old_logprobs", fn, *args))
+  rows += reward_models(cfg, mesh, "grpo", grpo_cfg.prompts_per_step * grpo_cfg.group_size, grpo_cfg.prompts_per_step)
   return rows
 
 
@@ -297,8 +213,9 @@ def reward_models(cfg, mesh, stage, images: int, prompts: int):
 
 def eval_stage(cfg, mesh, graphdef, state, config):
   eval_cfg = cfg.eval
-  rows = rollout(cfg, mesh, graphdef, state, config, stage="eval", prompts=eval_cfg.batch_size,
-                 samples=eval_cfg.samples, cfg_weight=eval_cfg.cfg_weight)
+  scfg = SamplingConfig(cfg_weight=eval_cfg.cfg_weight, temperature=cfg.grpo.temperature, num_samples=eval_cfg.samples,
+                        decode_phases=_PHASES.value)
+  rows = rollout(cfg, mesh, graphdef, state, config, stage="eval", prompts=eval_cfg.batch_size, scfg=scfg)
   return rows + reward_models(cfg, mesh, "eval", eval_cfg.batch_size * eval_cfg.samples, eval_cfg.batch_size)
 
 
@@ -306,7 +223,7 @@ def main(argv):
   del argv
   cfg = _CONFIG.value
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  graphdef, state, config = abstract_model(cfg, mesh)
+  graphdef, state, config = programs.abstract_model(cfg, mesh, _PRESET.value)
   run = {"rollout": rollout, "sft": sft_stage, "grpo": grpo_stage, "eval": eval_stage}[_STAGE.value]
   rows = run(cfg, mesh, graphdef, state, config)
   for row in rows:

@@ -26,7 +26,6 @@ taken while the defence had no step flagged.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import math
@@ -46,14 +45,14 @@ from pgen_jax.data.pipeline import loader_from_config
 from pgen_jax.errors import RunStopped
 from pgen_jax.fileio import write_bytes, write_json
 from pgen_jax.models.checkpoint import save_janus
-from pgen_jax.models.janus import from_uint8, to_uint8
+from pgen_jax.models.janus import to_uint8
 from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import to_device
 from pgen_jax.rewards.similarity import cross_user_similarity
-from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
+from pgen_jax.sampling import Sampler, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
-from pgen_jax.train import grpo, update
+from pgen_jax.train import grpo, steps, update
 from pgen_jax.train.checkpoints import Checkpoints
 from pgen_jax.train.grpo_defence import Defence
 from pgen_jax.train.grpo_rewards import Rewards, Scored
@@ -91,9 +90,7 @@ def run_grpo(cfg) -> dict:
   graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
   ref_params = jax.tree.map(jnp.copy, params) if grpo_cfg.beta else None
   # The schedule counts optimizer updates: inner_updates per step.
-  tx = update.make_optimizer(grpo_cfg.lr, grpo_cfg.warmup_steps * grpo_cfg.inner_updates,
-                             grpo_cfg.num_steps * grpo_cfg.inner_updates, grpo_cfg.b1, grpo_cfg.b2,
-                             grpo_cfg.weight_decay, grpo_cfg.grad_clip)
+  tx = steps.grpo_optimizer(grpo_cfg)
   state = update.init_state(params, tx, cfg.seed, mesh)
   replicated = NamedSharding(mesh, P())
   fns = StepFunctions(cfg, graphdef, frozen, tx, state, replicated)
@@ -205,20 +202,9 @@ class StepFunctions:
   def __init__(self, cfg, graphdef, frozen, tx, state, replicated):
     grpo_cfg = cfg.grpo
     self.grpo_cfg, self.frozen, self.mesh = grpo_cfg, frozen, replicated.mesh
-    step_cfg = grpo.GRPOConfig(eps_low=grpo_cfg.eps_low, eps_high=grpo_cfg.eps_high, beta=grpo_cfg.beta,
-                               logprobs=grpo_cfg.logprobs, cfg_weight=grpo_cfg.cfg_weight,
-                               temperature=grpo_cfg.temperature, uncond_images=cfg.prompt.uncond == "keep_images")
-    micro_batches = grpo_cfg.prompts_per_step // grpo_cfg.micro_batch if grpo_cfg.micro_batch else 1
-    self.update = jax.jit(functools.partial(grpo.update_step, graphdef, tx, step_cfg, micro_batches=micro_batches),
-                          donate_argnums=(0,),
-                          out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated))
-    cfg_kw = (dict(cfg_weight=grpo_cfg.cfg_weight, uncond_images=step_cfg.uncond_images)
-              if grpo_cfg.logprobs == "cfg" else {})
-    # The loss's own teacher-forced log-probs (grpo.grpo_loss), for batches sampled ahead.
-    self.old_logp = jax.jit(lambda p, b: grpo.image_token_logprobs(
-        nnx.merge(graphdef, p, frozen), b["ids"], b["mask"],
-        from_uint8(b["images"].reshape(-1, *b["images"].shape[2:])), b["tokens"], uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"],
-        temperature=grpo_cfg.temperature, **cfg_kw))
+    self.update = steps.grpo_update_step(graphdef, tx, grpo_cfg, cfg.prompt, jax.tree.map(lambda x: x.sharding, state),
+                                         self.mesh)
+    self.old_logp = steps.grpo_old_logprobs(graphdef, grpo_cfg, cfg.prompt)  # (params, frozen, batch)
     self.decode = jax.jit(lambda p, t: to_uint8(nnx.merge(graphdef, p, frozen).decode_image_tokens(t)))
     self.on_policy = {b: jax.device_put(np.bool_(b), replicated) for b in (False, True)}
 
@@ -254,9 +240,7 @@ class Rollouts:
     self.cfg, self.grpo_cfg, self.mesh = cfg, grpo_cfg, mesh
     self.graphdef, self.frozen, self.rewards, self.defence, self.fns = graphdef, frozen, rewards, defence, fns
     self.prompter = Prompter(cfg, model.config)
-    self.sampler = Sampler(model, mesh, SamplingConfig(cfg_weight=grpo_cfg.cfg_weight, temperature=grpo_cfg.temperature,
-                                                       num_samples=grpo_cfg.group_size,
-                                                       decode_images=rewards.needs_images))
+    self.sampler = Sampler(model, mesh, steps.rollout_sampling(grpo_cfg, rewards.needs_images))
     loader = loader_from_config(cfg, "train", batch_size=grpo_cfg.prompts_per_step // jax.process_count(),
                                 seed=cfg.seed, with_future=_uses_future(grpo_cfg))
     self.iterator = iter(loader)
@@ -297,7 +281,7 @@ class Rollouts:
                              "images": x["history"], "tokens": tokens}, self.mesh)
     if ahead:  # trained after this step's update: old log-probs under the sampling parameters, now
       # (waited for, as the update donates these parameters)
-      dev["old_logp"] = jax.block_until_ready(self.fns.old_logp(params, dev))
+      dev["old_logp"] = jax.block_until_ready(self.fns.old_logp(params, self.frozen, dev))
     else:  # the update's own log-probs stand in (GRPOConfig's on_policy)
       dev["old_logp"] = _to_device_global({"z": np.zeros(tokens.shape, np.float32)}, self.mesh)["z"]
     return Rollout(x=x, batch=dev, job=job, seconds=seconds, on_policy=not ahead)

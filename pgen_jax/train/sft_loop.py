@@ -26,7 +26,7 @@ from pgen_jax.models.sharding import to_device
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.setup import mesh_from_config, model_from_config
-from pgen_jax.train import harness, sft, update
+from pgen_jax.train import harness, sft, steps, update
 from pgen_jax.train.item_tokens import ItemTokens
 from pgen_jax.viz import save_grid
 
@@ -56,15 +56,12 @@ def run_sft(cfg) -> dict:
   for part, scale in sft_cfg.lr_scales.items():  # e.g. a test freezing what the config scales
     if scale != 1 and part not in sft_cfg.trainable:
       logging.warning("sft.lr_scales.%s has no effect: %s is frozen (not in sft.trainable)", part, part)
-  tx = update.make_optimizer(sft_cfg.lr, sft_cfg.warmup_steps, total, sft_cfg.b1, sft_cfg.b2, sft_cfg.weight_decay,
-                             sft_cfg.clip, dict(sft_cfg.lr_scales))
+  tx = steps.sft_optimizer(sft_cfg, total)
   state = update.init_state(params, tx, cfg.seed, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   replicated = NamedSharding(mesh, P())
-  step_cfg = sft.StepConfig(grad_accum=sft_cfg.grad_accum, uncond_prob=sft_cfg.uncond_prob)
-  train_step = jax.jit(functools.partial(sft.train_step, graphdef, tx, step_cfg), donate_argnums=(0,),
-                       in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, replicated))
+  train_step = steps.sft_train_step(graphdef, tx, sft_cfg, state_sh, frozen_sh, mesh)
   eval_step = jax.jit(functools.partial(sft.eval_loss, graphdef), out_shardings=replicated)
 
   loop = harness.Harness("SFT", out, num_steps=total, log_every=sft_cfg.log_every, ckpt_every=sft_cfg.ckpt_every,

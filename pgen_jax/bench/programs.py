@@ -1,0 +1,130 @@
+"""The jitted functions the training loops run, with abstract inputs of the configured shape.
+
+Each is made by the loop's own builder (pgen_jax.train.steps, pgen_jax.sampling.jit_generate) from the
+config's sections, so `bench.memory` lowers and compiles the very programs the loops run. Flag-free, so
+that tests can import it next to the benchmarks' flags.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from pgen_jax.models import Janus, preset
+from pgen_jax.models.llama import remat_policy
+from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings
+from pgen_jax.sampling.sampler import SamplingConfig, jit_generate
+from pgen_jax.train import steps, update
+from pgen_jax.train.grpo_rewards import IMAGE_KINDS
+
+
+def spec(shape, dtype, mesh, axes=()) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, fit_spec(shape, axes, mesh)))
+
+
+def abstract_model(cfg, mesh, preset_name: str = ""):
+  """(graphdef, abstract sharded state, model config) of the configured architecture."""
+  config = preset(preset_name or cfg.model.preset)
+  model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype),
+                                       param_dtype=jnp.dtype(cfg.model.param_dtype)))
+  model.language_model.attention_impl = cfg.model.attention
+  graphdef, state = nnx.split(model)
+  shardings = param_shardings(state, mesh)
+  return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                                shardings), config
+
+
+def set_remat(graphdef, state, policy):
+  """The graphdef with the decoder's remat policy set, as the loop sets it on its model."""
+  model = nnx.merge(graphdef, state)
+  model.language_model.remat = remat_policy(policy)
+  return nnx.split(model)[0]
+
+
+def sampler_inputs(cfg, mesh, config, prompts: int, samples: int, length: int):
+  n_img = cfg.data.history_len
+  size = config.vision.image_size
+  uncond_len = 2 if cfg.prompt.uncond_pads == "drop" and cfg.prompt.uncond == "official" else length
+  if cfg.prompt.uncond == "keep_images" and cfg.prompt.uncond_pads == "drop":
+    uncond_len = 2 + n_img * (config.num_image_tokens + 2)
+  i32 = jnp.int32
+  return [spec((prompts, length), i32, mesh), spec((prompts, length), i32, mesh),
+          spec((prompts, uncond_len), i32, mesh), spec((prompts, uncond_len), i32, mesh),
+          spec((prompts * n_img, size, size, 3), jnp.float32, mesh),
+          spec((prompts * samples, 2), jnp.uint32, mesh)]
+
+
+def sampler(cfg, mesh, graphdef, state, config, sampling: SamplingConfig, prompts: int, length: int):
+  """(the jitted sampler as `Sampler` builds it, its abstract arguments)."""
+  fn = jit_generate(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh, sampling,
+                    cfg.prompt.uncond == "keep_images", jnp.dtype(cfg.model.dtype))
+  return fn, (state, *sampler_inputs(cfg, mesh, config, prompts, sampling.num_samples, length))
+
+
+def rollout_sampling(cfg, decode_phases: int = SamplingConfig.decode_phases) -> SamplingConfig:
+  """The GRPO loop's rollout sampling (decoding images for the rewards that judge them)."""
+  return steps.rollout_sampling(cfg.grpo, cfg.grpo.reward in IMAGE_KINDS, decode_phases)
+
+
+def train_state(state, cfg, tx, mesh):
+  """(params, frozen, abstract training state) with the shardings a real run gets."""
+  flt = update.trainable_filter(tuple(cfg.sft.trainable))
+  params = state.filter(flt)
+  frozen = state.filter(lambda path, x: not flt(path, x))
+  shapes = jax.eval_shape(lambda p: update.init_state(p, tx), params)
+  # As in a real run, where the optimizer's moments are created from the placed parameters: each
+  # moment takes its parameter's sharding, everything else (counters, the key) is replicated.
+  at = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  replicated = NamedSharding(mesh, P())
+  opt_state = optax.tree_map_params(tx, lambda x, p: at(x, p.sharding), shapes["opt_state"], params,
+                                    transform_non_params=lambda x: at(x, replicated))
+  full = {**jax.tree.map(lambda x: at(x, replicated), shapes), "params": params, "opt_state": opt_state}
+  return params, frozen, full
+
+
+def shardings(tree):
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def sft_train_step(cfg, mesh, graphdef, state, config, length: int):
+  """(the SFT loop's jitted train step, its abstract arguments (state, frozen, batch))."""
+  section, b = cfg.sft, cfg.sft.batch_size
+  graphdef = set_remat(graphdef, state, section.remat)
+  tx = steps.sft_optimizer(section, section.num_steps or 1000)  # the total only moves the schedule's constants
+  _, frozen, full = train_state(state, cfg, tx, mesh)
+  size = config.vision.image_size
+  batch = {"ids": spec((b, length), jnp.int32, mesh, (BATCH,)), "uncond": spec((b, length), jnp.int32, mesh, (BATCH,)),
+           "mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
+           "uncond_mask": spec((b, length), jnp.int32, mesh, (BATCH,)),
+           "history": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
+  if section.pretokenize:  # the loop brings the targets' VQ ids (train/item_tokens.py)
+    batch["target_tokens"] = spec((b, config.num_image_tokens), jnp.int32, mesh, (BATCH,))
+  else:
+    batch["target"] = spec((b, size, size, 3), jnp.uint8, mesh, (BATCH,))
+  fn = steps.sft_train_step(graphdef, tx, section, shardings(full), shardings(frozen), mesh)
+  return fn, (full, frozen, batch)
+
+
+def grpo_update(cfg, mesh, graphdef, state, config, length: int) -> dict:
+  """{"update_step": (fn, (state, frozen, ref_params, batch)), "old_logprobs": (fn, (params, frozen, batch))}:
+  the GRPO loop's jitted update and old log-probs, with abstract arguments."""
+  section = cfg.grpo
+  graphdef = set_remat(graphdef, state, section.remat)
+  tx = steps.grpo_optimizer(section)
+  params, frozen, full = train_state(state, cfg, tx, mesh)
+  b, n = section.prompts_per_step, section.group_size
+  ins = sampler_inputs(cfg, mesh, config, b, n, length)
+  size, tokens = config.vision.image_size, config.num_image_tokens
+  batch = {"ids": ins[0], "mask": ins[1], "uncond": ins[2], "uncond_mask": ins[3],
+           "images": spec((b, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+           "tokens": spec((b * n, tokens), jnp.int32, mesh, (BATCH,)),
+           "old_logp": spec((b * n, tokens), jnp.float32, mesh, (BATCH,)),
+           "advantages": spec((b * n,), jnp.float32, mesh, (BATCH,)),
+           "weights": spec((b * n,), jnp.float32, mesh, (BATCH,)), "on_policy": spec((), jnp.bool_, mesh)}
+  update_fn = steps.grpo_update_step(graphdef, tx, section, cfg.prompt, shardings(full), mesh)
+  old_logp = steps.grpo_old_logprobs(graphdef, section, cfg.prompt)
+  ref = params if section.beta else None
+  return {"update_step": (update_fn, (full, frozen, ref, batch)), "old_logprobs": (old_logp, (params, frozen, batch))}
