@@ -85,7 +85,8 @@ def check(cfg, stages: tuple[str, ...], *, redo: tuple[str, ...] = (), keep_old:
     if not (path.exists() and _has_results(workdir / stage)):
       continue
     old = json.loads(path.read_text())
-    diff = [(k, old[k], now.get(k, "(no such key)")) for k in old if old[k] != now.get(k, "(no such key)")]
+    # a key this version no longer has (renamed, as grpo.clip -> reward_models.clip) cannot be compared
+    diff = [(k, old[k], now[k]) for k in old if k in now and old[k] != now[k]]
     if diff:
       changed[stage] = diff
   if changed and not keep_old:

@@ -3,8 +3,11 @@ depends on stops the job in one line (exit 2) unless the user keeps the old resu
 
 import json
 
+import pytest
+
 from configs.demo import get_config
 from pgen_jax import run_settings
+from pgen_jax.errors import ConfigError
 from test_sft import ROOT, run_main, sft_args
 
 
@@ -61,3 +64,19 @@ def test_a_changed_setting_of_a_finished_stage_is_one_line_unless_kept_or_redone
 
   bad = run_main(ROOT, *args, "--redo=eval")
   assert bad.returncode == 2 and "--redo: ['eval'] are not training stages" in last_line(bad)
+
+
+def test_a_key_this_version_renamed_is_not_a_change(tmp_path):
+  """A workdir from before a key moved (grpo.clip -> reward_models.clip) goes on: the old key is not
+  compared, the keys both versions have are."""
+  cfg = get_config()
+  cfg.workdir = str(tmp_path)
+  (tmp_path / "grpo" / "final").mkdir(parents=True)
+  recorded = run_settings.depends_on(cfg, "grpo", ("grpo",))
+  assert recorded["reward_models.clip"] == "" and "grpo.clip" not in recorded
+  old = {**{k: v for k, v in recorded.items() if not k.startswith("reward_models.")}, "grpo.clip": "clip/dir"}
+  (tmp_path / "grpo" / "settings.json").write_text(json.dumps(old))
+  run_settings.check(cfg, ("grpo",))
+  (tmp_path / "grpo" / "settings.json").write_text(json.dumps({**old, "grpo.lr": 1.0}))
+  with pytest.raises(ConfigError, match=r"grpo.lr: 1.0 -> 0.0002: grpo in .* ran with the old values"):
+    run_settings.check(cfg, ("grpo",))
