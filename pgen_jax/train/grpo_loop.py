@@ -36,13 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax import distributed
 from pgen_jax.data.pipeline import loader_from_config
-from pgen_jax.errors import RunStopped
 from pgen_jax.fileio import write_bytes, write_json
 from pgen_jax.models.checkpoint import save_janus
 from pgen_jax.models.janus import to_uint8
@@ -52,8 +50,7 @@ from pgen_jax.rewards.similarity import cross_user_similarity
 from pgen_jax.sampling import Sampler, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
-from pgen_jax.train import grpo, steps, update
-from pgen_jax.train.checkpoints import Checkpoints
+from pgen_jax.train import grpo, harness, steps, update
 from pgen_jax.train.grpo_defence import Defence
 from pgen_jax.train.grpo_rewards import Rewards, Scored
 from pgen_jax.train.hacking import drift_stats
@@ -80,9 +77,8 @@ def _uses_future(grpo_cfg) -> bool:
 
 def run_grpo(cfg) -> dict:
   out = grpo_dir(cfg)
-  if (out / "final").exists():
-    logging.info("GRPO already finished: %s", out / "final")
-    return json.loads((out / "summary.json").read_text())
+  if (done := harness.finished("GRPO", out)) is not None:
+    return done
   out.mkdir(parents=True, exist_ok=True)
   grpo_cfg = cfg.grpo
   mesh = mesh_from_config(cfg)
@@ -101,39 +97,33 @@ def run_grpo(cfg) -> dict:
   # Enough kept that one from before an alarm's first flagged samples survives: those were drawn up to
   # patience + 1 steps before the alarm (+1 sampled ahead).
   flagged_span = math.ceil((grpo_cfg.defence_patience + 2) / grpo_cfg.ckpt_every)
-  ckpts = Checkpoints(out, keep=max(cfg.sft.keep, 2 + flagged_span))
-  summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-  restored = ckpts.restore_latest(state)
-  step = 0
-  if restored is not None:
-    step, state, data_state = restored
+  loop = harness.Harness("GRPO", out, num_steps=grpo_cfg.num_steps, log_every=grpo_cfg.log_every,
+                         ckpt_every=grpo_cfg.ckpt_every, keep=max(cfg.sft.keep, 2 + flagged_span),
+                         max_bad_steps=cfg.sft.max_bad_steps)
+  summary = harness.load_summary(out)
+  step, state, data_state = loop.resume(state)
+  if data_state is not None:
     extra = rollouts.restore(data_state)
     if "defence" in extra:  # checkpoints from before the roll-back state was saved have none
       defence.restore(extra["defence"], rewards)
     _truncate(summary, step)  # the summary may be ahead of the checkpoint
-    logging.info("resumed GRPO at step %d", step)
-  writer = metric_writers.create_default_writer(str(out / "tb"), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=grpo_cfg.num_steps, writer=writer,
-                                             every_steps=grpo_cfg.log_every)
+  now = {"ahead": None}  # the batch sampled ahead during the previous step; this step's rollout and scores
 
-  ahead = None  # the batch sampled ahead during the previous step
-  while step < grpo_cfg.num_steps:
+  def train(at, state):
     t0 = time.perf_counter()
-    if ahead is None:
-      cur = rollouts.sample(step, state["params"], ahead=False)
+    if now["ahead"] is None:
+      cur = rollouts.sample(at, state["params"], ahead=False)
       rollout_time = cur.seconds
     else:  # sampled (and timed) during the previous step
-      cur, ahead, rollout_time = ahead, None, 0.0
-    if grpo_cfg.sample_ahead and step + 1 < grpo_cfg.num_steps and (step + 1) % grpo_cfg.ckpt_every:
-      ahead = rollouts.sample(step + 1, state["params"], ahead=True)  # while the scorer works on `cur`
-      rollout_time += ahead.seconds
+      cur, now["ahead"], rollout_time = now["ahead"], None, 0.0
+    if grpo_cfg.sample_ahead and at + 1 < grpo_cfg.num_steps and (at + 1) % grpo_cfg.ckpt_every:
+      now["ahead"] = rollouts.sample(at + 1, state["params"], ahead=True)  # while the scorer works on `cur`
+      rollout_time += now["ahead"].seconds
     t1 = time.perf_counter()
     scored = rewards.finish(cur.job)
     t2 = time.perf_counter()
     adv, signal, state, metrics = fns.train_on(cur, scored, state, ref_params)
     t3 = time.perf_counter()
-    step += 1
-    progress(step)
     metrics.update({"time/rollout": rollout_time, "time/reward": t2 - t1, "time/scorer_wait": rewards.scorer_wait,
                     "time/update": t3 - t2, "time/step": t3 - t0})
     similarity = cross_user_similarity(scored.emb, cur.job["users"])
@@ -141,57 +131,60 @@ def run_grpo(cfg) -> dict:
     scalars = _step_scalars(scored, adv, signal, similarity, drift, metrics, rewards)
     summary.setdefault("initial_reward", float(scored.total.mean()))
     summary.setdefault("rewards", []).append(float(scored.total.mean()))
-    if step % grpo_cfg.log_every == 0 or step == grpo_cfg.num_steps:
-      writer.write_scalars(step, scalars)
-    if grpo_cfg.save_rollouts and step % grpo_cfg.save_rollouts == 0:
-      _save_rollout(out / "rollouts" / f"step_{step:07d}.npz", cur, scored, scalars["reward_mean"])
-    if metrics.get("bad_streak", 0) >= cfg.sft.max_bad_steps:
-      raise RunStopped(f"GRPO stopped at step {step}: {int(metrics['bad_streak'])} non-finite steps in a row; "
-                              f"the last good checkpoint is step {ckpts.latest.latest_step()} in {out / 'latest'}")
-    alarm = defence.monitor.update(step, float(scored.total.std()), similarity, drift,
+    if grpo_cfg.save_rollouts and (at + 1) % grpo_cfg.save_rollouts == 0:
+      _save_rollout(out / "rollouts" / f"step_{at + 1:07d}.npz", cur, scored, scalars["reward_mean"])
+    now.update(cur=cur, scored=scored, similarity=similarity, drift=drift)
+    return state, scalars
+
+  def defend(step, state, m):
+    """The defence's response to an alarm (stop, or roll back and go on from there); else the grids."""
+    cur = now["cur"]
+    alarm = defence.monitor.update(step, float(now["scored"].total.std()), now["similarity"], now["drift"],
                                    drawn_by=step - 1 if cur.on_policy else step - 2)
-    if alarm is not None:
-      summary.setdefault("alarms", []).append({"step": step, "reasons": alarm.reasons})
-      write_json(out / "summary.json", summary)
-      healthy = ckpts.latest_before(alarm.suspect_from)  # whose samples were not flagged
-      if defence.must_stop(healthy):
-        ckpts.wait()
-        defence.stop(alarm, step, healthy, out / "latest")
-      step, state, data_state = ckpts.roll_back(healthy, state)  # then train more cautiously
-      ahead = None
-      rollouts.restore(data_state)
-      state = defence.roll_back(state, rewards, replicated)
-      summary["alarms"][-1]["rolled_back_to"] = step
-      _truncate(summary, step)
-      write_json(out / "summary.json", summary)
-      progress = periodic_actions.ReportProgress(num_train_steps=grpo_cfg.num_steps, writer=writer,
-                                                 every_steps=grpo_cfg.log_every)
-      logging.warning("reward hacking suspected (%s): rolled back to step %d (roll-back %d), lr x%g, diversity "
-                      "weight %g", alarm.reasons, step, defence.rollbacks, defence.lr_scale, rewards.diversity)
-      continue
-    if step % grpo_cfg.grid_every == 0 or step == grpo_cfg.num_steps:
-      _grid(cur, fns, state["params"], grpo_cfg.group_size, out, step, writer)
-    if step % grpo_cfg.ckpt_every == 0 or step == grpo_cfg.num_steps:
-      ckpts.save(step, state, json.dumps({"iterator": rollouts.iterator.get_state().decode(),
-                                          "defence": defence.state(rewards),
-                                          "reward_scale": rewards.scale.state() if rewards.scale else {}}))
-      if validation is not None and (step % grpo_cfg.eval_every == 0 or step == grpo_cfg.num_steps):
-        val = rollouts.validate(validation.raw, state["params"])
-        writer.write_scalars(step, {"val/reward": val})
-        summary.setdefault("validation", []).append({"step": step, "reward": val,
-                                                     "flagged": defence.monitor.flagged})
-        if defence.monitor.flagged == 0:  # only checkpoints taken while nothing looked like hacking
-          ckpts.save_best(step, state["params"], -val)
-          if val >= summary.get("best_reward", -np.inf):
-            summary.update(best_step=step, best_reward=val)
-      write_json(out / "summary.json", summary)
-  ckpts.wait()
+    if alarm is None:
+      if loop.due(step, grpo_cfg.grid_every):
+        _grid(cur, fns, state["params"], grpo_cfg.group_size, out, step, loop.writer)
+      return None
+    summary.setdefault("alarms", []).append({"step": step, "reasons": alarm.reasons})
+    write_json(out / "summary.json", summary)
+    healthy = loop.ckpts.latest_before(alarm.suspect_from)  # whose samples were not flagged
+    if defence.must_stop(healthy):
+      loop.ckpts.wait()
+      defence.stop(alarm, step, healthy, out / "latest")
+    step, state, data_state = loop.ckpts.roll_back(healthy, state)  # then train more cautiously
+    now["ahead"] = None
+    rollouts.restore(data_state)
+    state = defence.roll_back(state, rewards, replicated)
+    summary["alarms"][-1]["rolled_back_to"] = step
+    _truncate(summary, step)
+    write_json(out / "summary.json", summary)
+    logging.warning("reward hacking suspected (%s): rolled back to step %d (roll-back %d), lr x%g, diversity "
+                    "weight %g", alarm.reasons, step, defence.rollbacks, defence.lr_scale, rewards.diversity)
+    return step, state
+
+  def validate(step, state):
+    if validation is not None and loop.due(step, grpo_cfg.eval_every):
+      val = rollouts.validate(validation.raw, state["params"])
+      loop.writer.write_scalars(step, {"val/reward": val})
+      summary.setdefault("validation", []).append({"step": step, "reward": val, "flagged": defence.monitor.flagged})
+      if defence.monitor.flagged == 0:  # only checkpoints taken while nothing looked like hacking
+        loop.ckpts.save_best(step, state["params"], -val)
+        if val >= summary.get("best_reward", -np.inf):
+          summary.update(best_step=step, best_reward=val)
+    write_json(out / "summary.json", summary)
+
+  extra_state = lambda: json.dumps({"iterator": rollouts.iterator.get_state().decode(),
+                                    "defence": defence.state(rewards),
+                                    "reward_scale": rewards.scale.state() if rewards.scale else {}})
+  state = loop.run(step, state, train, report=lambda _, m: m, after=defend, data_state=extra_state,
+                   after_save=validate, sync_every_step=True)
+  loop.ckpts.wait()
   summary.update(steps=grpo_cfg.num_steps,
                  final_reward=float(np.mean(summary["rewards"][-max(1, grpo_cfg.log_every):])))
   write_json(out / "summary.json", summary)
-  writer.flush()
+  loop.writer.flush()
   save_janus(nnx.merge(graphdef, state["params"], frozen), out / "final")
-  ckpts.close()
+  loop.close()
   return summary
 
 
