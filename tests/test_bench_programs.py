@@ -27,9 +27,8 @@ def world(tmp_path):
 
 
 def loop_split(cfg, mesh, remat):
-  """As the loops do: the configured model on the mesh, its remat policy set, split into trained and frozen."""
-  model = model_from_config(cfg, mesh)
-  model.language_model.remat = remat_policy(remat)
+  """As the loops do: the configured model on the mesh with the stage's remat policy, split into trained and frozen."""
+  model = model_from_config(cfg, mesh, remat=remat_policy(remat))
   return nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
 
 
