@@ -302,9 +302,10 @@ def test_scorer_latency_hides_behind_the_next_rollout(tmp_path, world, backends)
   proxy = HoldingProxy(url, expected=4)
   try:
     run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "grpo", reward="models", num_steps=4, group_size=2,
-                                    log_every=1, ckpt_every=10, scorer_url=proxy.url, eval_every=0),
-                   "--config.grpo.reward_weights.clip_history=0.0", "--config.grpo.reward_weights.clip_future=0.0",
-                   "--config.grpo.reward_weights.dino_target=0.0", "--config.grpo.reward_weights.profile=1.0")
+                                    log_every=1, ckpt_every=10, eval_every=0),
+                   f"--config.reward_models.scorer_url={proxy.url}", "--config.grpo.reward_weights.clip_history=0.0",
+                   "--config.grpo.reward_weights.clip_future=0.0", "--config.grpo.reward_weights.dino_target=0.0",
+                   "--config.grpo.reward_weights.profile=1.0")
   finally:
     proxy.server.shutdown()
     proc.kill()
