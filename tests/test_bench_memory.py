@@ -20,7 +20,8 @@ SHAPE = ["--preset=tiny", "--config.data.image_size=16", "--config.data.history_
          "--config.grpo.prompts_per_step=2", "--config.grpo.group_size=2", "--config.grpo.micro_batch=1",
          "--config.sft.batch_size=2", "--config.eval.batch_size=2", "--config.eval.samples=2",
          "--config.reward_models.clip=random:tiny", "--config.reward_models.dino=random:tiny", "--config.model.dtype=float32",
-         "--config.prompt.max_text_tokens=4", "--config.reward_models.dino_size=16", "--config.prompt.uncond_pads=drop"]
+         "--config.prompt.max_text_tokens=4", "--config.reward_models.dino_size=16", "--config.prompt.uncond_pads=drop",
+         "--config.grpo.reward=models"]
 
 
 def start_stage(stage: str, devices: int, *args: str, config: str = "configs/demo.py", **streams) -> subprocess.Popen:
@@ -59,7 +60,7 @@ def test_rollout_arguments_are_the_weights_and_the_prompts():
 
 @pytest.mark.parametrize("stage,functions", [("sft", {"train_step"}),
                                              ("grpo", {"sampler", "update_step", "old_logprobs", "reward_terms"}),
-                                             ("eval", {"sampler", "reward_terms"})])
+                                             ("eval", {"sampler", "clip_embed", "dino_embed"})])
 def test_every_stage_on_two_fake_devices(stage, functions):
   # grpo also runs each function on random inputs (--time): the step's time split without a dataset
   rows = bench(stage, 2, *(["--time=1"] if stage == "grpo" else []))

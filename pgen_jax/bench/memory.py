@@ -42,7 +42,6 @@ def _fake_devices(argv: list[str]) -> None:
 if __name__ == "__main__":
   _fake_devices(sys.argv)
 
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -53,14 +52,12 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from pgen_jax.bench import programs  # noqa: E402
-from pgen_jax.bench.programs import sampler_inputs, set_remat, spec  # noqa: E402
+from pgen_jax.bench.programs import sampler_inputs, spec, stage_graphdef  # noqa: E402
 from pgen_jax.bench.random_inputs import run_time  # noqa: E402
-from pgen_jax.models import make_mesh  # noqa: E402
+from pgen_jax import settings  # noqa: E402
+from pgen_jax.setup import mesh_from_config  # noqa: E402
 from pgen_jax.models.llama import Prefix  # noqa: E402
-from pgen_jax.models.sharding import BATCH, param_shardings  # noqa: E402
-from pgen_jax.rewards import clip as clip_lib, dino as dino_lib  # noqa: E402
-from pgen_jax.rewards.compose import in_jit_terms  # noqa: E402
-from pgen_jax.rewards.models import RANDOM, RewardModels  # noqa: E402
+from pgen_jax.models.sharding import BATCH  # noqa: E402
 from pgen_jax.sampling.prompts import PromptTemplate  # noqa: E402
 from pgen_jax.sampling.sampler import SamplingConfig  # noqa: E402
 
@@ -112,7 +109,7 @@ def rollout(cfg, mesh, graphdef, state, config, stage="rollout", prompts=None, s
   prompts = prompts or cfg.grpo.prompts_per_step
   scfg = scfg or programs.rollout_sampling(cfg, _PHASES.value)
   length = prompt_len(cfg, config.num_image_tokens)
-  model_gd = set_remat(graphdef, state, cfg.grpo.remat) if stage == "grpo" else graphdef
+  model_gd = stage_graphdef(cfg, config, cfg.grpo.remat) if stage == "grpo" else graphdef
   fn, args = programs.sampler(cfg, mesh, model_gd, state, config, scfg, prompts, length)
   rows = [measure(stage, "sampler", fn, *args)]
   rows[0]["decode_phases"] = scfg.decode_phases
@@ -167,62 +164,30 @@ def grpo_stage(cfg, mesh, graphdef, state, config):
   if grpo_cfg.sample_ahead:  # the loop's old log-probs of the batches sampled ahead
     fn, args = fns["old_logprobs"]
     rows.append(measure("grpo", "old_logprobs", fn, *args))
-  rows += reward_models(cfg, mesh, "grpo", grpo_cfg.prompts_per_step * grpo_cfg.group_size, grpo_cfg.prompts_per_step)
-  return rows
+  return rows + reward_terms(cfg, mesh)
 
 
-def reward_models(cfg, mesh, stage, images: int, prompts: int):
-  """The CLIP/DINO terms of the reward (or the eval metrics) on `images` generated images of `prompts`
-  prompts, each prompt's history, target and future images given (and encoded) once."""
-  dtype = jnp.dtype(cfg.model.dtype)
-
-  def abstract(make):
-    module = nnx.eval_shape(make)
-    gd, st = nnx.split(module)
-    st = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), st, param_shardings(st, mesh))
-    return gd, st
-
-  # "random:<preset>" names the architecture; a directory is taken to hold the paper's models.
-  arch = lambda spec, presets, default: presets[spec[len(RANDOM):]] if spec.startswith(RANDOM) else presets[default]
-  clip_cfg = arch(cfg.reward_models.clip, clip_lib.PRESETS, "vit-h-14")
-  models = cfg.reward_models
-  dino_cfg = dataclasses.replace(arch(models.dino, dino_lib.PRESETS, "dinov2-large"), image_size=models.dino_size)
-  weights = {k: v for k, v in cfg.grpo.reward_weights.items()
-             if v and (k.startswith("clip") and cfg.reward_models.clip or k.startswith("dino") and cfg.reward_models.dino)}
-  if stage == "eval":  # the eval stage measures every CLIP/DINO metric its models allow
-    weights = {f"{m}_{w}": 1.0 for m in ("clip", "dino") if getattr(cfg.reward_models, m) for w in ("history", "target", "future")}
-  if not weights:
+def reward_terms(cfg, mesh):
+  fn_args = programs.reward_terms(cfg, mesh)
+  if not fn_args:
     return []
-  clip_gd, clip_st = abstract(lambda: clip_lib.CLIP(clip_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
-  dino_gd, dino_st = abstract(lambda: dino_lib.Dino(dino_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
-  holder = RewardModels(dino_size=cfg.reward_models.dino_size)
-  holder.clip = nnx.merge(clip_gd, clip_st)
-  rcfg = holder.config(tuple(weights.items()))
-
-  def terms(clip_st, dino_st, d):
-    return in_jit_terms(rcfg, d["generated"], history=d["history"], target=d["target"], future=d.get("future"),
-                        clip=nnx.merge(clip_gd, clip_st), dino=nnx.merge(dino_gd, dino_st))
-
-  size = cfg.data.image_size
-  data = {"generated": spec((images, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-          "history": spec((prompts, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-          "target": spec((prompts, size, size, 3), jnp.uint8, mesh, (BATCH,)),
-          "future": spec((prompts, cfg.data.future_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
-  return [measure(stage, "reward_terms", jax.jit(terms), clip_st, dino_st, data)]
+  fn, args = fn_args
+  return [measure("grpo", "reward_terms", fn, *args)]
 
 
 def eval_stage(cfg, mesh, graphdef, state, config):
+  """The eval loop's sampler (its generators' sampling) and its metric models' jitted embeddings of one
+  chunk of images (eval.measure.MetricModels, fp32 as eval loads them)."""
   eval_cfg = cfg.eval
-  scfg = SamplingConfig(cfg_weight=eval_cfg.cfg_weight, temperature=cfg.grpo.temperature, num_samples=eval_cfg.samples,
-                        decode_phases=_PHASES.value)
+  scfg = programs.eval_sampling(cfg, _PHASES.value)
   rows = rollout(cfg, mesh, graphdef, state, config, stage="eval", prompts=eval_cfg.batch_size, scfg=scfg)
-  return rows + reward_models(cfg, mesh, "eval", eval_cfg.batch_size * eval_cfg.samples, eval_cfg.batch_size)
+  return rows + [measure("eval", f"{kind}_embed", fn, *args) for kind, (fn, args) in programs.metric_embeddings(cfg, mesh).items()]
 
 
 def main(argv):
   del argv
-  cfg = _CONFIG.value
-  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  cfg = settings.from_config(_CONFIG.value)  # the typed sections the loops get from main
+  mesh = mesh_from_config(cfg)
   graphdef, state, config = programs.abstract_model(cfg, mesh, _PRESET.value)
   run = {"rollout": rollout, "sft": sft_stage, "grpo": grpo_stage, "eval": eval_stage}[_STAGE.value]
   rows = run(cfg, mesh, graphdef, state, config)

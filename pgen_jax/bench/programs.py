@@ -7,15 +7,21 @@ that tests can import it next to the benchmarks' flags.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax.eval.evaluate import generator_sampling
+from pgen_jax.eval.measure import MetricModels, metric_model_section
 from pgen_jax.models import Janus, preset
 from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings
+from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
+from pgen_jax.rewards.models import RANDOM, RewardModels
 from pgen_jax.sampling.sampler import SamplingConfig, jit_generate
 from pgen_jax.train import steps, update
 from pgen_jax.train.grpo_rewards import IMAGE_KINDS
@@ -25,23 +31,26 @@ def spec(shape, dtype, mesh, axes=()) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, fit_spec(shape, axes, mesh)))
 
 
+def _janus(cfg, config, remat):
+  """The configured Janus, abstract, with its options given at construction as model_from_config gives them."""
+  return nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype),
+                                      param_dtype=jnp.dtype(cfg.model.param_dtype), remat=remat_policy(remat),
+                                      attention_impl=cfg.model.attention))
+
+
 def abstract_model(cfg, mesh, preset_name: str = ""):
-  """(graphdef, abstract sharded state, model config) of the configured architecture."""
+  """(graphdef, abstract sharded state, model config) of the configured architecture, built without remat
+  as the eval stage and `generate` build it."""
   config = preset(preset_name or cfg.model.preset)
-  model = nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype),
-                                       param_dtype=jnp.dtype(cfg.model.param_dtype)))
-  model.language_model.attention_impl = cfg.model.attention
-  graphdef, state = nnx.split(model)
+  graphdef, state = nnx.split(_janus(cfg, config, "none"))
   shardings = param_shardings(state, mesh)
   return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
                                 shardings), config
 
 
-def set_remat(graphdef, state, policy):
-  """The graphdef with the decoder's remat policy set, as the loop sets it on its model."""
-  model = nnx.merge(graphdef, state)
-  model.language_model.remat = remat_policy(policy)
-  return nnx.split(model)[0]
+def stage_graphdef(cfg, config, remat):
+  """The graphdef of the model a training stage builds: remat its section's policy (model_from_config(remat=))."""
+  return nnx.split(_janus(cfg, config, remat))[0]
 
 
 def sampler_inputs(cfg, mesh, config, prompts: int, samples: int, length: int):
@@ -85,6 +94,57 @@ def train_state(state, cfg, tx, mesh):
   return params, frozen, full
 
 
+def abstract_models(section, mesh, dtype) -> RewardModels:
+  """The models a RewardModelsSection names, as load_reward_models makes them, with abstract sharded
+  parameters ("random:<preset>" names the architecture; a directory is taken to hold the paper's models)."""
+  def abstract(make):  # parameters sharded as place_on_mesh shards them
+    gd, st = nnx.split(nnx.eval_shape(make))
+    return nnx.merge(gd, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), st,
+                                      param_shardings(st, mesh)))
+
+  arch = lambda spec, presets, default: presets[spec[len(RANDOM):]] if spec.startswith(RANDOM) else presets[default]
+  out = RewardModels(dino_size=section.dino_size)
+  if section.clip:
+    clip_cfg = arch(section.clip, clip_lib.PRESETS, "vit-h-14")
+    out.clip = abstract(lambda: clip_lib.CLIP(clip_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
+  if section.dino:
+    dino_cfg = dataclasses.replace(arch(section.dino, dino_lib.PRESETS, "dinov2-large"), image_size=section.dino_size)
+    out.dino = abstract(lambda: dino_lib.Dino(dino_cfg, nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
+  return out
+
+
+def reward_terms(cfg, mesh):
+  """(the GRPO loop's jitted CLIP/DINO reward terms (RewardModels.terms_fn), its abstract arguments) on one
+  step's rollouts, each prompt's history, target and future images given (and encoded) once; None when the
+  reward uses no CLIP/DINO."""
+  grpo_cfg, size = cfg.grpo, cfg.data.image_size
+  if grpo_cfg.reward != "models" or not (cfg.reward_models.clip or cfg.reward_models.dino):
+    return None
+  models = abstract_models(cfg.reward_models, mesh, jnp.dtype(cfg.model.dtype))
+  rcfg = models.config(((k, float(v)) for k, v in grpo_cfg.reward_weights.items()), grpo_cfg.reward_normalize)
+  prompts = grpo_cfg.prompts_per_step
+  data = {"generated": spec((prompts * grpo_cfg.group_size, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "history": spec((prompts, cfg.data.history_len, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "target": spec((prompts, size, size, 3), jnp.uint8, mesh, (BATCH,)),
+          "future": spec((prompts, cfg.data.future_len, size, size, 3), jnp.uint8, mesh, (BATCH,))}
+  fn, states = models.jitted_terms(rcfg)
+  return fn, (states, data)
+
+
+def metric_embeddings(cfg, mesh) -> dict:
+  """{"clip"|"dino": (the eval stage's jitted embedding, its abstract arguments: the model's state, one chunk
+  of images)} for the metric models eval loads (eval.measure.MetricModels, fp32)."""
+  metrics = MetricModels(abstract_models(metric_model_section(cfg), mesh, jnp.float32))
+  size = cfg.data.image_size
+  chunk = spec((metrics.chunk, size, size, 3), jnp.uint8, mesh)
+  return {kind: (metrics.embedder(kind)[0], (metrics.embedder(kind)[1], chunk)) for kind in ("clip", "dino") if getattr(metrics.m, kind) is not None}
+
+
+def eval_sampling(cfg, decode_phases: int = SamplingConfig.decode_phases) -> SamplingConfig:
+  """The eval stage's sampling of a generator (eval.evaluate.generator_sampling)."""
+  return dataclasses.replace(generator_sampling(cfg.eval), decode_phases=decode_phases)
+
+
 def shardings(tree):
   return jax.tree.map(lambda x: x.sharding, tree)
 
@@ -92,7 +152,7 @@ def shardings(tree):
 def sft_train_step(cfg, mesh, graphdef, state, config, length: int):
   """(the SFT loop's jitted train step, its abstract arguments (state, frozen, batch))."""
   section, b = cfg.sft, cfg.sft.batch_size
-  graphdef = set_remat(graphdef, state, section.remat)
+  graphdef = stage_graphdef(cfg, config, section.remat)
   tx = steps.sft_optimizer(section, section.num_steps or 1000)  # the total only moves the schedule's constants
   _, frozen, full = train_state(state, cfg, tx, mesh)
   size = config.vision.image_size
@@ -112,7 +172,7 @@ def grpo_update(cfg, mesh, graphdef, state, config, length: int) -> dict:
   """{"update_step": (fn, (state, frozen, ref_params, batch)), "old_logprobs": (fn, (params, frozen, batch))}:
   the GRPO loop's jitted update and old log-probs, with abstract arguments."""
   section = cfg.grpo
-  graphdef = set_remat(graphdef, state, section.remat)
+  graphdef = stage_graphdef(cfg, config, section.remat)
   tx = steps.grpo_optimizer(section)
   params, frozen, full = train_state(state, cfg, tx, mesh)
   b, n = section.prompts_per_step, section.group_size

@@ -231,13 +231,17 @@ def generator_sources(cfg) -> dict[str, str | None]:
   return out
 
 
+def generator_sampling(eval_cfg) -> SamplingConfig:
+  """How eval samples a generator: eval.samples images per test window, decoded for the metric models."""
+  return SamplingConfig(cfg_weight=eval_cfg.cfg_weight, temperature=eval_cfg.temperature,
+                        num_samples=eval_cfg.samples, decode_images=True)
+
+
 def run_generator(comparison: Comparison, name: str, source, out: Path):
   cfg, eval_cfg = comparison.cfg, comparison.eval_cfg
   model = model_from_config(cfg, comparison.mesh, source)
   prompter = Prompter(cfg, model.config)
-  sampler = Sampler(model, comparison.mesh, SamplingConfig(cfg_weight=eval_cfg.cfg_weight,
-                                                           temperature=eval_cfg.temperature,
-                                                           num_samples=eval_cfg.samples, decode_images=True))
+  sampler = Sampler(model, comparison.mesh, generator_sampling(eval_cfg))
   images, tokens, progress = [], [], Progress(name, len(comparison.windows.users))
   for b in test_window_batches(cfg, eval_cfg.batch_size, eval_cfg.per_user, eval_cfg.windows, with_future=False):
     key = jax.random.fold_in(jax.random.key(eval_cfg.seed), len(images))

@@ -13,6 +13,7 @@ from flax import nnx
 
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
 from pgen_jax.rewards.hf import tokenize
+from pgen_jax.rewards.models import frozen_jit
 from pgen_jax.rewards.section import RewardModelsSection
 
 
@@ -24,11 +25,6 @@ def metric_model_section(cfg) -> RewardModelsSection:
       logging.warning("eval.%s is empty: measuring with the reward's model reward_models.%s = %s, which GRPO "
                       "optimised; set eval.%s to an independent model", key, key, getattr(models, key), key)
   return dataclasses.replace(models, clip=eval_cfg.clip or models.clip, dino=eval_cfg.dino or models.dino)
-
-
-@nnx.jit(static_argnums=(1,))
-def _embed(model, encoder, x):
-  return encoder(model, x)
 
 
 @nnx.jit
@@ -73,6 +69,7 @@ class MetricModels:
 
   def __init__(self, models, chunk: int = 32, tokenizer=None):
     self.m, self.chunk, self.tokenizer = models, chunk, tokenizer
+    self._embedders = {}
 
   @property
   def has_clip(self):
@@ -82,8 +79,19 @@ class MetricModels:
   def has_dino(self):
     return self.m.dino is not None
 
+  def embedder(self, kind: str):
+    """(fn, state): the jitted fn(state, images) -> embeddings that clip() and dino() run on each chunk of
+    `chunk` uint8 images, and the model's state; bench.memory lowers the same."""
+    if kind not in self._embedders:
+      self._embedders[kind] = frozen_jit(self.m.encoder(kind), getattr(self.m, kind))
+    return self._embedders[kind]
+
+  def _embeddings(self, kind: str, images: np.ndarray) -> np.ndarray:
+    fn, state = self.embedder(kind)
+    return _chunked(lambda x: fn(state, x), [images], self.chunk)
+
   def clip(self, images: np.ndarray) -> np.ndarray:
-    return _chunked(lambda x: _embed(self.m.clip, self.m.encoder("clip"), x), [images], self.chunk)
+    return self._embeddings("clip", images)
 
   @property
   def has_text(self):
@@ -95,7 +103,7 @@ class MetricModels:
     return _chunked(lambda x: _clip_text(self.m.clip, x), [ids], self.chunk)
 
   def dino(self, images: np.ndarray) -> np.ndarray:
-    return _chunked(lambda x: _embed(self.m.dino, self.m.encoder("dino"), x), [images], self.chunk)
+    return self._embeddings("dino", images)
 
   def pairs(self, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
     """ssim_target and, with LPIPS configured, lpips_target (the distance) of images (W, N, S, S, 3) to their

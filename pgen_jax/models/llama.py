@@ -211,7 +211,8 @@ class LlamaModel(nnx.Module):
     """Of one layer's keys (and of its values): caches stay one per layer."""
     return (batch, self.cfg.num_key_value_heads, length, self.cfg.dim_per_head)
 
-  def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None, return_kv=True):
+  def _layers(self, x, positions, ctx: Context, cache=None, prefix: list | None = None, return_kv=True,
+              remat=True):
     """The layers over their stored stacked weights; nothing restacks them.
 
     With remat and no cache, one lax.scan over the stacked weights, each step under jax.checkpoint:
@@ -227,7 +228,7 @@ class LlamaModel(nnx.Module):
     x = x if self.dtype is None else x.astype(self.dtype)
     graphdef, weights = nnx.split(self.layers)
     n = self.cfg.num_hidden_layers
-    policy = remat_policy(self.remat)
+    policy = remat_policy(self.remat) if remat else "none"
     if policy != "none" and cache is None:
       x, kvs = self._scanned(x, cos, sin, ctx, graphdef, weights, prefix, REMAT[policy], return_kv)
       return self.norm(x), kvs
@@ -258,7 +259,7 @@ class LlamaModel(nnx.Module):
 
   def __call__(self, inputs_embeds, positions=None, attention_mask=None,
                cache: list[KVCache] | None = None, cache_index=0, *, return_kv: bool = False,
-               prefixes: list[Prefix] | None = None):
+               prefixes: list[Prefix] | None = None, remat: bool = True):
     """inputs_embeds (B, T, D) -> last hidden state (B, T, D), and the updated cache (or, with
     return_kv, each layer's keys and values) or None.
 
@@ -269,6 +270,9 @@ class LlamaModel(nnx.Module):
     0..n-1, prompt 1 ...; prefix 1: ...] (B = len(prefixes) * prompts * n) and attend to their
     prompt's prefix plus their own positions: causally among the T given (teacher forcing), or,
     with a cache of their own positions, to those <= cache_index.
+
+    remat=False: the layers run without the model's remat policy, for a forward nothing differentiates
+    (the sampler's prefill), where the scan's stacked outputs would only add memory.
     """
     b, t, _ = inputs_embeds.shape
     if positions is None:
@@ -277,5 +281,5 @@ class LlamaModel(nnx.Module):
     ctx = Context(None if attention_mask is None else attention_mask.astype(bool), cache_index,
                   self.attention_impl, masks)
     hidden, kvs = self._layers(inputs_embeds, positions, ctx, cache, prefixes,
-                               return_kv=cache is not None or return_kv)
+                               return_kv=cache is not None or return_kv, remat=remat)
     return hidden, (kvs if cache is not None or return_kv else None)

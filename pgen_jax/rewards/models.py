@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -17,6 +18,17 @@ from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
 from pgen_jax.rewards.compose import RewardConfig, in_jit_terms
 from pgen_jax.rewards.hf import load_clip, load_dino, load_lpips
 from pgen_jax.rewards.similarity import ImageEncoder
+
+
+def frozen_jit(fn, *modules):
+  """(jitted, states): fn(*modules, *args) as a jitted function of the frozen modules' states, jitted(states,
+  *args) (None for an absent module), and those states; a plain jax.jit, so its program can be lowered on
+  abstract states (bench.memory) and called on their random stand-ins."""
+  graphdefs, states = zip(*(nnx.split(m) if m is not None else (None, None) for m in modules))
+
+  def run(states, *args):
+    return fn(*(None if g is None else nnx.merge(g, s) for g, s in zip(graphdefs, states)), *args)
+  return jax.jit(run), states
 
 
 @dataclasses.dataclass
@@ -39,13 +51,18 @@ class RewardModels:
   def clip_size(self) -> int:
     return self.clip.config.vision.image_size if self.clip is not None else 224
 
-  def terms_fn(self, rcfg: RewardConfig):
-    """Jitted {"generated" (B x G, ...), "history", "target"[, "future", "target_text"] (B, ...)} -> {term: (B x G,)}:
-    uint8 images, the references once per prompt, a prompt's G samples adjacent (in_jit_terms)."""
-    fn = nnx.jit(lambda clip, dino, lpips, d: in_jit_terms(
+  def jitted_terms(self, rcfg: RewardConfig):
+    """(fn, states): terms_fn's jitted fn(states, data) -> {term: (B x G,)} and the models' states; bench.memory
+    lowers the same on abstract states."""
+    return frozen_jit(lambda clip, dino, lpips, d: in_jit_terms(
         rcfg, d["generated"], history=d.get("history"), target=d.get("target"), future=d.get("future"),
-        target_text=d.get("target_text"), clip=clip, dino=dino, lpips=lpips))
-    return lambda data: {k: np.asarray(v) for k, v in fn(self.clip, self.dino, self.lpips, data).items()}
+        target_text=d.get("target_text"), clip=clip, dino=dino, lpips=lpips), self.clip, self.dino, self.lpips)
+
+  def terms_fn(self, rcfg: RewardConfig):
+    """{"generated" (B x G, ...), "history", "target"[, "future", "target_text"] (B, ...)} -> {term: (B x G,)}:
+    uint8 images, the references once per prompt, a prompt's G samples adjacent (in_jit_terms)."""
+    fn, states = self.jitted_terms(rcfg)
+    return lambda data: {k: np.asarray(v) for k, v in fn(states, data).items()}
 
   def embeddings(self, images: np.ndarray) -> np.ndarray:
     """CLIP image embeddings (N, D) of uint8 images; without CLIP, the flattened pixels."""

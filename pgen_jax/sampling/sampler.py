@@ -122,7 +122,7 @@ def generate(model: Janus, ids, mask, uncond, uncond_mask, images, keys, *, samp
 
   def prefill(emb, m):
     positions = jnp.maximum(jnp.cumsum(m, axis=1) - 1, 0)
-    hidden, kv = lm(constrain(emb), positions, m, return_kv=True)
+    hidden, kv = lm(constrain(emb), positions, m, return_kv=True, remat=False)  # nothing differentiates it
     return model.image_logits(hidden[:, -1]), Prefix(kv, m)
 
   if ids.shape[1] == uncond.shape[1]:  # one prefill, and one prefix of 2B prompts: [cond; uncond]
