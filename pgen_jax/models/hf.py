@@ -14,11 +14,13 @@ import re
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from pgen_jax import safetensors_io
 from pgen_jax.errors import CheckpointError, ConfigError
 from pgen_jax.fileio import atomic_directory
+from pgen_jax.models import lora
 from pgen_jax.models.config import JanusConfig
 from pgen_jax.models.hf_params import LAYER, Tensor, leaf_key, read_safetensors, read_torch, state_dict
 
@@ -184,3 +186,30 @@ def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | 
         base = json.loads((tmp / "config.json").read_text())
     (tmp / "config.json").write_text(json.dumps(model.config.to_hf(base), indent=2))
     safetensors_io.write(tmp / "model.safetensors", hf_tensors(model))
+
+
+def export_peft(model, dst: str | os.PathLike, *, base_model: str = "") -> None:
+  """The LoRA adapters of a Janus made by models.lora.apply_lora in PEFT's format for transformers'
+  JanusForConditionalGeneration: adapter_config.json + adapter_model.safetensors, lora_A (rank, in) and
+  lora_B (out, rank) per layer and projection, scaled by lora_alpha / r as ours are, so that
+  `peft.PeftModel.from_pretrained(janus, dst)` computes as our adapted model. base_model: what
+  base_model_name_or_path records (the directory or hub id of the base the adapters were trained on)."""
+  cfg = lora.lora_config(model)
+  if cfg is None:
+    raise ValueError("the model carries no LoRA adapters (lora.apply_lora); export_hf writes a whole model")
+  tensors, modules = {}, []
+  for path, linear in lora.adapted_modules(model):
+    name = hf_key(path + ("kernel",)).removesuffix(".weight")  # holds LAYER: one module per layer
+    a, b = (np.asarray(jax.device_get(x[...]), np.float32) for x in (linear.kernel_lora_a, linear.kernel_lora_b))
+    for i in range(a.shape[0]):
+      module = name.replace(LAYER, str(i))
+      modules.append(module)
+      tensors[f"base_model.model.{module}.lora_A.weight"] = np.ascontiguousarray(a[i].T)
+      tensors[f"base_model.model.{module}.lora_B.weight"] = np.ascontiguousarray(b[i].T)
+  config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model or None,
+            "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+            "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+            "modules_to_save": None, "target_modules": sorted(modules)}  # full names: nothing else matches
+  with atomic_directory(dst) as tmp:
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    safetensors_io.write(tmp / "adapter_model.safetensors", tensors)

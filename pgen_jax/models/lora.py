@@ -175,6 +175,13 @@ def _adapted(lm) -> list[nnx.Linear]:
   return [m for _, m in nnx.iter_modules(lm) if isinstance(getattr(m, "kernel_lora_a", None), nnx.LoRAParam)]
 
 
+def adapted_modules(model) -> list[tuple[tuple, nnx.Linear]]:
+  """(Janus path, linear module) of every adapted projection: kernel_lora_a (layers, in, rank) and
+  kernel_lora_b (layers, rank, out) stacked like its kernel."""
+  return [(("language_model",) + tuple(p), m) for p, m in nnx.iter_modules(model.language_model)
+          if isinstance(getattr(m, "kernel_lora_a", None), nnx.LoRAParam)]
+
+
 def merge(model):
   """A plain Janus whose adapted kernels are W + (alpha / rank) A @ B, layer by layer, summed in fp32
   and stored in W's dtype: the base model's very structure (graphdef), no adapters, no interception,
