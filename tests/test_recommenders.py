@@ -3,7 +3,7 @@ hand, and SASRec learning a deterministic next-item rule."""
 
 import numpy as np
 
-from pgen_jax.recommenders.baselines import ItemKNN, LastItem, Pop, Random
+from pgen_jax.recommenders.baselines import ItemKNN, LastItem, Pop, Random, popularity
 from pgen_jax.recommenders.ranking import hit_rate, ndcg, ranking_metrics, top_k
 from pgen_jax.recommenders.sasrec import SASRec, SASRecConfig
 
@@ -74,3 +74,24 @@ def test_spread_windows_covers_each_transition_once():
   kept = spread_windows(windows, users, 1)
   # user 1: starts 0, 3, 6 cover 0..9; user 2: start 0, then its last window (start 1)
   np.testing.assert_array_equal(kept, [seq[0:4], seq[3:7], seq[6:10], seq[0:4] + 100, seq[1:5] + 100])
+
+
+def test_ties_go_to_the_more_popular_item():
+  # Added to WINDOWS: user 4 has {5, 6, 7}, user 5 {7}, user 6 {7, 8}; item 9 is user 3's only item, so it
+  # co-occurs with nothing and LastItem on it has all-zero scores. Popularity (users per item) by hand:
+  # item 0: 2, 1: 1, 2: 3, 3: 2, 4: 2, 5: 1, 6: 1, 7: 3, 8: 1, 9: 1.
+  windows = np.concatenate([WINDOWS, [[5, 6, 7], [7, 7, 7], [7, 8, 8], [9, 9, 9]]])
+  users = np.concatenate([USERS, [4, 5, 6, 3]])
+  pop = popularity(windows, users, 10)
+  np.testing.assert_array_equal(pop, [2, 1, 3, 2, 2, 1, 1, 3, 1, 1])
+  last = LastItem().fit(windows, users, 10)
+  history = np.array([[1, 9]])
+  assert not last.scores(history).any()
+  # nothing to say: the most popular first (2 and 7: 3 users, lower index first), then 0, 3, 4 (2 users)
+  np.testing.assert_array_equal(top_k(last.scores(history), history, 5, pop), [[2, 7, 0, 3, 4]])
+  np.testing.assert_array_equal(top_k(last.scores(history), history, 5), [[0, 2, 3, 4, 5]])  # by index alone
+  # a real score still comes first: ItemKNN on [4] ranks 2 (2/sqrt6), then 0 and 3 (1/2 each, 2 users each:
+  # lower index), then among the zero scores the most popular, item 7
+  knn = ItemKNN().fit(windows, users, 10)
+  np.testing.assert_array_equal(top_k(knn.scores(np.array([[4]])), np.array([[4]]), 4, pop), [[2, 0, 3, 7]])
+  np.testing.assert_array_equal(top_k(knn.scores(np.array([[4]])), np.array([[4]]), 4), [[2, 0, 3, 1]])

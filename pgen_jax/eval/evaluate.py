@@ -41,6 +41,7 @@ from pgen_jax.eval.measure import MetricModels, metric_model_section
 from pgen_jax.eval.report import write_results
 from pgen_jax.fileio import atomic_directory, write_json
 from pgen_jax.models.janus import from_uint8
+from pgen_jax.recommenders.baselines import popularity
 from pgen_jax.recommenders.build import make, training_windows
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
 from pgen_jax.rewards.hf import load_clip_tokenizer
@@ -202,7 +203,7 @@ def run_recommender(comparison: Comparison, name: str, train, out: Path):
   eval_cfg, w = comparison.eval_cfg, comparison.windows
   rec = make(name, dict(eval_cfg.sasrec), comparison.cfg.seed, comparison.cfg.data.stride).fit(*train)
   k = max(10, eval_cfg.samples)
-  ranked = top_k(rec.scores(w.history), w.history, k)
+  ranked = top_k(rec.scores(w.history), w.history, k, popularity(*train))
   ranking = ranking_metrics(ranked, w.target, ks=(1, 10))
   shown = ranked[:, :eval_cfg.samples]
   if name == "lastitem":  # its one recommendation is the last item itself, then its neighbours

@@ -17,6 +17,7 @@ from absl import app, flags
 from pgen_jax.data import movielens
 from pgen_jax.data.histories import WindowConfig, make_windows, sequences
 from pgen_jax.fileio import write_json
+from pgen_jax.recommenders.baselines import popularity
 from pgen_jax.recommenders.build import NAMES, fit_all
 from pgen_jax.recommenders.ranking import ranking_metrics, top_k
 
@@ -29,10 +30,10 @@ _OUT = flags.DEFINE_string("out", "", "write the figures here as JSON")
 
 def evaluate(windows, users, test, num_items, names=NAMES, sasrec=None, k=10) -> dict:
   recs = fit_all(names, windows, users, num_items, sasrec)
-  h = _HIST.value
+  h, pop = _HIST.value, popularity(windows, users, num_items)
   out = {}
   for name, rec in recs.items():
-    ranked = top_k(rec.scores(test[:, :h]), test[:, :h], k)
+    ranked = top_k(rec.scores(test[:, :h]), test[:, :h], k, pop)
     out[name] = ranking_metrics(ranked, test[:, h], ks=(1, k))
   return out
 

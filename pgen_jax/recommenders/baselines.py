@@ -19,6 +19,11 @@ def user_item_matrix(windows: np.ndarray, users: np.ndarray, num_items: int) -> 
   return x
 
 
+def popularity(windows: np.ndarray, users: np.ndarray, num_items: int) -> np.ndarray:
+  """(I,) the number of training users who have each item: Pop's scores, and every ranking's tie-break."""
+  return user_item_matrix(windows, users, num_items).sum(0)
+
+
 class Random:
   """Uniform random scores, seeded per call order: a floor every other method must beat."""
   name = "random"
@@ -39,7 +44,7 @@ class Pop:
   name = "pop"
 
   def fit(self, windows, users, num_items):
-    self.pop = user_item_matrix(windows, users, num_items).sum(0)
+    self.pop = popularity(windows, users, num_items)
     return self
 
   def scores(self, history):

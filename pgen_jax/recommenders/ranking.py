@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def top_k(scores: np.ndarray, history: np.ndarray, k: int) -> np.ndarray:
-  """(B, k) item indices by descending score, ties by lower index, the row's history items excluded.
-  scores (B, I), history (B, h) item indices."""
+def top_k(scores: np.ndarray, history: np.ndarray, k: int, popularity: np.ndarray | None = None) -> np.ndarray:
+  """(B, k) item indices by descending score, the row's history items excluded. scores (B, I), history (B, h)
+  item indices. Ties go to the more popular item (popularity (I,): training users per item), then to the
+  lower index: a recommender with nothing to say (an unseen last item) falls back to popularity."""
   s = np.array(scores, np.float64, copy=True)
   np.put_along_axis(s, history, -np.inf, axis=1)
   k = min(k, s.shape[1] - history.shape[1])
-  order = np.argsort(-s, axis=1, kind="stable")  # stable: ties keep the lower index first
+  pop = np.zeros(s.shape[1]) if popularity is None else np.asarray(popularity, np.float64)
+  order = np.lexsort((np.broadcast_to(-pop, s.shape), -s), axis=1)  # stable: full ties keep the lower index
   return order[:, :k]
 
 
