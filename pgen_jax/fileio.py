@@ -7,6 +7,7 @@ the umask (as open() and mkdir() would), so that others in the group can read a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -62,3 +63,17 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json(path: str | os.PathLike, data) -> None:
   write_bytes(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+
+
+def tree_digest(path: str | os.PathLike, read_below: int = 1 << 20) -> str:
+  """A digest of what a file or directory holds: every file's relative path and size, the contents of
+  those under `read_below` bytes (metadata, configs) and the modification time of larger ones (weights,
+  not read: a 7B checkpoint would take minutes to hash). Rewriting a checkpoint changes it."""
+  root = Path(path)
+  h = hashlib.sha256()
+  files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+  for f in files:
+    st = f.stat()
+    h.update(f"{f.relative_to(root) if f != root else f.name}\0{st.st_size}\0".encode())
+    h.update(f.read_bytes() if st.st_size < read_below else str(st.st_mtime_ns).encode())
+  return h.hexdigest()[:16]

@@ -179,3 +179,21 @@ def test_report_opens_in_headless_chromium(evaluated):
     page.screenshot(path=str(out / "report.png"), full_page=True)
     browser.close()
   assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_a_retrained_generator_is_measured_again(evaluated):
+  """A row names the checkpoint it measured: SFT retrained (here at another learning rate, --redo=sft) makes
+  eval redo the sft row alone, though eval's own settings did not change."""
+  tmp, args, _ = evaluated
+  out = tmp / "run" / "eval"
+  methods = RECS + ["zero_shot", "sft"]
+  before = {m: os.stat(out / "methods" / m / "values.npz").st_mtime_ns for m in methods}
+  old = np.load(out / "methods" / "sft" / "values.npz")["cis_target"]
+  old_digest = json.loads((out / "methods" / "sft" / "method.json").read_text())["measured"]
+  run = run_main(ROOT, *args, "--config.sft.lr=1e-2", "--redo=sft", "--config.stages=('sft','eval')")
+  assert run.returncode == 0, run.stderr[-3000:]
+  after = {m: os.stat(out / "methods" / m / "values.npz").st_mtime_ns for m in methods}
+  assert [m for m in methods if before[m] != after[m]] == ["sft"]
+  assert json.loads((out / "methods" / "sft" / "method.json").read_text())["measured"] != old_digest
+  assert np.abs(np.load(out / "methods" / "sft" / "values.npz")["cis_target"] - old).max() > 1e-3
+  assert "was measured on another checkpoint" in run.stderr

@@ -39,7 +39,7 @@ from pgen_jax.eval import metrics as M
 from pgen_jax.eval.catalog import Catalog, EvalWindows
 from pgen_jax.eval.measure import MetricModels, metric_model_section
 from pgen_jax.eval.report import write_results
-from pgen_jax.fileio import atomic_directory, write_json
+from pgen_jax.fileio import atomic_directory, tree_digest, write_json
 from pgen_jax.models.janus import from_uint8
 from pgen_jax.recommenders.baselines import popularity
 from pgen_jax.recommenders.build import make, training_windows
@@ -51,7 +51,7 @@ from pgen_jax.sampling import Sampler, SamplingConfig, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
 from pgen_jax.scorer.client import profile_text
 from pgen_jax.scorer.launch import scorer_client
-from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
+from pgen_jax.setup import mesh_from_config, model_from_config, tokenizer_dir, trained_checkpoint
 from pgen_jax.viz import png_bytes
 
 GENERATORS = ("zero_shot", "sft", "grpo")
@@ -232,6 +232,15 @@ def generator_sources(cfg) -> dict[str, str | None]:
   return out
 
 
+def generator_digest(cfg, source: str | None) -> str:
+  """What a generator's row measured: its checkpoint's digest (fileio.tree_digest), or for a random
+  initialisation its preset, seed and the vq stage's tokenizer it takes; retraining changes it."""
+  if source:
+    return tree_digest(source)
+  vq = tokenizer_dir(cfg)
+  return f"random {cfg.model.preset} seed {cfg.seed}, tokenizer " + (tree_digest(vq) if vq.exists() else "none")
+
+
 def generator_sampling(eval_cfg) -> SamplingConfig:
   """How eval samples a generator: eval.samples images per test window, decoded for the metric models."""
   return SamplingConfig(cfg_weight=eval_cfg.cfg_weight, temperature=eval_cfg.temperature,
@@ -257,6 +266,7 @@ def run_generator(comparison: Comparison, name: str, source, out: Path):
   logging.info("generator %s, generate-then-ground on %d test windows: %s", name, len(images), ranking)
   _save_method(out, name, "generator", values, {"ranking": ranking, "source": source or
                                                 f"random {cfg.model.preset} (seed {cfg.seed})",
+                                                "measured": generator_digest(cfg, source),
                                                 "ground_embedding": "clip" if comparison.models.has_clip else "pixels"},
                images, eval_cfg.report_users, setup_digest(cfg))
 
@@ -268,12 +278,18 @@ def run_eval(cfg) -> dict:
   gens = generator_sources(cfg)
   methods = list(eval_cfg.recommenders) + list(gens)
   setup = setup_digest(cfg)
+  measured = {m: generator_digest(cfg, source) for m, source in gens.items()}
 
   def done(m):
     f = out / "methods" / m / "method.json"
-    if f.exists() and json.loads(f.read_text()).get("setup") != setup:
-      logging.warning("eval: %s was measured with other settings (windows, samples, metric models); redoing it", m)
-      shutil.rmtree(f.parent)
+    if f.exists():
+      row = json.loads(f.read_text())
+      if row.get("setup") != setup:
+        logging.warning("eval: %s was measured with other settings (windows, samples, metric models); redoing it", m)
+        shutil.rmtree(f.parent)
+      elif m in measured and row.get("measured") != measured[m]:
+        logging.warning("eval: %s was measured on another checkpoint than %s; redoing it", m, gens[m] or "the random init")
+        shutil.rmtree(f.parent)
     return f.exists()
 
   if (out / "results.json").exists() and all(done(m) for m in methods):
