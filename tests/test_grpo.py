@@ -107,7 +107,7 @@ def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
   args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=30, defence_response="rollback",
                                       defence_max_rollbacks=1, defence_lr_factor=0.01)
   plain = run_main(ROOT, *args(tmp_path / "plain"))
-  assert plain.returncode in (0, 3), plain.stderr[-3000:]
+  assert plain.returncode == 0, plain.stderr[-3000:]  # one alarm, one roll-back, then a healthy end
   first = summary(tmp_path / "plain")["alarms"][0]
   # The alarm took 3 flagged steps in a row (defence_patience), the first drawn by the parameters of step
   # first["step"] - 3: the roll-back goes to a checkpoint from before those, not to the newest one.
@@ -120,13 +120,12 @@ def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
                      tmp_path / "killed.log", wait=900)  # 18 steps with a roll-back: slow on a busy machine
   resumed = run_main(ROOT, *args(tmp_path / "killed"))
   assert f"resumed GRPO at step {after}" in resumed.stderr, resumed.stderr[-3000:]
-  assert resumed.returncode == plain.returncode, resumed.stderr[-3000:]
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
   a, b = summary(tmp_path / "plain"), summary(tmp_path / "killed")
-  assert a["rewards"] == b["rewards"] and a["alarms"] == b["alarms"]
-  if plain.returncode == 0:
-    pa, pb = final_params(tmp_path / "plain", "grpo"), final_params(tmp_path / "killed", "grpo")
-    for k in pa:
-      np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+  assert a["rewards"] == b["rewards"] and a["alarms"] == b["alarms"] and len(a["alarms"]) == 1
+  pa, pb = final_params(tmp_path / "plain", "grpo"), final_params(tmp_path / "killed", "grpo")
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
 def test_kill_and_resume_continues_identically(tmp_path, world):

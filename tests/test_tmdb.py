@@ -5,6 +5,7 @@ import io
 import json
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -131,15 +132,20 @@ def test_bad_key_stops_the_run(server, links, tmp_path):
     tmdb.fetch(links, tmp_path / "p", client(server, key="wrong"))
 
 
-def test_unreachable_host_stops_the_run_after_a_few_movies(links, tmp_path):
+def test_unreachable_host_stops_the_run_after_a_few_movies(links, tmp_path, monkeypatch):
   dead = closed_port_url()
   slow_retries = tmdb.Client("k", api=dead + "/3", images=dead + "/t/p", rate=0, retries=5, timeout=0.2,
                              backoff=0.05)
-  start = time.monotonic()
+  tries, sleeps = [], []
+  urlopen, sleep = urllib.request.urlopen, time.sleep
+  monkeypatch.setattr(urllib.request, "urlopen", lambda request, **kw: tries.append(request.full_url) or urlopen(request, **kw))
+  monkeypatch.setattr(time, "sleep", lambda s: sleeps.append(s) or sleep(s))
   with pytest.raises(tmdb.Unreachable, match=f"{dead}/3/movie/3: cannot connect.*3 movies in a row"):
     tmdb.fetch(links, tmp_path / "p", slow_retries)
-  # Two tries per movie (one back-off of 0.05 s), not six tries with back-offs of 0.05 * (1+2+4+8+16) s.
-  assert time.monotonic() - start < 1.0
+  # Two tries per movie and one back-off of 0.05 s between them, not six tries with back-offs of
+  # 0.05 * (1, 2, 4, 8, 16) s.
+  assert [t.split("?")[0] for t in tries] == [f"{dead}/3/movie/{m}" for m in (1, 1, 2, 2, 3, 3)]
+  assert sleeps == [0.05] * 3
   manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
   assert sorted(manifest) == ["1", "2"] and all(e["status"] == "error" for e in manifest.values())
 
