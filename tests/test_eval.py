@@ -143,6 +143,28 @@ def want_mean(v, best):
   return float((v.max(1) if best else v.mean(1)).mean())
 
 
+def test_generators_paired_on_the_same_windows(evaluated):
+  """results.json's paired["sft-zero_shot"][metric]: the mean over windows of sft's per-window mean minus
+  zero_shot's, and its 95% bootstrap interval, recomputed here from the saved values (the demo's 500 resamples
+  of the 5 windows, seed eval.seed = 0)."""
+  tmp, _, _ = evaluated
+  out = tmp / "run" / "eval"
+  res = json.loads((out / "results.json").read_text())
+  assert list(res["paired"]) == ["sft-zero_shot"]
+  sft, zero = (np.load(out / "methods" / m / "values.npz") for m in ("sft", "zero_shot"))
+  draws = np.random.default_rng(0).integers(0, 5, (500, 5))
+  for metric in ("cis_target", "lpips_target", "pixel_genre_hit", "nima"):
+    diff = sft[metric].astype(np.float64).mean(1) - zero[metric].astype(np.float64).mean(1)
+    boot = np.sort(diff[draws].mean(1))
+    # numpy's default percentile: linear between the order statistics at 0.025 * 499 and 0.975 * 499
+    low = boot[12] + 0.475 * (boot[13] - boot[12])
+    high = boot[486] + 0.525 * (boot[487] - boot[486])
+    np.testing.assert_allclose(res["paired"]["sft-zero_shot"][metric], [diff.mean(), low, high], atol=1e-9,
+                               err_msg=metric)
+  md = (out / "results.md").read_text()
+  assert "| sft-zero_shot | " in md.split("## Generators paired")[1]
+
+
 def test_a_removed_method_is_redone_alone(evaluated):
   tmp, args, _ = evaluated
   out = tmp / "run" / "eval"
@@ -176,6 +198,8 @@ def test_report_opens_in_headless_chromium(evaluated):
                                        "els => els.map(e => e.cells[0].textContent)")
       assert rows == methods, rows
     assert page.eval_on_selector_all("figure.curve polyline", "els => els.length") >= 1  # the SFT loss
+    paired = page.eval_on_selector_all("table.paired tr td:first-child", "els => els.map(e => e.textContent)")
+    assert paired == ["sft-zero_shot"]
     page.screenshot(path=str(out / "report.png"), full_page=True)
     browser.close()
   assert (out / "report.png").stat().st_size > 10_000

@@ -44,6 +44,12 @@ def summarise(values: dict[str, dict[str, np.ndarray]], kinds: dict[str, str], r
       for g in (n for n in names if kinds[n] == "generator"):
         out["differences"].setdefault(g, {}).setdefault(m, {})[mode] = stats.paired_difference(
             per_win[g][m][mode], per_win[best][m][mode], idx)
+  # every pair of generators, the later in the configured order minus the earlier (grpo-sft, ...), single-sample
+  # mean: what one generator adds over another on the very same windows
+  gens = [n for n in names if kinds[n] == "generator"]
+  out["paired"] = {f"{a}-{b}": {m: stats.paired_difference(per_win[a][m]["mean"], per_win[b][m]["mean"], idx)
+                                for m in metric_names}
+                   for j, a in enumerate(gens) for b in gens[:j]}
   return out
 
 
@@ -84,6 +90,11 @@ def markdown(res: dict) -> str:
         lines.append(f"| {g} | {mode} | " + " | ".join(
             f"{d[m][mode][0]:+.3f} [{d[m][mode][1]:+.3f}, {d[m][mode][2]:+.3f}] vs {res['best_recommender'][m][mode]}"
             for m in metrics) + " |")
+  if res.get("paired"):
+    lines += ["", "## Generators paired (later minus earlier, single-sample mean; 95% bootstrap interval over windows)",
+              "", "| pair | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for pair, d in res["paired"].items():
+      lines.append(f"| {pair} | " + " | ".join(f"{d[m][0]:+.3f} [{d[m][1]:+.3f}, {d[m][2]:+.3f}]" for m in metrics) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -104,6 +115,7 @@ def write_results(cfg, out: Path, methods: list[str], comparison, extra: dict) -
          "best_recommender": s["best_recommender"],
          "differences": {g: {k: {mode: list(v) for mode, v in d.items()} for k, d in dd.items()}
                          for g, dd in s["differences"].items()},
+         "paired": {pair: {k: list(v) for k, v in d.items()} for pair, d in s["paired"].items()},
          **extra}
   write_bytes(out / "results.json", json.dumps(res, indent=2).encode())  # rows in the configured order
   md = markdown(res)
@@ -189,6 +201,15 @@ def _table_html(res: dict) -> str:
     parts.append(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{r.get(k, float('nan')):.4f}</td>" for k in keys)
                  + "</tr>")
   parts.append("</table>")
+  if res.get("paired"):
+    parts.append("<h2>Generators paired: later minus earlier, single-sample mean, 95% interval (an interval "
+                 "above 0 is a gain)</h2><table class=\"paired\"><tr><th>pair</th>"
+                 + "".join(f"<th>{html.escape(m)}</th>" for m in metrics) + "</tr>")
+    for pair, d in res["paired"].items():
+      cells = "".join(f'<td class="{"up" if d[m][1] > 0 else "down" if d[m][2] < 0 else ""}">{d[m][0]:+.3f}<br>'
+                      f"<small>[{d[m][1]:+.3f}, {d[m][2]:+.3f}]</small></td>" for m in metrics)
+      parts.append(f"<tr><td>{html.escape(pair)}</td>{cells}</tr>")
+    parts.append("</table>")
   return "".join(parts)
 
 
@@ -215,7 +236,8 @@ def page(cfg, out: Path, res: dict, values: dict, info: dict, comparison) -> str
   style = ("body{font-family:sans-serif;margin:20px} table{border-collapse:collapse;font-size:12px} "
            "td,th{border:1px solid #ccc;padding:3px} figure{display:inline-block;margin:2px;width:100px;"
            "vertical-align:top} figcaption{font-size:9px;word-break:break-word} .label{display:inline-block;"
-           "width:80px;font-weight:bold;vertical-align:top} .row{margin:4px 0}")
+           "width:80px;font-weight:bold;vertical-align:top} .row{margin:4px 0} td.up{background:#e3f4e3} "
+           "td.down{background:#f8e3e3}")
   return (f"<!doctype html><html><head><meta charset='utf-8'><title>pgen_jax comparison</title><style>{style}"
           f"</style></head><body><h1>Generated vs retrieved</h1><p>{res['windows']} test windows, "
           f"{res['samples']} images per window per method; metric models: "
