@@ -3,6 +3,7 @@
 import ml_collections
 
 from pgen_jax.models.config import PARTS
+from pgen_jax.models.lora import DEFAULT_TARGET
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -19,6 +20,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"      # master weights
   c.model.tokenizer = ""               # "": the checkpoint's own; "bytes": byte-level, for tiny models
   c.model.attention = "auto"           # auto | xla | blockwise | cudnn | pallas (pgen_jax.models.attention)
+  # LoRA (pgen_jax.models.lora): sft and grpo train adapters on the LM plus the other sft.trainable parts;
+  # their final/ holds the adapters merged into the base weights (a plain Janus for eval and export)
+  c.model.lora = ml_collections.ConfigDict()
+  c.model.lora.rank = 0                # 0: off (full fine-tuning)
+  c.model.lora.alpha = 32.0            # the update is scaled by alpha / rank
+  c.model.lora.target = DEFAULT_TARGET # regex of the module paths adapted: the decoder's attention and MLP
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: all remaining devices
 

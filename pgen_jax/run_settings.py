@@ -25,6 +25,7 @@ FILE = "settings.json"
 SECTIONS = {"vq": ("seed", "model", "data", "vq"), "sft": ("seed", "model", "data", "prompt", "sft"),
             "grpo": ("seed", "model", "data", "prompt", "grpo", "reward_models")}
 STARTS_FROM = {"vq": None, "sft": "vq", "grpo": "sft"}
+UNUSED = {"vq": ("model.lora.",)}  # keys of a stage's sections its results do not depend on (vq trains no adapters)
 # Keys (their last part, or the whole dotted key) that change how a stage runs or reports, not its results.
 LOGISTICS = {"log_every", "ckpt_every", "keep", "eval_every", "eval_batches", "eval_batch_size", "grid_every",
              "grid_samples", "save_rollouts", "genre_probe", "scorer_url", "scorer_token", "scorer_start",
@@ -50,14 +51,15 @@ def _logistics(key: str) -> bool:
 def depends_on(cfg, stage: str, stages: tuple[str, ...]) -> dict:
   """The values of the keys `stage`'s results depend on: its sections, and those of the stages it starts
   from when they have results or run now (sft without a vq stage does not depend on vq.*)."""
-  workdir, sections = Path(cfg.workdir), set()
+  workdir, sections, unused = Path(cfg.workdir), set(), UNUSED.get(stage, ())
   while stage:
     sections.update(SECTIONS[stage])
     stage = STARTS_FROM[stage]
     if stage and not ((workdir / stage).exists() or stage in stages):
       break
   flat = _flat(cfg)
-  return {k: v for k, v in sorted(flat.items()) if k.split(".")[0] in sections and not _logistics(k)}
+  return {k: v for k, v in sorted(flat.items())
+          if k.split(".")[0] in sections and not _logistics(k) and not k.startswith(unused)}
 
 
 def _has_results(stage_dir: Path) -> bool:

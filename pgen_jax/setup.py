@@ -14,6 +14,7 @@ from flax import nnx
 
 from pgen_jax.errors import ConfigError
 from pgen_jax.models import Janus, load_janus, make_mesh, place_on_mesh, preset
+from pgen_jax.models import lora
 from pgen_jax.models.checkpoint import CONFIG_FILE, is_pgen_checkpoint
 from pgen_jax.models.config import JanusConfig
 
@@ -56,6 +57,20 @@ def model_from_config(cfg, mesh, checkpoint: str | Path | None = None, *, remat=
   if checkpoint is None:  # a training result already holds the tokenizer it was trained with
     load_trained_tokenizer(cfg, model)
   return model
+
+
+def training_model(cfg, mesh, checkpoint: str | Path | None = None, *, remat="none") -> Janus:
+  """model_from_config's Janus, with LoRA adapters (model.lora, seeded by cfg.seed) when model.lora.rank > 0:
+  the model a training stage trains."""
+  model = model_from_config(cfg, mesh, checkpoint, remat=remat)
+  lora_cfg = cfg.model.lora.config()
+  return model if lora_cfg is None else lora.apply_lora(model, lora_cfg, rngs=cfg.seed)
+
+
+def plain_model(model) -> Janus:
+  """A training stage's final model as a plain Janus (what eval, generate and export load): the adapters
+  merged into the base weights, if any."""
+  return model if lora.lora_config(model) is None else lora.merge(model)
 
 
 def tokenizer_dir(cfg) -> Path:

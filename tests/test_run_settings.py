@@ -25,6 +25,10 @@ def test_a_stage_depends_on_its_sections_and_those_it_starts_from(tmp_path):
   (tmp_path / "sft").mkdir()
   grpo = run_settings.depends_on(cfg, "grpo", ("grpo",))
   assert grpo["grpo.lr"] == 2e-4 and grpo["sft.lr"] == 3e-3 and "vq.lr" not in grpo
+  # LoRA's settings change what sft and grpo train, not the vq stage's tokenizer
+  assert grpo["model.lora.rank"] == 0 and sft_alone["model.lora.alpha"] == 32.0
+  vq = run_settings.depends_on(cfg, "vq", ("vq",))
+  assert vq["model.preset"] == "demo" and not any(k.startswith("model.lora.") for k in vq)
 
 
 def last_line(run):

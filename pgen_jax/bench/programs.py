@@ -17,13 +17,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.eval.evaluate import generator_sampling
 from pgen_jax.eval.measure import MetricModels, metric_model_section
-from pgen_jax.models import Janus, preset
+from pgen_jax.models import Janus, lora, preset
 from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings
 from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
 from pgen_jax.rewards.models import RANDOM, RewardModels
 from pgen_jax.sampling.sampler import SamplingConfig, jit_generate
-from pgen_jax.train import steps, update
+from pgen_jax.train import grpo, steps, update
 from pgen_jax.train.grpo_rewards import IMAGE_KINDS
 
 
@@ -32,15 +32,21 @@ def spec(shape, dtype, mesh, axes=()) -> jax.ShapeDtypeStruct:
 
 
 def _janus(cfg, config, remat):
-  """The configured Janus, abstract, with its options given at construction as model_from_config gives them."""
-  return nnx.eval_shape(lambda: Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype),
-                                      param_dtype=jnp.dtype(cfg.model.param_dtype), remat=remat_policy(remat),
-                                      attention_impl=cfg.model.attention))
+  """The configured Janus, abstract, with its options given at construction as model_from_config gives them;
+  with LoRA (model.lora.rank > 0) adapted, as setup.training_model adapts it."""
+  lora_cfg = cfg.model.lora.config()
+
+  def make():
+    model = Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype), param_dtype=jnp.dtype(cfg.model.param_dtype),
+                  remat=remat_policy(remat), attention_impl=cfg.model.attention)
+    return model if lora_cfg is None else lora.apply_lora(model, lora_cfg, rngs=cfg.seed)
+  return nnx.eval_shape(make)
 
 
 def abstract_model(cfg, mesh, preset_name: str = ""):
   """(graphdef, abstract sharded state, model config) of the configured architecture, built without remat
-  as the eval stage and `generate` build it."""
+  as the eval stage and `generate` build it; with LoRA, adapted as the training stages build it (eval loads
+  the merged model: its figures then count the adapters too, a few MB)."""
   config = preset(preset_name or cfg.model.preset)
   graphdef, state = nnx.split(_janus(cfg, config, "none"))
   shardings = param_shardings(state, mesh)
@@ -80,9 +86,7 @@ def rollout_sampling(cfg, decode_phases: int = SamplingConfig.decode_phases) -> 
 
 def train_state(state, cfg, tx, mesh):
   """(params, frozen, abstract training state) with the shardings a real run gets."""
-  flt = update.trainable_filter(tuple(cfg.sft.trainable))
-  params = state.filter(flt)
-  frozen = state.filter(lambda path, x: not flt(path, x))
+  params, frozen = state.split(update.stage_filter(cfg), ...)
   shapes = jax.eval_shape(lambda p: update.init_state(p, tx), params)
   # As in a real run, where the optimizer's moments are created from the placed parameters: each
   # moment takes its parameter's sharding, everything else (counters, the key) is replicated.
@@ -186,5 +190,5 @@ def grpo_update(cfg, mesh, graphdef, state, config, length: int) -> dict:
            "weights": spec((b * n,), jnp.float32, mesh, (BATCH,)), "on_policy": spec((), jnp.bool_, mesh)}
   update_fn = steps.grpo_update_step(graphdef, tx, section, cfg.prompt, shardings(full), mesh)
   old_logp = steps.grpo_old_logprobs(graphdef, section, cfg.prompt)
-  ref = params if section.beta else None
+  ref = grpo.reference_params(params) if section.beta else None
   return {"update_step": (update_fn, (full, frozen, ref, batch)), "old_logprobs": (old_logp, (params, frozen, batch))}

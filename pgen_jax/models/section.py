@@ -7,9 +7,27 @@ import dataclasses
 from pgen_jax.errors import ConfigError
 from pgen_jax.models.attention import IMPLS
 from pgen_jax.models.config import PRESETS
-from pgen_jax.sections import Section, one_of
+from pgen_jax.models.lora import LoraConfig
+from pgen_jax.sections import Section, at_least, one_of
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection(Section):
+  where = "model.lora"
+  rank: int               # 0: no adapters (full fine-tuning as sft.trainable says)
+  alpha: float            # the update is scaled by alpha / rank
+  target: str             # regex of the Janus module paths adapted (pgen_jax.models.lora)
+
+  def check(self) -> None:
+    at_least(self, 0, "rank")
+    if self.rank:
+      self.config()
+
+  def config(self) -> LoraConfig | None:
+    """The validated LoraConfig, or None when rank is 0."""
+    return LoraConfig(self.rank, float(self.alpha), self.target).validate() if self.rank else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +39,7 @@ class ModelSection(Section):
   param_dtype: str        # master weights
   tokenizer: str          # "": the checkpoint's own; "bytes": byte-level, for tiny models
   attention: str          # pgen_jax.models.attention.IMPLS
+  lora: LoraSection       # adapters for the training stages
 
   def check(self) -> None:
     one_of(self, "preset", sorted(PRESETS))

@@ -22,6 +22,11 @@ AXES = ("data", "fsdp", "tensor")
 RULES: list[tuple[str, tuple]] = [
     (r"language_model/embed_tokens/embedding", ("tensor", "fsdp")),
     (r"lm_head/kernel", ("fsdp", "tensor")),
+    # LoRA adapters A (in, r) and B (r, out) split as their kernel's in and out (lora._follow_sharding)
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel_lora_a", ("fsdp", None)),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel_lora_b", (None, "tensor")),
+    (r"(o_proj|down_proj)/kernel_lora_a", ("tensor", None)),
+    (r"(o_proj|down_proj)/kernel_lora_b", (None, "fsdp")),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|fc1)/kernel", ("fsdp", "tensor")),
     (r"(o_proj|down_proj|projection_layer|fc2)/kernel", ("tensor", "fsdp")),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|fc1)/bias", ("tensor",)),

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pgen_jax.models import lora
 from pgen_jax.models.janus import Janus, from_uint8
 from pgen_jax.models.llama import Prefix
 from pgen_jax.sampling.sampler import per_sample
@@ -109,6 +110,13 @@ class GRPOConfig:
   uncond_images: bool = False
 
 
+def reference_params(params):
+  """What the KL's reference model keeps of the trainable `params` (the loop keeps a copy): all of them;
+  with LoRA, those without adapters (the parts of sft.trainable besides the LM, often none), as the
+  reference is the same model with its adapters off (lora.adapters_off) over the frozen base weights."""
+  return params.filter(nnx.Not(lora.ADAPTERS))
+
+
 def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, step_cfg: GRPOConfig):
   """Clipped surrogate + beta KL for a batch of sampled images.
 
@@ -125,11 +133,10 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, step_cfg: GRPOC
     kw.update(uncond=batch["uncond"], uncond_mask=batch.get("uncond_mask"), cfg_weight=step_cfg.cfg_weight,
               uncond_images=step_cfg.uncond_images)
 
-  def logprobs(p):
-    return image_token_logprobs(nnx.merge(graphdef, p, frozen), batch["ids"], batch["mask"], images,
-                                batch["tokens"], **kw)
+  def logprobs(model):
+    return image_token_logprobs(model, batch["ids"], batch["mask"], images, batch["tokens"], **kw)
 
-  logp = logprobs(params)
+  logp = logprobs(nnx.merge(graphdef, params, frozen))
   old_logp = jnp.where(batch["on_policy"], jax.lax.stop_gradient(logp), batch["old_logp"])
   per_token, clipped = clipped_surrogate(logp, old_logp, batch["advantages"], eps_low=step_cfg.eps_low,
                                          eps_high=step_cfg.eps_high)
@@ -139,7 +146,11 @@ def grpo_loss(graphdef, params, frozen, ref_params, batch: dict, step_cfg: GRPOC
   metrics = {"clip_fraction": aggregate(clipped.astype(jnp.float32), keep), "neg_logp": -logp.mean(),
              "ratio_mean": jnp.exp(logp - old_logp).mean(), "logp": jax.lax.stop_gradient(logp)}
   if step_cfg.beta:
-    kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(logprobs(ref_params))), keep)
+    ref = nnx.merge(graphdef, params, frozen)
+    nnx.update(ref, ref_params)  # the reference's trainable parts; with LoRA, its base is the frozen one
+    with lora.adapters_off(ref):
+      ref_logp = logprobs(ref)
+    kl = aggregate(kl_k3(logp, jax.lax.stop_gradient(ref_logp)), keep)
     loss = loss + step_cfg.beta * kl
     metrics["kl"] = kl
   return loss, metrics

@@ -2,7 +2,8 @@
 advantages, guarded updates, the reward-hacking defence (signals in pgen_jax.train.hacking, the
 stop / roll-back response in pgen_jax.train.grpo_defence), validation, checkpoints and resume. Starts from
 <workdir>/sft/final (else the configured model) and writes under <workdir>/grpo: latest/ best/
-(orbax), tb/, grids/, rollouts/ (grpo.save_rollouts), summary.json, final/.
+(orbax), tb/, grids/, rollouts/ (grpo.save_rollouts), summary.json, final/ (with LoRA: the adapters merged
+into the base weights, a plain Janus; LoRA's adapters start afresh on the SFT result).
 
 Old log-probs: a batch sampled with the parameters being updated (no sample-ahead, first inner
 update) is trained with the update's own teacher-forced log-probs as the old ones (stop-gradient):
@@ -49,7 +50,7 @@ from pgen_jax.models.sharding import to_device
 from pgen_jax.rewards.similarity import cross_user_similarity
 from pgen_jax.sampling import Sampler, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
-from pgen_jax.setup import mesh_from_config, model_from_config, trained_checkpoint
+from pgen_jax.setup import mesh_from_config, plain_model, trained_checkpoint, training_model
 from pgen_jax.train import grpo, harness, steps, update
 from pgen_jax.train.grpo_defence import Defence
 from pgen_jax.train.grpo_rewards import Rewards, Scored
@@ -82,9 +83,10 @@ def run_grpo(cfg) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   grpo_cfg = cfg.grpo
   mesh = mesh_from_config(cfg)
-  model = model_from_config(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)), remat=remat_policy(grpo_cfg.remat))
-  graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(cfg.sft.trainable)), ...)
-  ref_params = jax.tree.map(jnp.copy, params) if grpo_cfg.beta else None
+  model = training_model(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)), remat=remat_policy(grpo_cfg.remat))
+  graphdef, params, frozen = nnx.split(model, update.stage_filter(cfg), ...)
+  # With LoRA no copy of the language model: the reference is the same model with its adapters off.
+  ref_params = jax.tree.map(jnp.copy, grpo.reference_params(params)) if grpo_cfg.beta else None
   # The schedule counts optimizer updates: inner_updates per step.
   tx = steps.grpo_optimizer(grpo_cfg)
   state = update.init_state(params, tx, cfg.seed, mesh)
@@ -183,7 +185,7 @@ def run_grpo(cfg) -> dict:
                  final_reward=float(np.mean(summary["rewards"][-max(1, grpo_cfg.log_every):])))
   write_json(out / "summary.json", summary)
   loop.writer.flush()
-  save_janus(nnx.merge(graphdef, state["params"], frozen), out / "final")
+  save_janus(plain_model(nnx.merge(graphdef, state["params"], frozen)), out / "final")
   loop.close()
   return summary
 

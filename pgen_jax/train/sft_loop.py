@@ -1,7 +1,8 @@
 """The SFT stage: set-up, resume, the training loop, evaluation, sample grids, final checkpoint.
 
 Writes under <workdir>/sft: latest/ and best/ (orbax), tb/ (TensorBoard), grids/*.png,
-summary.json, and final/ (a pgen_jax checkpoint of the whole model that later stages load).
+summary.json, and final/ (a pgen_jax checkpoint of the whole model that later stages load; with LoRA, the
+adapters merged into the base weights, while latest/ and best/ hold what trains).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import to_device
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
-from pgen_jax.setup import mesh_from_config, model_from_config
+from pgen_jax.setup import mesh_from_config, plain_model, training_model
 from pgen_jax.train import harness, sft, steps, update
 from pgen_jax.train.item_tokens import ItemTokens
 from pgen_jax.viz import save_grid
@@ -46,9 +47,9 @@ def run_sft(cfg) -> dict:
   if (sft_cfg.batch_size // sft_cfg.grad_accum) % shards or sft_cfg.batch_size % jax.process_count():
     raise ValueError(f"sft.batch_size: {sft_cfg.batch_size} / grad_accum {sft_cfg.grad_accum} must split evenly over the "
                      f"{shards} data-parallel devices and {jax.process_count()} hosts")
-  model = model_from_config(cfg, mesh, remat=remat_policy(sft_cfg.remat))
+  model = training_model(cfg, mesh, remat=remat_policy(sft_cfg.remat))
   prompter = Prompter(cfg, model.config)
-  graphdef, params, frozen = nnx.split(model, update.trainable_filter(tuple(sft_cfg.trainable)), ...)
+  graphdef, params, frozen = nnx.split(model, update.stage_filter(cfg), ...)
   train_loader = loader_from_config(cfg, "train", batch_size=sft_cfg.batch_size // jax.process_count(), seed=cfg.seed,
                                     with_future=False)
   per_epoch = len(source_from_config(cfg, "train", with_future=False)) // sft_cfg.batch_size
@@ -109,7 +110,7 @@ def run_sft(cfg) -> dict:
     write_json(out / "summary.json", summary)
   loop.writer.flush()
   ckpt = cfg.model.checkpoint
-  save_janus(final, out / "final", hf_files=(Path(ckpt) / "hf" if is_pgen_checkpoint(ckpt) else ckpt) if ckpt else None)
+  save_janus(plain_model(final), out / "final", hf_files=(Path(ckpt) / "hf" if is_pgen_checkpoint(ckpt) else ckpt) if ckpt else None)
   loop.close()
   logging.info("SFT done: %s", json.dumps(summary))
   return summary

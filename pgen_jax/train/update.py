@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pgen_jax.models import lora
 from pgen_jax.models.llama import layer_major_leaves
 from pgen_jax.models.sharding import put_global
 
@@ -19,6 +20,14 @@ TRAINABLE_DEFAULT = ("language_model", "generation_embeddings", "generation_alig
 def trainable_filter(parts: tuple[str, ...]) -> Callable:
   parts = tuple(parts)
   return lambda path, _: bool(path) and str(path[0]) in parts
+
+
+def stage_filter(cfg) -> Callable:
+  """What the SFT and GRPO stages (and bench.memory's versions of them) train: the parts in sft.trainable;
+  with LoRA (model.lora.rank > 0) the adapters and the parts in sft.trainable other than the language model
+  (lora.trainable_filter), whose base weights stay frozen."""
+  parts = tuple(cfg.sft.trainable)
+  return lora.trainable_filter(parts) if cfg.model.lora.rank else trainable_filter(parts)
 
 
 def lr_schedule(lr: float, warmup: int, total: int, final_ratio: float = 0.1) -> Callable:
