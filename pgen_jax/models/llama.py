@@ -244,7 +244,9 @@ class LlamaModel(nnx.Module):
     return self.norm(x), kvs
 
   def _scanned(self, x, cos, sin, ctx, graphdef, weights, prefix, policy, return_kv):
-    cast = lambda w: w.astype(self.dtype) if self.dtype is not None and w.ndim >= 2 else w
+    # Float matrices only: a quantised base's integer values (models/quant.py) stay as stored.
+    cast = lambda w: (w.astype(self.dtype) if self.dtype is not None and w.ndim >= 2
+                      and jnp.issubdtype(w.dtype, jnp.floating) else w)
     n = self.cfg.num_hidden_layers
     stacked_prefix = None if prefix is None else [  # activations, stacked for the scan as before
         tuple(jnp.stack([p.kv[i][j] for i in range(n)]) for j in range(2)) for p in prefix]
