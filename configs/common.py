@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.beta = 0.01                   # KL to the reference (the starting policy); 0 skips it
   c.grpo.eps_low = 0.2
   c.grpo.eps_high = 0.28               # clip-higher (DAPO); set equal to eps_low for symmetric clipping
+  c.grpo.advantage = "sum"             # sum: of the weighted total | per_reward: each reward normalised in its group first (GDPO)
   c.grpo.advantage_scale = "std"       # std (GRPO) | none (Dr.GRPO)
   c.grpo.advantage_eps = 1e-3          # reward units: advantages divide by max(group std, this)
   c.grpo.dynamic_sampling = False      # DAPO: leave groups with std <= advantage_eps out of the loss

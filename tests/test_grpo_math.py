@@ -288,3 +288,30 @@ def test_schedule_first_update_trains_and_ends_at_the_floor():
   warm = lr_schedule(2.0, 4, 10)
   np.testing.assert_allclose([float(warm(c)) for c in range(4)], [0.5, 1.0, 1.5, 2.0], rtol=1e-6)
   assert float(warm(9)) == pytest.approx(0.2, rel=1e-6)
+
+
+def test_per_reward_advantages_let_a_small_scale_reward_count():
+  """Two rewards of scales 1000 apart, ranking one group's 4 samples in opposite orders. Summed first, the
+  large one decides every advantage; normalised in the group first (GDPO), each counts by its weight."""
+  big = jnp.array([1000.0, 2000.0, 3000.0, 4000.0])
+  small = jnp.array([0.4, 0.3, 0.2, 0.1])
+  z = np.array([-3, -1, 1, 3]) / np.sqrt(5)  # (x - mean) / population std of 1, 2, 3, 4, by hand
+  summed = grpo.group_advantages(big + 2.0 * small, 4)
+  np.testing.assert_allclose(np.asarray(summed), z, atol=1e-3)  # the small reward is lost
+  per = grpo.per_reward_advantages({"big": big, "small": small, "off": big}, {"big": 1.0, "small": 2.0, "off": 0.0}, 4)
+  np.testing.assert_allclose(np.asarray(per), z - 2.0 * z, atol=1e-5)  # 1 x z(big) + 2 x z(small) = -z
+  # with Dr.GRPO's scale (no division) each reward keeps its units
+  none = grpo.per_reward_advantages({"big": big, "small": small}, {"big": 1.0, "small": 2.0}, 4, scale="none")
+  np.testing.assert_allclose(np.asarray(none), [-1500.0 + 0.3, -500.0 + 0.1, 500.0 - 0.1, 1500.0 - 0.3], rtol=1e-6)
+
+
+def test_advantage_mode_is_checked():
+  from configs.demo import get_config
+  from pgen_jax import settings
+  from pgen_jax.errors import ConfigError
+  raw = get_config()
+  raw.grpo.advantage = "per_rewards"
+  with pytest.raises(ConfigError, match="grpo.advantage"):
+    settings.from_config(raw)
+  raw.grpo.advantage = "per_reward"
+  assert settings.from_config(raw).grpo.advantage == "per_reward"

@@ -35,6 +35,14 @@ def group_advantages(rewards, group_size: int, *, scale: str = "std", eps: float
   return a.reshape(-1)
 
 
+def per_reward_advantages(terms: dict, weights: dict, group_size: int, *, scale: str = "std", eps: float = 1e-3):
+  """sum_k w_k * group_advantages(r_k): each reward normalised within its group before the weighted sum
+  (GDPO, arXiv 2601.05242), so that a reward of a large scale does not decide every advantage alone.
+  terms {name: (B * G,)}, weights {name: w}; a term's `eps` is in its own units."""
+  return sum(w * group_advantages(jnp.asarray(terms[k]), group_size, scale=scale, eps=eps)
+             for k, w in weights.items() if w)
+
+
 def groups_with_signal(rewards, group_size: int, eps: float = 1e-3):
   """(B,) whether each group's rewards spread by more than `eps` (std): groups of (nearly) equal
   rewards carry no learning signal."""

@@ -51,6 +51,7 @@ class Scored:
   base: np.ndarray           # (N,) the weighted raw terms alone (validation: comparable across roll-backs)
   terms: dict                # {term: (N,)} raw
   emb: np.ndarray            # (N, D) image embeddings for the hacking signals
+  weights: dict = dataclasses.field(default_factory=dict)  # {term: weight} of the raw terms `train` sums
 
 
 class Rewards:
@@ -113,11 +114,13 @@ class Rewards:
       base = train = terms["fixed"].copy()
     else:
       base, train, terms, emb = self._models(job, learn_scale)
+    weights = dict(self.reward_cfg.active) if self.kind == "models" else {self.kind: 1.0}
     total = base
     if self.diversity:
       terms["diversity"] = similarity_to_other_users(emb, users).astype(np.float32)
+      weights["diversity"] = -self.diversity
       total, train = base - self.diversity * terms["diversity"], train - self.diversity * terms["diversity"]
-    return Scored(total=total, train=train, base=base, terms=terms, emb=emb)
+    return Scored(total=total, train=train, base=base, terms=terms, emb=emb, weights=weights)
 
   def fixed_share(self, tokens: np.ndarray) -> np.ndarray:
     return np.isin(tokens, self.fixed).mean(1).astype(np.float32)

@@ -110,6 +110,7 @@ class GRPOSection(Section):
   beta: float             # KL to the reference; 0 skips it
   eps_low: float
   eps_high: float
+  advantage: str          # sum: of the weighted total | per_reward: each reward normalised in its group, then summed
   advantage_scale: str    # std (GRPO) | none (Dr.GRPO)
   advantage_eps: float
   dynamic_sampling: bool
@@ -154,6 +155,7 @@ class GRPOSection(Section):
     one_of(self, "reward", KINDS)
     one_of(self, "reward_normalize", ("none", "running"))
     one_of(self, "advantage_scale", ("std", "none"))
+    one_of(self, "advantage", ("sum", "per_reward"))
     one_of(self, "logprobs", ("cond", "cfg"))
     one_of(self, "defence_response", ("stop", "rollback"))
     all_in(self, "defence_drift", DRIFT)
