@@ -139,6 +139,19 @@ def test_bf16_compute_keeps_the_activations_bf16():
   assert hidden.dtype == jnp.bfloat16
 
 
+def test_adapters_are_fp32_on_a_bf16_base():
+  """A frozen base stored in bf16 (model.param_dtype) keeps its bytes; the adapters that train are fp32."""
+  model = lora.apply_lora(Janus(tiny(), nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), CFG)
+  linears = lora.adapted_modules(model)
+  assert len(linears) == 7
+  for _, linear in linears:
+    assert linear.kernel[...].dtype == jnp.bfloat16
+    assert linear.kernel_lora_a[...].dtype == linear.kernel_lora_b[...].dtype == jnp.float32
+  hidden = jax.eval_shape(lambda x: model.language_model(x)[0], jax.ShapeDtypeStruct((1, 3, 64), jnp.bfloat16))
+  assert hidden.dtype == jnp.bfloat16
+  assert lora.merge(model).language_model.layers.self_attn.q_proj.kernel[...].dtype == jnp.bfloat16
+
+
 def test_bad_targets_are_config_errors():
   plain = base()
   with pytest.raises(ConfigError, match="matches no linear module"):

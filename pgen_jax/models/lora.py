@@ -23,7 +23,8 @@ the state that `_layers` slices along the layer axis, which fails (RngCount is a
   with `rngs=None` and `skip_nnx_init=True`;
 - we create the adapters ourselves, stacked like their kernels, on the stored stacked layer's
   nnx.Linear modules: A (L, in, rank) and B (L, rank, out), initialised by the qwix rule's own
-  initializers (he_uniform per layer, zeros), in the kernel's dtype and following its sharding, as
+  initializers (he_uniform per layer, zeros), in fp32 (the trained master copy, whatever the base's
+  storage dtype) and following the kernel's sharding, as
   qwix would;
 - at run time the per-layer slicing hands each layer's Linear its A (in, rank), B (rank, out), and
   qwix's LoraProvider.dot_general finds them there (`getattr(module, "kernel_lora_a")`) and adds
@@ -151,8 +152,10 @@ def apply_lora(model, cfg: LoraConfig, *, rngs: nnx.Rngs | int = 0):
     kernel = linear.kernel[...]
     layers, din, dout = kernel.shape
     keys = jax.random.split(rngs.params(), layers)
-    a = jax.vmap(lambda k: rule.lora_a_initializer(k, (din, cfg.rank), kernel.dtype))(keys)
-    b = jax.vmap(lambda k: rule.lora_b_initializer(k, (cfg.rank, dout), kernel.dtype))(keys)
+    # fp32 whatever the base's storage: a frozen bf16 base (model.param_dtype) halves its bytes, while the
+    # adapters' small updates need fp32 to register (they are cast to the compute dtype in the matmul)
+    a = jax.vmap(lambda k: rule.lora_a_initializer(k, (din, cfg.rank), jnp.float32))(keys)
+    b = jax.vmap(lambda k: rule.lora_b_initializer(k, (cfg.rank, dout), jnp.float32))(keys)
     # qwix's naming (<param>_lora_a/_b) is how its dot_general finds them in each layer's module.
     linear.kernel_lora_a = nnx.LoRAParam(_follow_sharding(a, kernel, lambda s: (s[0], s[1], None)))
     linear.kernel_lora_b = nnx.LoRAParam(_follow_sharding(b, kernel, lambda s: (s[0], None, s[2])))
