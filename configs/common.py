@@ -122,6 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.temperature = 1.0
   c.grpo.inner_updates = 1             # optimizer updates per rollout, with stored old log-probs
   c.grpo.micro_batch = 0               # prompts per gradient-accumulation slice (with their G samples); 0: all
+  c.grpo.rollout_chunk = 0             # prompts the sampler draws at once (their KV caches), in turn; 0: all
   c.grpo.remat = "none"                # as sft.remat, for the GRPO update
   c.grpo.sample_ahead = True           # sample batch t+1 (pre-update params) while the scorer scores batch t
   c.grpo.reward = "models"             # models | genre (synthetic world) | fixed (a hackable test reward)

@@ -315,3 +315,30 @@ def test_advantage_mode_is_checked():
     settings.from_config(raw)
   raw.grpo.advantage = "per_reward"
   assert settings.from_config(raw).grpo.advantage == "per_reward"
+
+
+@pytest.mark.parametrize("mode", ["cond", "cfg"])
+def test_old_logprobs_in_micro_batches_equal_one_pass(mode):
+  """grpo.micro_batch also slices the old log-probs of a batch sampled ahead (each slice's activations
+  alone): the same values as one pass over the batch."""
+  from configs.demo import get_config
+  from pgen_jax import settings
+  from pgen_jax.train import steps, update
+  raw = get_config()
+  raw.grpo.prompts_per_step, raw.grpo.group_size, raw.grpo.logprobs = 4, 2, mode
+  model = Janus(tiny(), nnx.Rngs(5))
+  rng = np.random.default_rng(7)
+  ids, mask, uncond, images = batch_with_history(model, rng, prompts=4)
+  uint8 = ((images + 1) * 127.5).round().astype(np.uint8)
+  b = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask), "uncond": jnp.asarray(uncond),
+       "uncond_mask": jnp.asarray(uncond != 0, jnp.int32), "images": jnp.asarray(uint8),
+       "tokens": jnp.asarray(rng.integers(0, 64, (8, 16)), jnp.int32)}
+  graphdef, params, frozen = nnx.split(model, update.trainable_filter(update.TRAINABLE_DEFAULT), ...)
+  out = {}
+  for micro in (0, 2, 1):
+    raw.grpo.micro_batch = micro
+    cfg = settings.from_config(raw)
+    out[micro] = np.asarray(steps.grpo_old_logprobs(graphdef, cfg.grpo, cfg.prompt)(params, frozen, b))
+  assert out[0].shape == (8, 16) and np.isfinite(out[0]).all()
+  np.testing.assert_allclose(out[2], out[0], atol=1e-5)
+  np.testing.assert_allclose(out[1], out[0], atol=1e-5)

@@ -378,3 +378,18 @@ def test_each_decode_phase_updates_its_cache_in_place(models):
     shape = ours.language_model.cache_shape(2 * 2 * 2, length)  # 2 prompts x 2 samples x cond/uncond
     assert "dynamic-update-slice" in ops.get(shape, set()), (length, sorted(ops))
     assert not {"transpose", "copy", "pad", "concatenate"} & ops[shape], (length, ops[shape])
+
+
+def test_prompts_sampled_in_chunks_equal_all_at_once(models):
+  """prompt_chunk: the batch's prompts drawn a chunk at a time (smaller KV caches) give the same samples,
+  each prompt with its own images and its samples' own keys."""
+  _, ours = models
+  batch = history_batch(np.random.default_rng(5), images_per_prompt=(1, 1, 1, 1))
+  whole = SamplingConfig(temperature=1.0, num_samples=2, num_tokens=6, decode_images=False)
+  a = Sampler(ours, one_device(), whole)(batch, jax.random.key(2))
+  b = Sampler(ours, one_device(), dataclasses.replace(whole, prompt_chunk=2))(batch, jax.random.key(2))
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+  uneven = history_batch(np.random.default_rng(5), images_per_prompt=(2, 1, 0, 1))  # 3 and 1 images
+  with pytest.raises(ValueError, match="different numbers of images"):
+    Sampler(ours, one_device(), dataclasses.replace(whole, prompt_chunk=2))(uneven, jax.random.key(2))

@@ -40,10 +40,13 @@ class SamplingConfig:
   num_tokens: int | None = None  # default: the model's num_image_tokens (576)
   decode_images: bool = True
   decode_phases: int = 14     # decode loops over growing caches (1: one loop over the full cache)
+  prompt_chunk: int = 0       # prompts sampled at once, the batch's chunks one after the other (0: all)
 
   def __post_init__(self):
     if self.decode_phases < 1:
       raise ValueError(f"SamplingConfig.decode_phases={self.decode_phases}: use 1 (one loop) or more")
+    if self.prompt_chunk < 0:
+      raise ValueError(f"SamplingConfig.prompt_chunk={self.prompt_chunk}: use 0 (all prompts at once) or more")
 
 
 @dataclasses.dataclass
@@ -181,6 +184,12 @@ class Sampler:
     n_ph = int((batch.ids == self.config.image_token_id).sum())
     if n_ph != batch.images.shape[0] * self.config.num_image_tokens:
       raise ValueError(f"prompts hold {n_ph} image placeholders but {batch.images.shape[0]} images were given")
+    chunk = self.sampling.prompt_chunk
+    if chunk and chunk < len(batch.ids):  # each chunk takes an equal share of the images, in order
+      per_chunk = (batch.ids == self.config.image_token_id).reshape(-1, chunk * batch.ids.shape[1]).sum(1)
+      if len(set(per_chunk.tolist())) > 1:
+        raise ValueError(f"prompt_chunk {chunk}: the chunks' prompts hold different numbers of images "
+                         f"({per_chunk.tolist()} placeholders); sample them at once (prompt_chunk 0)")
     uncond, uncond_mask = batch.uncond_rows()
     keys = np.asarray(jax.random.key_data(jax.random.split(key, batch.ids.shape[0] * self.sampling.num_samples)))
     return [batch.ids, batch.mask, uncond, uncond_mask, batch.images.astype(np.float32), keys]
@@ -213,9 +222,22 @@ def jit_generate(graphdef, state_shardings, mesh, sampling: SamplingConfig, unco
       lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
 
   def run(state, ids, mask, uncond, uncond_mask, images, key_data):
-    keys = jax.random.wrap_key_data(key_data)
-    return generate(nnx.merge(graphdef, cast(state)), ids, mask, uncond, uncond_mask,
-                    images, keys, sampling=sampling, uncond_images=uncond_images, mesh=mesh)
+    model = nnx.merge(graphdef, cast(state))
+
+    def one(ids, mask, uncond, uncond_mask, images, key_data):
+      return generate(model, ids, mask, uncond, uncond_mask, images, jax.random.wrap_key_data(key_data),
+                      sampling=sampling, uncond_images=uncond_images, mesh=mesh)
+
+    b, chunk = ids.shape[0], sampling.prompt_chunk
+    if not chunk or chunk >= b:
+      return one(ids, mask, uncond, uncond_mask, images, key_data)
+    if b % chunk:
+      raise ValueError(f"prompt_chunk {chunk} must divide the {b} prompts")
+    # Chunks one after the other (lax.map): the KV caches and the prefill's activations are a chunk's;
+    # every array's rows are whole prompts' (their images, their samples' keys), so each splits evenly.
+    split = lambda x: x.reshape(b // chunk, x.shape[0] // (b // chunk), *x.shape[1:])
+    out = jax.lax.map(lambda xs: one(*xs), tuple(map(split, (ids, mask, uncond, uncond_mask, images, key_data))))
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(run, in_shardings=(state_shardings,) + (replicated,) * 6,

@@ -119,6 +119,7 @@ class GRPOSection(Section):
   temperature: float
   inner_updates: int
   micro_batch: int        # prompts per accumulation slice; 0: all
+  rollout_chunk: int      # prompts the sampler draws at once; 0: all
   remat: str
   sample_ahead: bool
   reward: str             # train.grpo_rewards.KINDS
@@ -156,6 +157,10 @@ class GRPOSection(Section):
     one_of(self, "reward_normalize", ("none", "running"))
     one_of(self, "advantage_scale", ("std", "none"))
     one_of(self, "advantage", ("sum", "per_reward"))
+    if not isinstance(self.rollout_chunk, int) or self.rollout_chunk < 0 or (
+        self.rollout_chunk and self.prompts_per_step % self.rollout_chunk):
+      raise ConfigError(f"grpo.rollout_chunk: {self.rollout_chunk!r} must be 0 (all prompts at once) or divide "
+                        f"grpo.prompts_per_step ({self.prompts_per_step})")
     one_of(self, "logprobs", ("cond", "cfg"))
     one_of(self, "defence_response", ("stop", "rollback"))
     all_in(self, "defence_drift", DRIFT)

@@ -51,12 +51,15 @@ def grpo_step_config(section, prompt) -> grpo.GRPOConfig:
                          uncond_images=prompt.uncond == "keep_images")
 
 
+def _micro_batches(section) -> int:
+  return section.prompts_per_step // section.micro_batch if section.micro_batch else 1
+
+
 def grpo_update_step(graphdef, tx, section, prompt, state_shardings, mesh):
   """jit of grpo.update_step: (state, frozen, ref_params, batch) -> (state, metrics); the state donated
   and kept in its shardings, the metrics replicated."""
-  micro_batches = section.prompts_per_step // section.micro_batch if section.micro_batch else 1
   return jax.jit(functools.partial(grpo.update_step, graphdef, tx, grpo_step_config(section, prompt),
-                                   micro_batches=micro_batches),
+                                   micro_batches=_micro_batches(section)),
                  donate_argnums=(0,), out_shardings=(state_shardings, NamedSharding(mesh, P())))
 
 
@@ -67,12 +70,21 @@ def grpo_old_logprobs(graphdef, section, prompt):
   cfg_kw = (dict(cfg_weight=section.cfg_weight, uncond_images=step_cfg.uncond_images)
             if section.logprobs == "cfg" else {})
 
+  micro_batches = _micro_batches(section)
+
   def old_logp(params, frozen, b):
-    return grpo.image_token_logprobs(
-        nnx.merge(graphdef, params, frozen), b["ids"], b["mask"],
-        from_uint8(b["images"].reshape(-1, *b["images"].shape[2:])), b["tokens"],
-        uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"],
-        temperature=section.temperature, **cfg_kw)
+    model = nnx.merge(graphdef, params, frozen)
+
+    def one(b):
+      return grpo.image_token_logprobs(
+          model, b["ids"], b["mask"], from_uint8(b["images"].reshape(-1, *b["images"].shape[2:])), b["tokens"],
+          uncond=b["uncond"] if cfg_kw else None, uncond_mask=b["uncond_mask"],
+          temperature=section.temperature, **cfg_kw)
+    b = {k: b[k] for k in ("ids", "mask", "uncond", "uncond_mask", "images", "tokens")}
+    if micro_batches == 1:
+      return one(b)
+    # the update's micro-batches of whole groups, one after the other: a slice's activations at a time
+    return jax.lax.map(one, grpo.split_prompts(b, micro_batches)).reshape(b["tokens"].shape)
   return jax.jit(old_logp)
 
 
@@ -80,4 +92,5 @@ def rollout_sampling(section, decode_images: bool,
                      decode_phases: int = SamplingConfig.decode_phases) -> SamplingConfig:
   """The GRPO rollout's sampling: group_size samples per prompt at the section's CFG weight and temperature."""
   return SamplingConfig(cfg_weight=section.cfg_weight, temperature=section.temperature,
-                        num_samples=section.group_size, decode_images=decode_images, decode_phases=decode_phases)
+                        num_samples=section.group_size, decode_images=decode_images, decode_phases=decode_phases,
+                        prompt_chunk=section.rollout_chunk)
