@@ -144,6 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.defence_distance_ratio = 0.5  # alarm: cross-user distance 1 - sim below this x the first steps'
   c.grpo.defence_drift = ()            # drift stats the alarm uses: brightness saturation edge_density token_entropy
   c.grpo.defence_drift_z = 6.0         # ... when off their first steps' mean by this many stds
+  c.grpo.defence_entropy_ratio = 0.45 # alarm: batch token entropy below this x the first step's (0: off)
   c.grpo.defence_lr_factor = 0.5
   c.grpo.defence_diversity_factor = 2.0
   c.grpo.defence_max_rollbacks = 3     # then stop

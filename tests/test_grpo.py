@@ -53,7 +53,7 @@ def test_reward_rises(tmp_path, world):
   run = run_main(ROOT, *grpo_args(tmp_path, world, "prepare", "sft", "grpo"))
   assert run.returncode == 0, run.stderr[-3000:]
   r = summary(tmp_path)["rewards"]
-  assert len(r) == 40
+  assert len(r) == 40 and "alarms" not in summary(tmp_path)  # its policy sharpens, but no false alarm
   start, end = np.mean(r[:5]), np.mean(r[-5:])
   assert end > start + 0.3, (start, end)  # seen here: 0.18 -> 0.77
   # The comparison gains a GRPO row beside SFT's, on the same windows of held-out users.
@@ -88,13 +88,17 @@ def hacked_models_args(workdir, world, tmp_path, **over):
           "--config.grpo.reward_weights.fixed=1000.0"]
 
 
-def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world):
-  run = run_main(ROOT, *hacked_models_args(tmp_path, world, tmp_path, num_steps=30))
+# seen: the token share 0.06 -> 0.99 by step 9 (3e-3) or 6 (5e-3) while CLIP similarity across users stays
+# near its 0.92 start for a few more steps; the batch's token entropy 4.15 -> below half of it by step 7 (3e-3)
+# or 5 (5e-3): caught at 9 and 7 (before the token-entropy signal: not within 30 steps, and at 12).
+@pytest.mark.parametrize("lr, stopped", [(3e-3, "the last healthy checkpoint is step 5"),
+                                         (5e-3, "no checkpoint from before step 4")])
+def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world, lr, stopped):
+  run = run_main(ROOT, *hacked_models_args(tmp_path, world, tmp_path, num_steps=30, lr=lr))
   assert run.returncode == 3, run.stderr[-3000:]
-  assert "reward hacking suspected" in run.stderr and "last healthy checkpoint is step" in run.stderr
+  assert "reward hacking suspected" in run.stderr and stopped in run.stderr, run.stderr[-3000:]
   alarm = summary(tmp_path)["alarms"][0]
-  # seen: the token share saturates by step 7, CLIP similarity across users 0.92 -> 0.99, caught at 12
-  assert alarm["step"] <= 20 and any("similar" in r for r in alarm["reasons"]), alarm
+  assert alarm["step"] <= 10 and any("token entropy" in r for r in alarm["reasons"]), alarm
   assert logged(run.stderr, "reward/fixed_mean")[alarm["step"]] > 0.9  # it was a hack that was caught
   assert not (tmp_path / "grpo" / "final").exists()
 
@@ -102,9 +106,9 @@ def test_injected_hack_on_the_models_reward_is_caught_and_stops(tmp_path, world)
 def test_roll_back_then_kill_and_resume_continues_identically(tmp_path, world):
   """A roll-back really happens (lower lr, more diversity), and a run killed after it resumes with its
   roll-back state: the same alarms, per-step rewards and end state as the uninterrupted run."""
-  # The stop test's run (seen: alarm at step 12 or 13, roll-back to 5); after it the lr is cut to 1% so
-  # that the run ends without a second alarm.
-  args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=30, defence_response="rollback",
+  # The stop test's run at lr 3e-3 (seen: alarm at step 9, roll-back to 5; at 5e-3 no checkpoint is from
+  # before the first flagged samples); after it the lr is cut to 1% so that the run ends without a second alarm.
+  args = lambda w: hacked_models_args(w, world, tmp_path, num_steps=30, lr=3e-3, defence_response="rollback",
                                       defence_max_rollbacks=1, defence_lr_factor=0.01)
   plain = run_main(ROOT, *args(tmp_path / "plain"))
   assert plain.returncode == 0, plain.stderr[-3000:]  # one alarm, one roll-back, then a healthy end

@@ -49,11 +49,13 @@ class Checkpoints:
     return max((s for s in self.latest.all_steps() if s < step), default=None)
 
   def roll_back(self, step: int, like):
-    """Restores checkpoint `step` and deletes the later ones: a run resumed after the roll-back must
-    not pick up one written before it."""
-    self.latest.wait_until_finished()
-    for later in [s for s in self.latest.all_steps() if s > step]:
-      self.latest.delete(later)
+    """Restores checkpoint `step` and deletes the later ones, in best/ too: a run resumed after the
+    roll-back must not pick up one written before it, best/ must not keep parameters the roll-back
+    abandoned, and orbax skips saving any step not above the newest one kept."""
+    self.wait()
+    for manager in (self.latest, self.best):
+      for later in [s for s in manager.all_steps() if s > step]:
+        manager.delete(later)
     return self.restore(step, like)
 
   def wait(self) -> None:

@@ -30,7 +30,8 @@ def defence_config(grpo_cfg) -> DefenceConfig:
   return DefenceConfig(window=grpo_cfg.defence_window, std_ratio=grpo_cfg.defence_std_ratio,
                        distance_ratio=grpo_cfg.defence_distance_ratio, patience=grpo_cfg.defence_patience,
                        warmup=grpo_cfg.defence_warmup, drift_alarm=tuple(grpo_cfg.defence_drift),
-                       drift_z=grpo_cfg.defence_drift_z, response=grpo_cfg.defence_response,
+                       drift_z=grpo_cfg.defence_drift_z,
+                       entropy_ratio=grpo_cfg.defence_entropy_ratio, response=grpo_cfg.defence_response,
                        diversity_weight_factor=grpo_cfg.defence_diversity_factor,
                        lr_factor=grpo_cfg.defence_lr_factor)
 

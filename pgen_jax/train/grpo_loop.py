@@ -108,7 +108,7 @@ def run_grpo(cfg) -> dict:
     extra = rollouts.restore(data_state)
     if "defence" in extra:  # checkpoints from before the roll-back state was saved have none
       defence.restore(extra["defence"], rewards)
-    _truncate(summary, step)  # the summary may be ahead of the checkpoint
+    _truncate(summary, step, loop.ckpts.best.all_steps())  # the summary may be ahead of the checkpoint
   now = {"ahead": None}  # the batch sampled ahead during the previous step; this step's rollout and scores
 
   def train(at, state):
@@ -158,7 +158,7 @@ def run_grpo(cfg) -> dict:
     rollouts.restore(data_state)
     state = defence.roll_back(state, rewards, replicated)
     summary["alarms"][-1]["rolled_back_to"] = step
-    _truncate(summary, step)
+    _truncate(summary, step, loop.ckpts.best.all_steps())
     write_json(out / "summary.json", summary)
     logging.warning("reward hacking suspected (%s): rolled back to step %d (roll-back %d), lr x%g, diversity "
                     "weight %g", alarm.reasons, step, defence.rollbacks, defence.lr_scale, rewards.diversity)
@@ -344,8 +344,14 @@ def _save_rollout(path: Path, cur: Rollout, scored: Scored, reward_mean: float) 
   write_bytes(path, buf.getvalue())
 
 
-def _truncate(summary: dict, step: int) -> None:
-  """Forgets what the summary says about steps after `step` (a resume or a roll-back), alarms aside."""
+def _truncate(summary: dict, step: int, best_steps=()) -> None:
+  """Forgets what the summary says about steps after `step` (a resume or a roll-back), alarms aside. A
+  best step after it names the checkpoint best/ kept (`best_steps`), if any, instead."""
   summary["rewards"] = summary.get("rewards", [])[:step]
   if "validation" in summary:
     summary["validation"] = [v for v in summary["validation"] if v["step"] <= step]
+  if summary.get("best_step", -1) > step:
+    del summary["best_step"], summary["best_reward"]
+    kept = [v for v in summary.get("validation", []) if v["step"] in best_steps and v["step"] <= step]
+    if kept:
+      summary.update(best_step=kept[-1]["step"], best_reward=kept[-1]["reward"])

@@ -8,6 +8,12 @@ reward's spread collapsing as it began. Signals, logged every GRPO step:
   pixels any two posters are above 0.8), so the threshold is relative to the run's own first
   `warmup` steps (the baseline b): flagged when the distance 1 - s falls below `distance_ratio` x
   (1 - b), i.e. images for different users became that much closer than they were at the start;
+- token collapse: the entropy of the batch's image-token histogram falls below `entropy_ratio` x the
+  first step's, whose samples the parameters before any update drew. The baseline is that one step, not
+  the first `warmup`, since at a high lr the collapse is already under way within them (seen: lr 5e-3,
+  entropy 4.15 -> 1.77 by step 5; a 5-step baseline of 3.4 +- 0.9 flags nothing). 0.45: a hack on
+  the demo fell to 0.4 of its start within 7 steps, its healthy 40-step run (SFT start, lr 2e-3) to 0.5
+  once (halving the entropy in nats is the effective number of tokens falling to its square root);
 - image-statistics drift (`drift_stats`): brightness, saturation, edge density of the images and the
   entropy of the batch's image-token histogram; flagged when one named in `drift_alarm` leaves its
   baseline mean by more than `drift_z` baseline standard deviations.
@@ -35,6 +41,7 @@ class DefenceConfig:
   warmup: int = 5                 # steps of history before any alarm; the baseline's steps
   drift_alarm: tuple[str, ...] = ()  # drift statistics the alarm uses (keys of drift_stats)
   drift_z: float = 6.0
+  entropy_ratio: float = 0.45     # token entropy below this share of the first step's (0: off)
   response: str = "stop"          # stop | rollback
   diversity_weight_factor: float = 2.0  # rollback: multiply the diversity term's weight
   lr_factor: float = 0.5                # rollback: multiply the learning rate
@@ -94,6 +101,11 @@ class HackingMonitor:
       base = self._baseline(key)
       if base is not None and drift and key in drift and abs(drift[key] - base[0]) > defence.drift_z * max(base[1], 1e-6):
         reasons.append(f"{key} drifted to {drift[key]:.4g} (baseline {base[0]:.4g} +- {base[1]:.2g})")
+    first = self.early.get("token_entropy", [])
+    if defence.entropy_ratio and first and drift and "token_entropy" in drift and \
+        drift["token_entropy"] < defence.entropy_ratio * first[0]:
+      reasons.append(f"token entropy fell to {drift['token_entropy']:.4g} (first step {first[0]:.4g}: below "
+                     f"{defence.entropy_ratio} x)")
     self.stds.append(float(reward_std))
     for key, v in {"similarity": similarity, **(drift or {})}.items():
       if len(self.early.setdefault(key, [])) < defence.warmup:

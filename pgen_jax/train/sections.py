@@ -140,6 +140,7 @@ class GRPOSection(Section):
   defence_distance_ratio: float
   defence_drift: tuple
   defence_drift_z: float
+  defence_entropy_ratio: float
   defence_lr_factor: float
   defence_diversity_factor: float
   defence_max_rollbacks: int
@@ -166,6 +167,9 @@ class GRPOSection(Section):
     all_in(self, "defence_drift", DRIFT)
     positive(self, "lr", "eps_low", "eps_high", "temperature", "advantage_eps", "defence_distance_ratio",
              "defence_drift_z")
+    if isinstance(self.defence_entropy_ratio, bool) or not isinstance(self.defence_entropy_ratio, (int, float)) \
+        or not 0 <= self.defence_entropy_ratio < 1:
+      raise ConfigError(f"grpo.defence_entropy_ratio: {self.defence_entropy_ratio!r} must be in [0, 1) (0: off)")
     if not self.beta >= 0:
       raise ConfigError("grpo.beta: must be >= 0 (0 skips the reference model)")
     terms = IN_JIT + EXTERNAL + HACKABLE
