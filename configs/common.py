@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.lora.rank = 0                # 0: off (full fine-tuning)
   c.model.lora.alpha = 32.0            # the update is scaled by alpha / rank
   c.model.lora.target = DEFAULT_TARGET # regex of the module paths adapted: the decoder's attention and MLP
+  c.model.lora.base_qtype = "none"     # QLoRA: the adapted projections' frozen base stored as int8 | nf4
+                                       # (pgen_jax.models.quant); final/ and export merge into the float base
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: all remaining devices
 

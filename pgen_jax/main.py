@@ -40,14 +40,17 @@ _KEEP_OLD = flags.DEFINE_bool("keep_old_results", False, "Go on with the workdir
 
 def export(cfg) -> None:
   """Writes the model as a transformers Janus directory (config.json + model.safetensors): the newest
-  training result (<workdir>/grpo/final, else <workdir>/sft/final), else the configured model."""
+  training result (<workdir>/grpo/final, else <workdir>/sft/final), else the configured model. A LoRA
+  result's adapters alone (its stage's final_adapter/, PEFT's format) go to <export.dir>/adapter."""
   if Path(cfg.export.dir).exists():
     logging.info("%s exists: already exported", cfg.export.dir)
     return
   trained = trained_checkpoint(cfg)
   ckpt = str(trained) if trained else cfg.model.checkpoint
   side = Path(ckpt) / "hf" if ckpt and is_pgen_checkpoint(ckpt) else (ckpt or None)
-  export_hf(model_from_config(cfg, mesh_from_config(cfg), ckpt or None), cfg.export.dir, side_files=side)
+  adapter = trained.parent / "final_adapter" if trained else None
+  export_hf(model_from_config(cfg, mesh_from_config(cfg), ckpt or None), cfg.export.dir, side_files=side,
+            adapter=adapter if adapter and adapter.is_dir() else None)
   logging.info("exported %s to %s", ckpt or "the initial model", cfg.export.dir)
 
 

@@ -175,9 +175,13 @@ def hf_tensors(model) -> dict[str, np.ndarray]:
   return state_dict(model, hf_key)
 
 
-def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | None = None) -> None:
-  """Writes config.json + model.safetensors that JanusForConditionalGeneration loads."""
+def export_hf(model, dst: str | os.PathLike, *, side_files: str | os.PathLike | None = None,
+              adapter: str | os.PathLike | None = None) -> None:
+  """Writes config.json + model.safetensors that JanusForConditionalGeneration loads; `adapter` (a PEFT
+  directory, export_peft's) is copied to dst/adapter, in the same atomic write."""
   with atomic_directory(dst) as tmp:
+    if adapter is not None:
+      shutil.copytree(adapter, tmp / "adapter")
     base = None
     if side_files is not None and Path(side_files).is_dir():
       for f in Path(side_files).iterdir():

@@ -8,6 +8,7 @@ from pgen_jax.errors import ConfigError
 from pgen_jax.models.attention import IMPLS
 from pgen_jax.models.config import PRESETS
 from pgen_jax.models.lora import LoraConfig
+from pgen_jax.models.quant import QTYPES
 from pgen_jax.sections import Section, at_least, one_of
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -19,9 +20,14 @@ class LoraSection(Section):
   rank: int               # 0: no adapters (full fine-tuning as sft.trainable says)
   alpha: float            # the update is scaled by alpha / rank
   target: str             # regex of the Janus module paths adapted (pgen_jax.models.lora)
+  base_qtype: str         # the frozen base of the adapted projections: none | int8 | nf4 (QLoRA)
 
   def check(self) -> None:
     at_least(self, 0, "rank")
+    one_of(self, "base_qtype", QTYPES)
+    if self.base_qtype != "none" and not self.rank:
+      raise ConfigError(f"model.lora.base_qtype={self.base_qtype!r} quantises the base under adapters: set "
+                        "model.lora.rank > 0, or base_qtype='none'")
     if self.rank:
       self.config()
 

@@ -43,14 +43,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from pgen_jax import distributed
 from pgen_jax.data.pipeline import loader_from_config
 from pgen_jax.fileio import write_bytes, write_json
-from pgen_jax.models.checkpoint import save_janus
 from pgen_jax.models.janus import to_uint8
 from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import to_device
 from pgen_jax.rewards.similarity import cross_user_similarity
 from pgen_jax.sampling import Sampler, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
-from pgen_jax.setup import mesh_from_config, plain_model, trained_checkpoint, training_model
+from pgen_jax.setup import check_base, mesh_from_config, save_final, trained_checkpoint, training_model
 from pgen_jax.train import grpo, harness, steps, update
 from pgen_jax.train.grpo_defence import Defence
 from pgen_jax.train.grpo_rewards import Rewards, Scored
@@ -83,7 +82,9 @@ def run_grpo(cfg) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   grpo_cfg = cfg.grpo
   mesh = mesh_from_config(cfg)
-  model = training_model(cfg, mesh, trained_checkpoint(cfg, stages=("sft",)), remat=remat_policy(grpo_cfg.remat))
+  base = trained_checkpoint(cfg, stages=("sft",))
+  check_base(cfg, out, base)
+  model = training_model(cfg, mesh, base, remat=remat_policy(grpo_cfg.remat))
   graphdef, params, frozen = nnx.split(model, update.stage_filter(cfg), ...)
   # With LoRA no copy of the language model: the reference is the same model with its adapters off.
   ref_params = jax.tree.map(jnp.copy, grpo.reference_params(params)) if grpo_cfg.beta else None
@@ -185,7 +186,7 @@ def run_grpo(cfg) -> dict:
                  final_reward=float(np.mean(summary["rewards"][-max(1, grpo_cfg.log_every):])))
   write_json(out / "summary.json", summary)
   loop.writer.flush()
-  save_janus(plain_model(nnx.merge(graphdef, state["params"], frozen)), out / "final")
+  save_final(cfg, mesh, nnx.merge(graphdef, state["params"], frozen), out, base)
   loop.close()
   return summary
 

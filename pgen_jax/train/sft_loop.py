@@ -2,7 +2,8 @@
 
 Writes under <workdir>/sft: latest/ and best/ (orbax), tb/ (TensorBoard), grids/*.png,
 summary.json, and final/ (a pgen_jax checkpoint of the whole model that later stages load; with LoRA, the
-adapters merged into the base weights, while latest/ and best/ hold what trains).
+adapters merged into the base weights, while latest/ and best/ hold what trains, base.json names the base
+they train on and final_adapter/ holds the adapters alone in PEFT's format).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from pgen_jax import distributed
 from pgen_jax.data.genre_probe import genre_hit_rate
 from pgen_jax.data.pipeline import loader_from_config, source_from_config
 from pgen_jax.fileio import write_json
-from pgen_jax.models.checkpoint import is_pgen_checkpoint, save_janus
+from pgen_jax.models.checkpoint import is_pgen_checkpoint
 from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import to_device
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
-from pgen_jax.setup import mesh_from_config, plain_model, training_model
+from pgen_jax.setup import check_base, mesh_from_config, save_final, training_model
 from pgen_jax.train import harness, sft, steps, update
 from pgen_jax.train.item_tokens import ItemTokens
 from pgen_jax.viz import save_grid
@@ -47,6 +48,7 @@ def run_sft(cfg) -> dict:
   if (sft_cfg.batch_size // sft_cfg.grad_accum) % shards or sft_cfg.batch_size % jax.process_count():
     raise ValueError(f"sft.batch_size: {sft_cfg.batch_size} / grad_accum {sft_cfg.grad_accum} must split evenly over the "
                      f"{shards} data-parallel devices and {jax.process_count()} hosts")
+  check_base(cfg, out)
   model = training_model(cfg, mesh, remat=remat_policy(sft_cfg.remat))
   prompter = Prompter(cfg, model.config)
   graphdef, params, frozen = nnx.split(model, update.stage_filter(cfg), ...)
@@ -110,7 +112,7 @@ def run_sft(cfg) -> dict:
     write_json(out / "summary.json", summary)
   loop.writer.flush()
   ckpt = cfg.model.checkpoint
-  save_janus(plain_model(final), out / "final", hf_files=(Path(ckpt) / "hf" if is_pgen_checkpoint(ckpt) else ckpt) if ckpt else None)
+  save_final(cfg, mesh, final, out, hf_files=(Path(ckpt) / "hf" if is_pgen_checkpoint(ckpt) else ckpt) if ckpt else None)
   loop.close()
   logging.info("SFT done: %s", json.dumps(summary))
   return summary
