@@ -28,5 +28,6 @@ def get_config():
   c.sft.grad_accum = 16                # batch 64 as 16 slices of 4: the 7B's activations at ~3,000 tokens
   c.grpo.lr = 1e-5
   c.grpo.rollout_chunk = 2             # the sampler draws 2 histories x 8 samples at a time: a quarter of the KV
+  c.eval.batch_size = 4                # 4 windows x 4 samples per sampler call (8 x 4 needs 77 GB)
   c.export.dir = "runs/movielens_7b_lora/hf"
   return c
