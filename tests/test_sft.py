@@ -170,12 +170,17 @@ def plain_and_killed(tmp_path, args, stage: str, kill_at: int) -> str:
   return resumed.stderr
 
 
-def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
-  assert "resumed SFT at step" in plain_and_killed(tmp_path, sft_args, "sft", 12)
+def assert_same_final(tmp_path) -> None:
+  """The plain and the killed-and-resumed runs' final parameters, bit for bit."""
   a, b = final_params(tmp_path / "plain"), final_params(tmp_path / "killed")
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_kill_minus_nine_and_resume_is_bit_identical(tmp_path):
+  assert "resumed SFT at step" in plain_and_killed(tmp_path, sft_args, "sft", 12)
+  assert_same_final(tmp_path)
 
 
 def test_repeated_non_finite_stops_and_keeps_the_last_good_checkpoint(tmp_path):
