@@ -15,8 +15,10 @@ from pgen_jax import main, settings
 from pgen_jax.errors import ConfigError
 from pgen_jax.fileio import tree_digest
 from pgen_jax.models import load_janus, lora, quant
+from pgen_jax.models.hf import export_hf
 from pgen_jax.models.llama import remat_policy
-from pgen_jax.setup import BASE_FILE, mesh_from_config, model_from_config, training_model
+from pgen_jax.setup import mesh_from_config, model_from_config
+from pgen_jax.train.stage_model import BASE_FILE, training_model
 from pgen_jax.train import steps, update
 from pgen_jax.train.checkpoints import Checkpoints
 from test_sft import ROOT, assert_same_final, plain_and_killed, run_main, sft_args
@@ -125,3 +127,24 @@ def test_resume_on_another_base_is_a_one_line_config_error(tmp_path):
 def test_kill_minus_nine_and_resume_with_lora_is_bit_identical(tmp_path):
   assert "resumed SFT at step" in plain_and_killed(tmp_path, lora_args, "sft", 2)
   assert_same_final(tmp_path)
+
+
+def test_peft_puts_the_exported_adapter_on_its_base_and_computes_the_exported_model(qlora, tmp_path):
+  """What a Hugging Face user does with <export.dir>/adapter: peft loads it onto its base (GRPO's: SFT's merged
+  result, converted to transformers by our export_hf), and that computes as the exported merged model, which
+  transformers loads from <export.dir> (fp32; the int8 base was only the training copy)."""
+  import peft
+  import torch
+  import transformers as T
+
+  run, exported = Path(qlora.workdir), Path(qlora.export.dir)
+  export_hf(load_janus(run / "sft" / "final", mesh=mesh_from_config(qlora)), tmp_path / "base")
+  ids = torch.tensor([[1, 5, 7, 9, 11, 13]])
+  with torch.no_grad():
+    base = T.JanusForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
+    before = base(input_ids=ids).logits.numpy()
+    adapted = peft.PeftModel.from_pretrained(base, exported / "adapter").eval()
+    got = adapted(input_ids=ids).logits.numpy()
+    want = T.JanusForConditionalGeneration.from_pretrained(exported).eval()(input_ids=ids).logits.numpy()
+  assert np.abs(want - before).max() > 1e-4  # GRPO's adapters changed the model
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

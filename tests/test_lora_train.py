@@ -14,9 +14,10 @@ from flax import nnx
 from configs.demo import get_config
 from pgen_jax import main, settings
 from pgen_jax.errors import ConfigError
-from pgen_jax.models import Janus, load_janus, lora, tiny
+from pgen_jax.models import Janus, load_janus, lora, preset, tiny
 from pgen_jax.models.llama import remat_policy
-from pgen_jax.setup import mesh_from_config, training_model
+from pgen_jax.setup import mesh_from_config
+from pgen_jax.train.stage_model import training_model
 from pgen_jax.train import grpo, steps, update
 from pgen_jax.train.checkpoints import Checkpoints
 
@@ -175,3 +176,22 @@ def test_bench_memory_builds_the_adapted_training_state():
   grpo_fns = programs.grpo_update(cfg, mesh, graphdef, state, config, 64)
   _, (_, _, ref, _) = grpo_fns["update_step"]
   assert {k.split("/")[0] for k in flat_paths(ref)} <= plain and not any("_lora_" in k for k in flat_paths(ref))
+
+
+def test_bench_memory_quantises_the_training_model_and_not_evals():
+  """With model.lora.base_qtype=nf4, bench.memory's training model stores the adapted kernels as qwix's nf4
+  (4-bit codes, as setup builds it for the training stages), while eval's is the plain merged Janus."""
+  from pgen_jax.bench import programs
+  raw = get_config()
+  raw.model.lora.rank, raw.model.lora.base_qtype = 4, "nf4"
+  cfg = settings.from_config(raw)
+  mesh = mesh_from_config(cfg)
+  _, trained_state, _ = programs.abstract_model(cfg, mesh)
+  _, plain_state, _ = programs.abstract_model(cfg, mesh, trained=False)
+  built = nnx.state(training_model(cfg, mesh), nnx.Param)
+  shapes = lambda s: {"/".join(map(str, p)): (v.value.shape, v.value.dtype) for p, v in nnx.to_flat_state(s)}
+  assert shapes(trained_state) == shapes(built)  # the very model the stages train
+  codes = [k for k in flat_paths(trained_state) if k.endswith("kernel/array/qvalue")]
+  assert codes and all(shapes(trained_state)[k][1] == jnp.uint4 for k in codes)
+  assert not [k for k in flat_paths(plain_state) if "_lora_" in k or "qvalue" in k]
+  assert flat_paths(plain_state) == flat_paths(nnx.state(nnx.eval_shape(lambda: Janus(preset(cfg.model.preset), nnx.Rngs(0))), nnx.Param))

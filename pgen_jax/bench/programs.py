@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pgen_jax.eval.evaluate import generator_sampling
 from pgen_jax.eval.measure import MetricModels, metric_model_section
-from pgen_jax.models import Janus, lora, preset
+from pgen_jax.models import Janus, lora, preset, quant
 from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import BATCH, fit_spec, param_shardings
 from pgen_jax.rewards import clip as clip_lib, dino as dino_lib
@@ -33,21 +33,26 @@ def spec(shape, dtype, mesh, axes=()) -> jax.ShapeDtypeStruct:
 
 def _janus(cfg, config, remat):
   """The configured Janus, abstract, with its options given at construction as model_from_config gives them;
-  with LoRA (model.lora.rank > 0) adapted, as setup.training_model adapts it."""
+  with LoRA (model.lora.rank > 0) adapted and its base quantised (model.lora.base_qtype), as
+  train.stage_model.training_model builds it."""
   lora_cfg = cfg.model.lora.config()
 
   def make():
     model = Janus(config, nnx.Rngs(0), dtype=jnp.dtype(cfg.model.dtype), param_dtype=jnp.dtype(cfg.model.param_dtype),
                   remat=remat_policy(remat), attention_impl=cfg.model.attention)
-    return model if lora_cfg is None else lora.apply_lora(model, lora_cfg, rngs=cfg.seed)
+    if lora_cfg is None:
+      return model
+    return quant.quantize_base(lora.apply_lora(model, lora_cfg, rngs=cfg.seed), cfg.model.lora.base_qtype)
   return nnx.eval_shape(make)
 
 
-def abstract_model(cfg, mesh, preset_name: str = ""):
+def abstract_model(cfg, mesh, preset_name: str = "", trained: bool = True):
   """(graphdef, abstract sharded state, model config) of the configured architecture, built without remat
-  as the eval stage and `generate` build it; with LoRA, adapted as the training stages build it (eval loads
-  the merged model: its figures then count the adapters too, a few MB)."""
+  as the eval stage and `generate` build it; with LoRA, adapted (and quantised) as the training stages build
+  it unless `trained` is False: eval and generate load the merged model, a plain Janus."""
   config = preset(preset_name or cfg.model.preset)
+  if not trained:
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=dataclasses.replace(cfg.model.lora, rank=0, base_qtype="none")))
   graphdef, state = nnx.split(_janus(cfg, config, "none"))
   shardings = param_shardings(state, mesh)
   return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,

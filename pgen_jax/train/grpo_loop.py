@@ -49,7 +49,8 @@ from pgen_jax.models.sharding import to_device
 from pgen_jax.rewards.similarity import cross_user_similarity
 from pgen_jax.sampling import Sampler, per_sample
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
-from pgen_jax.setup import check_base, mesh_from_config, save_final, trained_checkpoint, training_model
+from pgen_jax.setup import mesh_from_config, trained_checkpoint
+from pgen_jax.train.stage_model import check_base, save_final, training_model
 from pgen_jax.train import grpo, harness, steps, update
 from pgen_jax.train.grpo_defence import Defence
 from pgen_jax.train.grpo_rewards import Rewards, Scored

@@ -27,7 +27,8 @@ from pgen_jax.models.llama import remat_policy
 from pgen_jax.models.sharding import to_device
 from pgen_jax.sampling import Sampler, SamplingConfig
 from pgen_jax.sampling.prompter import Prompter, prompt_batch
-from pgen_jax.setup import check_base, mesh_from_config, save_final, training_model
+from pgen_jax.setup import mesh_from_config
+from pgen_jax.train.stage_model import check_base, save_final, training_model
 from pgen_jax.train import harness, sft, steps, update
 from pgen_jax.train.item_tokens import ItemTokens
 from pgen_jax.viz import save_grid
