@@ -47,3 +47,17 @@ def test_overlapping_values_count_once():
           " value: <5 convert.4 @0> (size=40,offset=200): bf16[20]{0}\n")
   assert upcast_bytes(text, min_bytes=1) == 150  # [0, 150): two converts overlapping; add and bf16 not counted
   assert upcast_bytes(text, min_bytes=101) == 0
+  assert upcast_bytes(text, {"convert.1"}, min_bytes=1) == 100  # the copies of arguments alone
+
+
+def test_copied_arguments_are_f32_values_made_from_bf16_arguments_alone():
+  from pgen_jax.bench.cpu_upcast import copied_arguments
+  hlo = ("HloModule m\n\n%fused (p: bf16[4]) -> f32[4] {\n}\n\nENTRY %main (w: bf16[4], m: f32[4], x: bf16[4]) -> f32[4] {\n"
+         "  %w = bf16[4]{0} parameter(0)\n  %m = f32[4]{0} parameter(1)\n  %x = bf16[4]{0} parameter(2)\n"
+         "  %convert_fusion.1 = f32[4]{0} fusion(%w), kind=kLoop, calls=%fused\n"
+         "  %wrapped_convert.2 = f32[4]{0} fusion(%w, %x), kind=kLoop, calls=%fused\n"
+         "  %convert.3 = f32[4]{0} convert(%x)\n"
+         "  %round.4 = f32[4]{0} fusion(%m), kind=kLoop, calls=%fused\n"
+         "  %add.5 = bf16[4]{0} add(%w, %x)\n  %convert.6 = f32[4]{0} convert(%add.5)\n"
+         "  ROOT %t = f32[4]{0} add(%convert.3, %convert.6)\n}\n")
+  assert copied_arguments(hlo) == {"convert_fusion.1", "wrapped_convert.2", "convert.3"}
