@@ -13,5 +13,8 @@ def get_config():
   c = movielens_7b_lora()
   c.workdir = "runs/movielens_7b_qlora"
   c.model.lora.base_qtype = "nf4"
+  # One history (x 8 samples) at a time: the decode loop's dequantised weights are loop-invariant, and XLA
+  # may keep them dequantised for the whole loop (the CPU compile does, in f32).
+  c.grpo.rollout_chunk = 1
   c.export.dir = "runs/movielens_7b_qlora/hf"
   return c

@@ -3,6 +3,7 @@ probe of its images, and `pgen_jax.generate` on its result: files written, bad i
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,35 @@ def test_readme_demo_command(demo):
   assert probes["zero_shot"]["hit_rate"] <= 0.4, probes
   assert probes["sft"]["hit_rate"] >= PIXEL_PROBE, probes
   assert probes["grpo"]["hit_rate"] >= probes["sft"]["hit_rate"], probes
+
+
+
+# GRPO training rank-8 adapters alone over the demo's SFT model. Seen over 20 steps at lr 2e-3: the reward's
+# first 5 steps 0.303 -> last 5 0.334 and the held-out pixel probe 0.90 (SFT) -> 0.98 here; on another SFT
+# result 0.274 -> 0.324; at 3e-3 and 5e-3 the reward fell below its start.
+LORA_GRPO = ["--config.model.lora.rank=8", "--config.model.lora.alpha=16.0", "--config.sft.trainable=('language_model',)",
+             "--config.grpo.lr=2e-3", "--config.grpo.num_steps=20"]
+
+
+def test_grpo_with_adapters_on_the_demos_sft_model(demo, tmp_path):
+  """The demo's GRPO again, as LoRA on its SFT model: the raw reward rises, eval measures the new GRPO model
+  (its row redone, the others kept) and held-out users' images keep their genre."""
+  cwd = tmp_path / "demo"
+  shutil.copytree(demo, cwd, symlinks=True)
+  out = cwd / "runs" / "demo"
+  run = subprocess.run(["python", "-m", "pgen_jax.main", "--config=configs/demo.py", "--config.stages=('grpo', 'eval')",
+                        "--redo=grpo", *LORA_GRPO], cwd=cwd, capture_output=True, text=True, env=ENV)
+  assert run.returncode == 0, run.stderr[-3000:]
+  grpo = json.loads((out / "grpo" / "summary.json").read_text())
+  r = grpo["rewards"]
+  assert len(r) == 20 and "alarms" not in grpo, grpo
+  assert np.mean(r[-5:]) > np.mean(r[:5]) + 0.02, r
+  assert (out / "grpo" / "final_adapter" / "adapter_model.safetensors").exists()
+  old, new = (json.loads((d / "eval" / "results.json").read_text()) for d in (demo / "runs" / "demo", out))
+  assert new["methods"]["sft"]["metrics"] == old["methods"]["sft"]["metrics"]
+  assert new["methods"]["grpo"]["metrics"] != old["methods"]["grpo"]["metrics"]
+  probe = pixel_probe_of_saved_images(out / "eval", "grpo")
+  assert probe["images"] == 48 and probe["hit_rate"] >= PIXEL_PROBE, probe
 
 
 @pytest.mark.requires_torch
