@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # run 2 times our sampler against transformers' torch model; the Python 3.12 pass (no torch) skips the dry run
-pytestmark = pytest.mark.requires_torch
+pytestmark = [pytest.mark.requires_torch, pytest.mark.xdist_group("accelerator")]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,9 @@ from pgen_jax.data.loader import HistorySource, make_loader
 from pgen_jax.data.plan import DataSpec
 from pgen_jax.data.store import prepare
 
+# One worker runs this module: its module fixture (minutes) is then made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("data_store")
+
 WINDOWS = WindowConfig(history_len=3, future_len=2)
 
 

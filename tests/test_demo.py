@@ -15,6 +15,9 @@ from PIL import Image
 
 from pgen_jax.data import synthetic
 
+# One worker runs this module: its module fixture (minutes) is then made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("demo")
+
 ROOT = Path(__file__).resolve().parents[1]
 # The goal for the probe (README's demo section: 0.94 seen after SFT and GRPO, 17.6 dB).
 VQ_PSNR = 16.0

@@ -25,6 +25,9 @@ from test_lpips import reference as lpips_reference, vgg16_features
 from test_rewards import cos100
 from test_sft import ROOT, run_main
 
+# One worker runs this module: its module fixture (minutes) is then made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("eval")
+
 RECS = ["random", "pop", "itemknn", "lastitem", "sasrec"]
 
 

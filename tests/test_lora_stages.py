@@ -23,6 +23,9 @@ from pgen_jax.train import steps, update
 from pgen_jax.train.checkpoints import Checkpoints
 from test_sft import ROOT, assert_same_final, plain_and_killed, run_main, sft_args
 
+# One worker runs this module: its module fixture (minutes) is then made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("lora_stages")
+
 STEPS = 3
 
 

@@ -21,6 +21,9 @@ from pgen_jax.train.stage_model import training_model
 from pgen_jax.train import grpo, steps, update
 from pgen_jax.train.checkpoints import Checkpoints
 
+# One worker runs this module: its module fixture (minutes) is then made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("lora_train")
+
 TRAINABLE = ("language_model", "generation_head")  # adapters, and one part that carries none
 
 
