@@ -209,3 +209,89 @@ def test_nima_has_pyiqa_layout_and_preprocessing(tmp_path):
   with torch.no_grad():
     dist = model.classifier(torch.nn.functional.adaptive_avg_pool2d(model.base_model(x), 1))
     np.testing.assert_allclose(model(image).numpy(), (dist * torch.arange(1, 11)).sum(-1).numpy(), rtol=1e-6)
+
+
+# Inception-ResNet-v2 as published (Szegedy et al. 2016, arXiv 1602.07261, figs. 3 and 16-19; TF-slim's
+# variant that timm and pyiqa use), written here as a plain function over a state dict: each block's branches
+# as lists of (stride, padding) per conv, read in order from the checkpoint's keys. "same": (k - 1) / 2 per side.
+SAME, VALID = "same", "valid"
+BLOCKS = {  # block -> its branches, each a list of (stride, padding) per conv; "max"/"avg": a pooling branch
+    "mixed_5b": [[(1, SAME)], [(1, SAME), (1, SAME)], [(1, SAME)] * 3, ["avg", (1, SAME)]],
+    "block35": [[(1, SAME)], [(1, SAME)] * 2, [(1, SAME)] * 3],
+    "mixed_6a": [[(2, VALID)], [(1, SAME), (1, SAME), (2, VALID)], ["max"]],
+    "block17": [[(1, SAME)], [(1, SAME)] * 3],
+    "mixed_7a": [[(1, SAME), (2, VALID)], [(1, SAME), (2, VALID)], [(1, SAME), (1, SAME), (2, VALID)], ["max"]],
+    "block8": [[(1, SAME)], [(1, SAME)] * 3],
+}
+
+
+def reference_nima(sd, images_uint8):
+  F = torch.nn.functional
+
+  def conv(name, x, stride, padding):  # conv (no bias), batch norm (eval, eps 1e-3), ReLU
+    w = sd[f"{name}.conv.weight"]
+    pad = ((w.shape[2] - 1) // 2, (w.shape[3] - 1) // 2) if padding == SAME else 0
+    x = F.conv2d(x, w, stride=stride, padding=pad)
+    x = F.batch_norm(x, sd[f"{name}.bn.running_mean"], sd[f"{name}.bn.running_var"], sd[f"{name}.bn.weight"],
+                     sd[f"{name}.bn.bias"], training=False, eps=1e-3)
+    return F.relu(x)
+
+  def block(name, kind, x):
+    outs = []
+    for b, spec in enumerate(BLOCKS[kind]):
+      y, single = x, len(spec) == 1 and spec[0] not in ("max", "avg")
+      for i, step in enumerate(spec):
+        if step == "max":
+          y = F.max_pool2d(y, 3, stride=2)
+        elif step == "avg":
+          y = F.avg_pool2d(y, 3, stride=1, padding=1, count_include_pad=False)
+        else:
+          y = conv(f"{name}.branch{b}" if single else f"{name}.branch{b}.{i}", y, *step)
+      outs.append(y)
+    return torch.cat(outs, 1)
+
+  def residual(name, kind, x, scale, relu=True):  # x + scale * (1x1 conv, with bias, of the branches)
+    up = F.conv2d(block(name, kind, x), sd[f"{name}.conv2d.weight"], sd[f"{name}.conv2d.bias"])
+    return F.relu(x + scale * up) if relu else x + scale * up
+
+  x = (images_uint8.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5  # 299 x 299 already: no resize
+  p = "base_model"
+  x = conv(f"{p}.conv2d_1a", x, 2, VALID)
+  x = conv(f"{p}.conv2d_2a", x, 1, VALID)
+  x = F.max_pool2d(conv(f"{p}.conv2d_2b", x, 1, SAME), 3, stride=2)
+  x = conv(f"{p}.conv2d_3b", x, 1, VALID)
+  x = F.max_pool2d(conv(f"{p}.conv2d_4a", x, 1, VALID), 3, stride=2)
+  x = block(f"{p}.mixed_5b", "mixed_5b", x)
+  for i in range(10):
+    x = residual(f"{p}.repeat.{i}", "block35", x, 0.17)
+  x = block(f"{p}.mixed_6a", "mixed_6a", x)
+  for i in range(20):
+    x = residual(f"{p}.repeat_1.{i}", "block17", x, 0.10)
+  x = block(f"{p}.mixed_7a", "mixed_7a", x)
+  for i in range(9):
+    x = residual(f"{p}.repeat_2.{i}", "block8", x, 0.20)
+  x = residual(f"{p}.block8", "block8", x, 1.0, relu=False)
+  x = conv(f"{p}.conv2d_7b", x, 1, VALID).mean((2, 3))
+  dist = torch.softmax(x @ sd["classifier.2.weight"].T + sd["classifier.2.bias"], -1)
+  return (dist * torch.arange(1, 11)).sum(-1)
+
+
+def test_nima_equals_the_published_layer_stack(tmp_path):
+  """pyiqa-layout weights (random, batch-norm statistics too) through load_nima and through the reference above."""
+  torch.manual_seed(3)
+  sd = NIMA().state_dict()
+  for k, v in sd.items():
+    if k.endswith("running_var"):
+      sd[k] = torch.rand_like(v) + 0.5
+    elif k.endswith(("running_mean", "bn.bias")):
+      sd[k] = 0.1 * torch.randn_like(v)
+  sd["classifier.2.weight"] = sd["classifier.2.weight"] * 20  # a peaked distribution: the score moves off 5.5
+  torch.save({"params": sd}, tmp_path / "nima.pth")
+  noise = torch.randint(0, 256, (299, 299, 3), dtype=torch.uint8)
+  ramp = torch.linspace(0, 255, 299).to(torch.uint8)[None, :, None].expand(299, 299, 3)
+  images = torch.stack([noise, ramp])
+  with torch.no_grad():
+    got = load_nima(tmp_path / "nima.pth")(images).numpy()
+    want = reference_nima(sd, images).numpy()
+  assert np.abs(want - 5.5).max() > 0.05 and abs(want[0] - want[1]) > 1e-3, want  # the images matter (seen 0.005)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
