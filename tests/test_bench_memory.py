@@ -54,8 +54,11 @@ def test_rollout_arguments_are_the_weights_and_the_prompts():
   for row in rows[:2]:
     assert row["peak_gb"] == pytest.approx(row["argument_gb"] + row["output_gb"] + row["temp_gb"] - row["alias_gb"])
     assert row["flops"] > 0 and row["bytes_accessed"] > 0
+    # on CPU: the peak less the f32 copies of bf16 arguments (bench.cpu_upcast; none of this fp32 model's)
+    assert row["cpu_upcast_gb"] == 0 and row["peak_bf16_dots_gb"] == row["peak_gb"]
   assert step["function"] == "decode_step" and 0 < step["floor_gb"] * 1e9 <= step["bytes_accessed"]
-  assert last == {"stage": "rollout", "peak_gb": max(r["peak_gb"] for r in rows[:2])}
+  assert last == {"stage": "rollout", "peak_gb": max(r["peak_gb"] for r in rows[:2]),
+                  "peak_bf16_dots_gb": max(r["peak_gb"] for r in rows[:2])}
 
 
 @pytest.mark.parametrize("stage,functions", [("sft", {"train_step"}),
