@@ -58,7 +58,7 @@ def test_readme_demo_command(demo):
   assert summary["val_loss"] < summary["initial_val_loss"] - 0.3, summary
   assert list((out / "sft" / "grids").glob("*.png")) and list((out / "sft" / "tb").glob("events.*"))
   grpo = json.loads((out / "grpo" / "summary.json").read_text())
-  assert grpo["steps"] == 10 and "alarms" not in grpo, grpo
+  assert grpo["steps"] == 30 and "alarms" not in grpo, grpo
   ev = json.loads((out / "eval" / "results.json").read_text())  # the whole comparison
   assert ev["windows"] == 12 and ev["methods"]["grpo"]["source"].endswith("grpo/final"), ev  # one per held-out user
   assert list(ev["methods"]) == ["random", "pop", "itemknn", "lastitem", "sasrec", "zero_shot", "sft", "grpo"]
@@ -72,6 +72,11 @@ def test_readme_demo_command(demo):
   assert probes["zero_shot"]["hit_rate"] <= 0.4, probes
   assert probes["sft"]["hit_rate"] >= PIXEL_PROBE, probes
   assert probes["grpo"]["hit_rate"] >= probes["sft"]["hit_rate"], probes
+  # GRPO's gain over SFT on the world's graded judgement of held-out users' images (the reward it trained on,
+  # pixel_margin), paired on the same windows: the 95% bootstrap interval above 0 (seen 0.312 -> 0.337,
+  # difference 0.025 [0.008, 0.046]; after 10 steps 0.016 [-0.000, 0.035]).
+  mean, low, high = ev["paired"]["grpo-sft"]["pixel_margin"]
+  assert low > 0 and probes["grpo"]["hit_rate"] >= PIXEL_PROBE, (mean, low, high)
 
 
 

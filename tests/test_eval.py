@@ -19,6 +19,7 @@ from PIL import Image
 from fake_sites import closed_port_url
 from pgen_jax.rewards.image_ops import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess
 from pgen_jax.scorer.nima import NIMA, load_nima, score as nima_score
+from pgen_jax.data.synthetic import SIGNATURES
 from test_clip import hf_clip
 from test_dino import dinov2
 from test_lpips import reference as lpips_reference, vgg16_features
@@ -166,6 +167,38 @@ def test_generators_paired_on_the_same_windows(evaluated):
                                err_msg=metric)
   md = (out / "results.md").read_text()
   assert "| sft-zero_shot | " in md.split("## Generators paired")[1]
+
+
+
+def hand_margin(image, user) -> float:
+  """The world's graded judgement of one image, counted here from its definition (synthetic.py's header): mean
+  colour / 255 and the stripe direction along which neighbours differ least, squared distance to each genre's
+  (0.7 x colour / 255, 0.3 x one-hot direction); the mean distance less the user's genre's (genres in
+  order, user u preferring genre (u - 1) mod 6)."""
+  x = image.astype(np.float64)
+  lum = x.mean(-1)
+  along = [np.abs(lum[:, 1:] - lum[:, :-1]).mean(), np.abs(lum[1:] - lum[:-1]).mean(),
+           np.abs(lum[1:, :-1] - lum[:-1, 1:]).mean()]
+  feats = np.concatenate([x.mean((0, 1)) / 255, 0.3 * np.eye(3)[int(np.argmin(along))]])
+  dirs = ("horizontal", "vertical", "diagonal")
+  refs = [np.concatenate([0.7 * np.array(c) / 255, 0.3 * np.eye(3)[dirs.index(d)]]) for c, d in SIGNATURES.values()]
+  dist = [((feats - r) ** 2).sum() for r in refs]
+  return float(np.mean(dist) - dist[(int(user) - 1) % len(refs)])
+
+
+def test_pixel_margin_is_the_worlds_graded_judgement(evaluated):
+  """eval's pixel_margin of the saved images (report_users windows) against hand_margin, for every method."""
+  tmp, _, _ = evaluated
+  out = tmp / "run" / "eval"
+  users = json.loads((out / "windows.json").read_text())["users"]
+  checked = 0
+  for method in RECS + ["zero_shot", "sft"]:
+    got = np.load(out / "methods" / method / "values.npz")["pixel_margin"]
+    for f in sorted((out / "methods" / method / "images").glob("*_s*.png")):
+      w, k = int(f.name[:5]), int(f.stem.split("_s")[1])
+      np.testing.assert_allclose(got[w, k], hand_margin(_png(f), users[w]), atol=1e-5, err_msg=f"{method} {f.name}")
+      checked += 1
+  assert checked >= 5 * 2 * 7  # every saved image of the 7 methods
 
 
 def test_a_removed_method_is_redone_alone(evaluated):

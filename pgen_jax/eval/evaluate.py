@@ -132,6 +132,8 @@ class Comparison:
       tokens = tokens.reshape(w * n, -1) if tokens is not None else self.genre.tokens(flat)
       out["genre_hit"] = self.genre(self.windows.users, tokens).reshape(w, n)
       out["pixel_genre_hit"] = self.genre.pixels(self.windows.users, flat).reshape(w, n)
+      out["pixel_margin"] = synthetic.signature_margin(flat, per_sample(np.asarray(self.windows.users), n)
+                                                       ).astype(np.float64).reshape(w, n)
     return out
 
   def _scored(self, flat, profiles, w: int, n: int, chunk: int = 64) -> dict[str, np.ndarray]:
@@ -184,7 +186,7 @@ def setup_digest(cfg) -> str:
           "temperature": eval_cfg.temperature, "seed": eval_cfg.seed,
           "clip": eval_cfg.clip or models.clip, "dino": eval_cfg.dino or models.dino, "dino_size": models.dino_size,
           "lpips": [models.lpips_vgg, models.lpips_heads], "scorer_terms": list(eval_cfg.scorer_terms),
-          "sasrec": dict(eval_cfg.sasrec), "seed_run": cfg.seed}
+          "sasrec": dict(eval_cfg.sasrec), "seed_run": cfg.seed, "metrics": M.VERSION}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

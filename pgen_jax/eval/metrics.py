@@ -14,6 +14,8 @@ Names (all similarities 100 x cosine; one value per image):
   genre_hit                    synthetic world: the image's genre (a classifier on its VQ tokens) is
                                the user's preferred one
   pixel_genre_hit              the same read off the pixels (nearest signature by colour and stripes)
+  pixel_margin                 the world's graded judgement (the demo's GRPO reward, synthetic.signature_margin):
+                               how much nearer the image is to the user's genre's signature than to the average's
   nima, profile                from the scorer, when one is configured
 The formulas are pgen_jax.rewards.similarity's, the GRPO rewards' own; numpy inputs run in float64.
 """
@@ -26,6 +28,7 @@ from pgen_jax.rewards import similarity as S
 from pgen_jax.sampling import per_sample
 
 LOWER_IS_BETTER = frozenset({"lpips_target", "cross_user"})
+VERSION = 2  # part of eval's setup digest: rows saved before a metric was added or changed are redone
 
 
 def image_similarities(prefix: str, g, history, target, future=None) -> dict[str, np.ndarray]:
