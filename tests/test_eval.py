@@ -122,6 +122,15 @@ def test_every_method_is_measured_like_the_references(evaluated):
                                                 torch.tensor(tgt).permute(0, 3, 1, 2).float(), data_range=255,
                                                 size_average=False).numpy().reshape(5, 2),
              "lpips_target": lp.reshape(5, 2)}
+      # DINO against the history and the future as CLIP above (one future item here: the max is the mean)
+      dg, dh = di(flat).reshape(5, 2, -1), di(hist.reshape(-1, 32, 32, 3)).reshape(5, h, -1)
+      ref.update({"dis_history": cos100(dg, unit(dh).mean(1)[:, None]),
+                  "dis_history_items": np.mean([cos100(dg, dh[:, j][:, None]) for j in range(h)], 0),
+                  "dis_future": cos100(dg, di(future)[:, None]), "dis_future_max": cos100(dg, di(future)[:, None]),
+                  "cis_future_max": ref["cis_future"]})
+      # the pixel probe: the nearest signature (hand_distances) is the window's user's genre's
+      ref["pixel_genre_hit"] = np.array([[float(np.argmin(hand_distances(x)) == (int(win["users"][w]) - 1) % 6)
+                                          for x in gen[w]] for w in range(5)])
       ref["cts"] = cos100(g, target_text[:, None])
       ref["nima"] = np.asarray(nima_score(nima, list(flat)), np.float64).reshape(5, 2)
       values = np.load(out / "methods" / method / "values.npz")
@@ -170,11 +179,10 @@ def test_generators_paired_on_the_same_windows(evaluated):
 
 
 
-def hand_margin(image, user) -> float:
-  """The world's graded judgement of one image, counted here from its definition (synthetic.py's header): mean
-  colour / 255 and the stripe direction along which neighbours differ least, squared distance to each genre's
-  (0.7 x colour / 255, 0.3 x one-hot direction); the mean distance less the user's genre's (genres in
-  order, user u preferring genre (u - 1) mod 6)."""
+def hand_distances(image) -> list[float]:
+  """An image's squared distance to each genre's signature, counted here from the world's definition
+  (synthetic.py's header): mean colour / 255 and the stripe direction along which neighbours differ least,
+  against each genre's (0.7 x colour / 255, 0.3 x one-hot direction), genres in order."""
   x = image.astype(np.float64)
   lum = x.mean(-1)
   along = [np.abs(lum[:, 1:] - lum[:, :-1]).mean(), np.abs(lum[1:] - lum[:-1]).mean(),
@@ -182,8 +190,13 @@ def hand_margin(image, user) -> float:
   feats = np.concatenate([x.mean((0, 1)) / 255, 0.3 * np.eye(3)[int(np.argmin(along))]])
   dirs = ("horizontal", "vertical", "diagonal")
   refs = [np.concatenate([0.7 * np.array(c) / 255, 0.3 * np.eye(3)[dirs.index(d)]]) for c, d in SIGNATURES.values()]
-  dist = [((feats - r) ** 2).sum() for r in refs]
-  return float(np.mean(dist) - dist[(int(user) - 1) % len(refs)])
+  return [((feats - r) ** 2).sum() for r in refs]
+
+
+def hand_margin(image, user) -> float:
+  """The world's graded judgement: the mean distance less the user's genre's (user u prefers genre (u - 1) mod 6)."""
+  dist = hand_distances(image)
+  return float(np.mean(dist) - dist[(int(user) - 1) % len(dist)])
 
 
 def test_pixel_margin_is_the_worlds_graded_judgement(evaluated):
