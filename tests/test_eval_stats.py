@@ -76,3 +76,32 @@ def test_cross_user_by_hand():
   r = 1 / np.sqrt(2)
   # window 0: only user 8's image counts (cos 0); window 1: the two of user 7 (0 and r); window 2: user 8 (r)
   np.testing.assert_allclose(metrics.cross_user(g, users), [[0.0], [100 * r / 2], [100 * r]], atol=1e-12)
+
+
+def test_generate_then_ground_by_hand():
+  """Comparison.ground (what eval's HR/NDCG of a generator rank) on a hand-built catalog of 8 posters, pixels as
+  the embedding (no CLIP): an image equal to the target's poster ranks the target first; one equal to a history
+  item's poster never lists that item, so it cannot count as a hit."""
+  from types import SimpleNamespace
+  from pgen_jax.eval.evaluate import Comparison
+  from pgen_jax.recommenders.ranking import ranking_metrics
+  rng = np.random.default_rng(0)
+  posters = rng.integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
+  catalog = type("Catalog", (), {"__len__": lambda self: 8, "embeddings": lambda self, kind, fn, idx: fn(posters[idx])})
+  fake = SimpleNamespace(catalog=catalog(), models=SimpleNamespace(has_clip=False, clip=None),
+                         windows=SimpleNamespace(history=np.array([[0, 1], [2, 3]]), target=np.array([4, 5])))
+  noise = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  images = np.stack([[posters[4], posters[1]],     # the target's poster, and a history item's
+                     [posters[2], noise]])          # a history item's poster, and noise
+  ranked = Comparison.ground(fake, images, k=10)
+  assert ranked.shape == (2, 6)  # 8 items less each window's 2 history items
+  assert ranked[0, 0] == 4 and not set(ranked[0]) & {0, 1} and not set(ranked[1]) & {2, 3}
+  # window 1 by hand: items by their best cosine (pixels as vectors) to either image
+  v = lambda x: x.reshape(len(x), -1).astype(np.float64) / np.linalg.norm(x.reshape(len(x), -1), axis=1, keepdims=True)
+  best = (v(images[1]) @ v(posters).T).max(0)
+  want = [i for i in np.argsort(-best, kind="stable") if i not in (2, 3)]
+  assert list(ranked[1]) == want
+  r5 = want.index(5)
+  got = ranking_metrics(ranked, fake.windows.target, ks=(1, 10))
+  assert got["hr@1"] == (1 + (r5 == 0)) / 2 and got["hr@10"] == 1.0
+  assert abs(got["ndcg@10"] - (1 + 1 / np.log2(r5 + 2)) / 2) < 1e-12
