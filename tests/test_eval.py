@@ -131,6 +131,9 @@ def test_every_method_is_measured_like_the_references(evaluated):
       # the pixel probe: the nearest signature (hand_distances) is the window's user's genre's
       ref["pixel_genre_hit"] = np.array([[float(np.argmin(hand_distances(x)) == (int(win["users"][w]) - 1) % 6)
                                           for x in gen[w]] for w in range(5)])
+      # cross_user: each image's mean CLIP cosine to the images of the other users' windows (5 users here)
+      owner, pairs = np.repeat(np.array(win["users"]), 2), cos100(g.reshape(10, 1, -1), g.reshape(1, 10, -1))
+      ref["cross_user"] = np.array([pairs[i][owner != owner[i]].mean() for i in range(10)]).reshape(5, 2)
       ref["cts"] = cos100(g, target_text[:, None])
       ref["nima"] = np.asarray(nima_score(nima, list(flat)), np.float64).reshape(5, 2)
       values = np.load(out / "methods" / method / "values.npz")
