@@ -305,6 +305,26 @@ def test_per_reward_advantages_let_a_small_scale_reward_count():
   np.testing.assert_allclose(np.asarray(none), [-1500.0 + 0.3, -500.0 + 0.1, 500.0 - 0.1, 1500.0 - 0.3], rtol=1e-6)
 
 
+
+def test_per_reward_signal_counts_terms_that_cancel_in_the_sum():
+  """Three groups of 2 samples, rewards a (weight 1) and b (weight 2), c (weight 0). Group 0: a + 2b is flat
+  (0 + 2, 2 + 0) but each term spreads: per reward its advantages are 1 x (-1, 1) + 2 x (1, -1) = (1, -1).
+  Group 1: a and b flat, only the unweighted c spreads. Group 2: a = b in opposite orders at weight 1 each
+  would cancel; here b's weight 2 keeps it, so it has signal; summed (a + 2b = 3, 3) it has none."""
+  terms = {"a": jnp.array([0.0, 2.0, 5.0, 5.0, 0.0, 1.0]), "b": jnp.array([1.0, 0.0, 2.0, 2.0, 1.5, 1.0]),
+           "c": jnp.array([0.0, 0.0, 0.0, 9.0, 0.0, 0.0])}
+  weights = {"a": 1.0, "b": 2.0, "c": 0.0}
+  summed = terms["a"] + 2.0 * terms["b"]
+  assert np.asarray(grpo.groups_with_signal(summed, 2)).tolist() == [False, False, False]
+  adv = grpo.per_reward_advantages(terms, weights, 2)
+  np.testing.assert_allclose(np.asarray(adv), [1.0, -1.0, 0.0, 0.0, 1.0, -1.0], atol=1e-6)  # by hand, as above
+  assert np.asarray(grpo.per_reward_signal(terms, weights, adv, 2)).tolist() == [True, False, True]
+  # equal weights, opposite orders: the normalised terms cancel, no signal although each spreads
+  equal = {"a": 1.0, "b": 1.0}
+  flat = grpo.per_reward_advantages({"a": terms["a"], "b": 2.0 - terms["a"]}, equal, 2)
+  assert np.asarray(grpo.per_reward_signal({"a": terms["a"], "b": 2.0 - terms["a"]}, equal, flat, 2)).tolist()[0] is False
+
+
 def test_advantage_mode_is_checked():
   from configs.demo import get_config
   from pgen_jax import settings

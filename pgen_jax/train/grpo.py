@@ -49,6 +49,15 @@ def groups_with_signal(rewards, group_size: int, eps: float = 1e-3):
   return rewards.reshape(-1, group_size).astype(jnp.float32).std(axis=1) > eps
 
 
+def per_reward_signal(terms: dict, weights: dict, advantages, group_size: int, eps: float = 1e-3):
+  """groups_with_signal for per_reward_advantages: a group has signal when a weighted term spreads by more
+  than `eps` and their normalised sum (`advantages`) does not cancel. Terms whose weighted sum is flat can
+  still give advantages; terms in opposite orders can cancel."""
+  used = [groups_with_signal(jnp.asarray(terms[k]), group_size, eps) for k, w in weights.items() if w]
+  spread = jnp.stack(used).any(axis=0) if used else False
+  return spread & groups_with_signal(jnp.asarray(advantages), group_size, 1e-6)
+
+
 def clipped_surrogate(logp, old_logp, advantages, *, eps_low: float = 0.2, eps_high: float = 0.28):
   """Per-token loss -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A) (DAPO's clip-higher), and
   whether each token was clipped. logp/old_logp: (N, T); advantages: (N,)."""

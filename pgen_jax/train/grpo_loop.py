@@ -212,11 +212,13 @@ class StepFunctions:
     if grpo_cfg.advantage == "per_reward":
       adv = np.asarray(grpo.per_reward_advantages(scored.terms, scored.weights, grpo_cfg.group_size,
                                                   scale=grpo_cfg.advantage_scale, eps=grpo_cfg.advantage_eps))
+      signal = np.asarray(grpo.per_reward_signal(scored.terms, scored.weights, adv, grpo_cfg.group_size,
+                                                 grpo_cfg.advantage_eps))
     else:
       adv = np.asarray(grpo.group_advantages(jnp.asarray(scored.train), grpo_cfg.group_size,
                                              scale=grpo_cfg.advantage_scale, eps=grpo_cfg.advantage_eps))
-    signal = np.asarray(grpo.groups_with_signal(jnp.asarray(scored.train), grpo_cfg.group_size,
-                                                grpo_cfg.advantage_eps))
+      signal = np.asarray(grpo.groups_with_signal(jnp.asarray(scored.train), grpo_cfg.group_size,
+                                                  grpo_cfg.advantage_eps))
     weights = per_sample(signal if grpo_cfg.dynamic_sampling else np.ones_like(signal),
                          grpo_cfg.group_size).astype(np.float32)
     dev = {**cur.batch, **_to_device_global({"advantages": adv, "weights": weights}, self.mesh),
