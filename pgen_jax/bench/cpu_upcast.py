@@ -29,6 +29,11 @@ def enable_dump(environ=os.environ) -> Path | None:
   caller already dumps somewhere. Returns the directory, or None."""
   if "--xla_dump_to" in environ.get("XLA_FLAGS", ""):
     return None
+  # On a GPU or TPU host the figures need no correction, and dumping every compile costs time and disk.
+  platforms = environ.get("JAX_PLATFORMS", "")
+  accelerator = Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("accel*"))
+  if (platforms and platforms != "cpu") or (not platforms and accelerator):
+    return None
   path = Path(tempfile.mkdtemp(prefix="pgen_xla_dump_"))
   atexit.register(shutil.rmtree, path, ignore_errors=True)
   environ["XLA_FLAGS"] = f"{environ.get('XLA_FLAGS', '')} --xla_dump_to={path}".strip()
