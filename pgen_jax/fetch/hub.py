@@ -55,19 +55,19 @@ def _reason(e: BaseException) -> str:
 PROXIES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
 
 
-def check_reachable(url: str, timeout: float = 10.0) -> None:
-  """A FetchError at once when nothing answers at `url`'s host and port: huggingface_hub retries a refused
-  connection five times over 23 s before it gives up. Skipped where a proxy is configured (the proxy, not
-  the host, is what a connection reaches) and in offline mode (its own error says so)."""
+def unreachable(url: str, timeout: float = 10.0) -> str | None:
+  """Why nothing answers at `url`'s host and port (one TCP connect), or None: huggingface_hub retries a refused
+  connection five times over 23 s before it gives up. Not checked where a proxy is configured (the proxy, not
+  the host, is what a connection reaches) nor in offline mode (its own error says so)."""
   if any(os.environ.get(k) for k in PROXIES) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-    return
+    return None
   parts = urllib.parse.urlsplit(url)
-  port = parts.port or (443 if parts.scheme == "https" else 80)
   try:
-    socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                             timeout=timeout).close()
   except OSError as e:
-    raise FetchError(f"{url}: cannot connect ({type(e).__name__}: {e}); check the network or set HF_ENDPOINT to "
-                     "a reachable mirror") from None
+    return f"cannot connect ({type(e).__name__}: {e}); check the network or set HF_ENDPOINT to a reachable mirror"
+  return None
 
 
 def download_repo(repo: str, revision: str, dest: str | Path, *, allow: list[str] | None = None,
@@ -89,10 +89,8 @@ def download_repo(repo: str, revision: str, dest: str | Path, *, allow: list[str
       return dest
     partial = Path(str(dest) + ".partial")
     logging.info("downloading %s@%s from %s to %s", repo, revision, url, dest)
-    try:
-      check_reachable(url)
-    except FetchError as e:
-      raise FetchError(f"{url}/{repo} (revision {revision}) -> {dest}: {str(e).partition(': ')[2]}") from None
+    if reason := unreachable(url):
+      raise FetchError(f"{url}/{repo} (revision {revision}) -> {dest}: {reason}")
     try:
       snapshot_download(repo, revision=revision, local_dir=partial, allow_patterns=allow, endpoint=url)
     except Exception as e:  # huggingface_hub's errors are many; the user needs what and where
